@@ -1,0 +1,1 @@
+"""QR payload of the hybrid transport: CBOR map, FIDO:/ digit encoding, rendering."""

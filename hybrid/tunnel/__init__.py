@@ -1,0 +1,1 @@
+"""The tunnel: relay domains and URLs, Noise handshake, Crypter, message framing, client."""
