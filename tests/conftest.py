@@ -1,0 +1,50 @@
+"""Shared fixtures for flow tests: a real relay on 127.0.0.1, a free loopback BLE port, data dirs.
+
+The relay is started in-process through ``relay.server.serve`` (port 0, so tests never collide);
+the loopback BLE port is found by binding UDP port 0 and releasing it, and is also exported through
+``HYBRID_BLE_PORT`` for sub-processes started by a test.
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+
+
+def free_udp_port() -> int:
+    """A UDP port on 127.0.0.1 that nothing was bound to a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def ble_port(monkeypatch: pytest.MonkeyPatch) -> int:
+    port = free_udp_port()
+    monkeypatch.setenv("HYBRID_BLE_PORT", str(port))
+    return port
+
+
+@pytest.fixture
+def desktop_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "desktop"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def phone_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "phone"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+async def relay(nursery):
+    """A real relay on 127.0.0.1 (random port); ``.base_url`` is ``ws://127.0.0.1:PORT``."""
+    from relay.server import RelayConfig, serve
+
+    running = await nursery.start(serve, RelayConfig(host="127.0.0.1", port=0))
+    yield running

@@ -1,0 +1,111 @@
+"""The loopback and in-memory BLE media: wire format, repeats, filtering, port ownership."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+import trio
+
+from hybrid.ble.loopback import (
+    DEFAULT_PORT,
+    LoopbackAdvertiser,
+    LoopbackScanner,
+    decode_datagram,
+    encode_datagram,
+    resolve_port,
+)
+from hybrid.ble.medium import NoAdapterError, ServiceData
+from hybrid.ble.memory import MemoryMedium
+
+ADVERT = bytes(range(20))
+
+
+def test_datagram_is_big_endian_uuid_then_service_data() -> None:
+    assert encode_datagram(0xFFF9, ADVERT) == b"\xff\xf9" + ADVERT
+    assert encode_datagram(0xFDE2, ADVERT) == b"\xfd\xe2" + ADVERT
+    assert decode_datagram(b"\xfd\xe2" + ADVERT) == ServiceData(0xFDE2, ADVERT)
+
+
+@pytest.mark.parametrize("datagram", [b"", b"\xff", b"\xf9\xff" + ADVERT, b"\x18\x0f" + ADVERT])
+def test_short_or_foreign_datagrams_are_ignored(datagram: bytes) -> None:
+    assert decode_datagram(datagram) is None
+
+
+def test_port_comes_from_argument_then_environment_then_default(monkeypatch) -> None:
+    monkeypatch.delenv("HYBRID_BLE_PORT", raising=False)
+    assert resolve_port() == DEFAULT_PORT == 47474
+    monkeypatch.setenv("HYBRID_BLE_PORT", "5000")
+    assert resolve_port() == 5000
+    assert resolve_port(6000) == 6000
+    monkeypatch.setenv("HYBRID_BLE_PORT", "nope")
+    with pytest.raises(NoAdapterError):
+        resolve_port()
+    with pytest.raises(NoAdapterError):
+        resolve_port(70000)
+
+
+async def test_loopback_advertiser_repeats_about_every_100_ms(ble_port: int) -> None:
+    seen: list[tuple[float, ServiceData]] = []
+    async with LoopbackScanner(ble_port).scan() as adverts:
+        async with LoopbackAdvertiser(ble_port).advertise(0xFFF9, ADVERT):
+            with trio.move_on_after(0.55):
+                async for observed in adverts:
+                    seen.append((trio.current_time(), observed))
+    assert all(observed == ServiceData(0xFFF9, ADVERT) for _, observed in seen)
+    assert 4 <= len(seen) <= 7
+    gaps = [b[0] - a[0] for a, b in zip(seen, seen[1:], strict=False)]
+    assert all(0.07 < gap < 0.2 for gap in gaps)
+
+
+async def test_loopback_advertiser_stops_when_its_context_exits(ble_port: int) -> None:
+    async with LoopbackScanner(ble_port).scan() as adverts:
+        async with LoopbackAdvertiser(ble_port).advertise(0xFFF9, ADVERT):
+            assert await adverts.receive() == ServiceData(0xFFF9, ADVERT)
+        await trio.sleep(0.05)
+        # drain anything already in flight, then nothing more may arrive
+        with trio.move_on_after(0.05):
+            async for _ in adverts:
+                pass
+        with trio.move_on_after(0.3) as scope:
+            await adverts.receive()
+        assert scope.cancelled_caught
+
+
+async def test_loopback_scanner_accepts_datagrams_from_any_tool(ble_port: int) -> None:
+    """A foreign implementation only needs a plain UDP socket to join the medium."""
+    async with LoopbackScanner(ble_port).scan() as adverts:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tool:
+            tool.sendto(b"\x00", ("127.0.0.1", ble_port))
+            tool.sendto(b"\x12\x34" + ADVERT, ("127.0.0.1", ble_port))
+            tool.sendto(b"\xfd\xe2" + ADVERT + b"suffix", ("127.0.0.1", ble_port))
+        with trio.fail_after(2):
+            observed = await adverts.receive()
+    assert observed == ServiceData(0xFDE2, ADVERT + b"suffix")
+
+
+async def test_second_scanner_on_the_same_port_has_no_adapter(ble_port: int) -> None:
+    async with LoopbackScanner(ble_port).scan():
+        with pytest.raises(NoAdapterError, match="in use"):
+            async with LoopbackScanner(ble_port).scan():
+                pass
+    # and the port is free again afterwards
+    async with LoopbackScanner(ble_port).scan():
+        pass
+
+
+async def test_memory_medium_broadcasts_to_every_scanner() -> None:
+    medium = MemoryMedium(interval=0.01)
+    async with medium.scanner().scan() as first, medium.scanner().scan() as second:
+        assert medium.scanning == 2
+        async with medium.advertiser().advertise(0xFFF9, ADVERT):
+            assert await first.receive() == ServiceData(0xFFF9, ADVERT)
+            assert await second.receive() == ServiceData(0xFFF9, ADVERT)
+    assert medium.scanning == 0
+
+
+async def test_memory_medium_without_adapter_refuses_to_scan() -> None:
+    medium = MemoryMedium(adapter_present=False)
+    with pytest.raises(NoAdapterError):
+        async with medium.scanner().scan():
+            pass
