@@ -1,0 +1,28 @@
+"""The desktop (initiator): show a ``FIDO:/`` QR code, find the phone, run one CTAP2 request.
+
+``DesktopSession`` runs the hybrid transaction on trio; ``register`` and ``sign_in`` wrap it in a
+whole WebAuthn ceremony verified by a relying party; ``hybrid.desktop.ctap`` builds the CTAP2
+requests and the python-fido2 response objects.
+"""
+
+from hybrid.desktop.session import (
+    CeremonyResult,
+    Deadlines,
+    DesktopSession,
+    Progress,
+    Transcript,
+    client_data_for,
+    register,
+    sign_in,
+)
+
+__all__ = [
+    "CeremonyResult",
+    "Deadlines",
+    "DesktopSession",
+    "Progress",
+    "Transcript",
+    "client_data_for",
+    "register",
+    "sign_in",
+]
