@@ -1,0 +1,62 @@
+"""Tunnel-server domain names for 16-bit domain ids (protocol notes section 5)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from hybrid.errors import HybridError
+from hybrid.tunnel.domains import (
+    ASSIGNED_DOMAINS,
+    UnknownTunnelDomainError,
+    is_known_domain_id,
+    tunnel_domain,
+)
+
+HOSTNAME = re.compile(r"cable\.[a-z2-7]{10,13}\.(com|org|net|info)")
+
+
+def test_assigned_ids_map_to_the_two_fixed_hosts() -> None:
+    assert ASSIGNED_DOMAINS == ("cable.ua5v.com", "cable.auth.com")
+    assert tunnel_domain(0) == "cable.ua5v.com"
+    assert tunnel_domain(1) == "cable.auth.com"
+
+
+def test_hashed_ids_match_independent_implementations() -> None:
+    # Vectors published by independent implementations that track Chromium.
+    assert tunnel_domain(266) == "cable.wufkweyy3uaxb.com"
+    assert tunnel_domain(0xF980) == "cable.my4kstlhndi4c.net"
+
+
+def test_every_hashed_id_is_a_valid_host_name() -> None:
+    names = set()
+    for domain_id in range(256, 65536):
+        name = tunnel_domain(domain_id)
+        assert HOSTNAME.fullmatch(name), (domain_id, name)
+        names.add(name)
+    assert len(names) == 65536 - 256
+    assert not names & set(ASSIGNED_DOMAINS)
+
+
+@pytest.mark.parametrize("domain_id", range(2, 256))
+def test_reserved_ids_are_rejected(domain_id: int) -> None:
+    with pytest.raises(UnknownTunnelDomainError, match="reserved"):
+        tunnel_domain(domain_id)
+    assert not is_known_domain_id(domain_id)
+
+
+@pytest.mark.parametrize("domain_id", [-1, 65536, 1 << 40, "1", 1.0, None, True])
+def test_out_of_range_and_non_integer_ids_are_rejected(domain_id: object) -> None:
+    with pytest.raises(UnknownTunnelDomainError):
+        tunnel_domain(domain_id)  # type: ignore[arg-type]
+    assert not is_known_domain_id(domain_id)  # type: ignore[arg-type]
+
+
+def test_unknown_domain_error_is_a_usage_error() -> None:
+    assert issubclass(UnknownTunnelDomainError, HybridError)
+    assert UnknownTunnelDomainError.exit_code == 2
+
+
+def test_is_known_domain_id() -> None:
+    assert all(is_known_domain_id(i) for i in (0, 1, 256, 1000, 65535))
