@@ -1,0 +1,195 @@
+"""``hybrid-relay`` / ``python -m relay``: run the tunnel relay from the command line.
+
+Every option is a flag and an environment variable (``HYBRID_RELAY_<FLAG>``, flag upper-cased with
+dashes as underscores); a flag given on the command line wins over the environment. Logs are JSON
+lines on stderr; SIGTERM or SIGINT starts a graceful shutdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import fields
+from typing import Any
+
+import trio
+
+from relay.config import ConfigError, RelayConfig
+from relay.logs import configure, log_event
+from relay.server import Relay, serve
+
+ENV_PREFIX = "HYBRID_RELAY_"
+
+
+def _hex_prefix(text: str) -> bytes:
+    try:
+        return bytes.fromhex(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not hex: {text!r}") from None
+
+
+def _origins(text: str) -> tuple[str, ...]:
+    return tuple(o.strip() for o in text.split(",") if o.strip())
+
+
+# (flag, type, config field, help); defaults come from RelayConfig.
+_OPTIONS: list[tuple[str, Callable[[str], Any], str, str]] = [
+    ("--host", str, "host", "address to listen on"),
+    ("--port", int, "port", "TCP port; 0 picks a free port (logged in the 'listening' event)"),
+    (
+        "--node-prefix",
+        _hex_prefix,
+        "node_prefix",
+        "hex, 0-2 bytes: fixed first bytes of every routing id this node issues",
+    ),
+    ("--wait-timeout", float, "wait_timeout", "seconds a /cable/new socket waits for its peer"),
+    (
+        "--tunnel-lifetime",
+        float,
+        "tunnel_lifetime",
+        "seconds a tunnel may live from the authenticator's connect",
+    ),
+    ("--max-message-size", int, "max_message_size", "largest message in bytes (over: 1009)"),
+    ("--max-messages", int, "max_messages", "messages each peer may send per tunnel (over: 1008)"),
+    (
+        "--max-pending-messages",
+        int,
+        "max_pending_messages",
+        "authenticator messages buffered before the initiator joins (over: 1008)",
+    ),
+    ("--max-tunnels", int, "max_tunnels", "concurrent tunnels on this node (over: 503)"),
+    (
+        "--max-connections-per-address",
+        int,
+        "max_connections_per_address",
+        "concurrent connections from one client IP (over: 429)",
+    ),
+    (
+        "--handshake-timeout",
+        float,
+        "handshake_timeout",
+        "seconds from accept to a complete request and upgrade (over: 408 and close)",
+    ),
+    ("--max-request-head", int, "max_request_head", "largest HTTP request head (over: 431)"),
+    (
+        "--close-timeout",
+        float,
+        "close_timeout",
+        "seconds to wait for a peer's close frame after sending ours",
+    ),
+    (
+        "--shutdown-grace",
+        float,
+        "shutdown_grace",
+        "seconds paired tunnels get to finish after SIGTERM/SIGINT",
+    ),
+    (
+        "--allowed-origins",
+        _origins,
+        "allowed_origins",
+        "comma-separated Origin allow-list; requests with another Origin get 403 (empty: off)",
+    ),
+    ("--tls-cert", str, "tls_cert", "PEM certificate chain; with --tls-key serves wss://"),
+    ("--tls-key", str, "tls_key", "PEM private key for --tls-cert"),
+]
+
+
+def env_name(flag: str) -> str:
+    return ENV_PREFIX + flag.lstrip("-").replace("-", "_").upper()
+
+
+def _default_text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.hex().upper() or "(none)"
+    if isinstance(value, tuple):
+        return ",".join(value) or "(none)"
+    return "(none)" if value is None else str(value)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hybrid-relay",
+        description="caBLE v2 / FIDO hybrid tunnel relay (WebSocket rendezvous server).",
+        epilog="Every option can also be set with the environment variable shown.",
+    )
+    config_defaults = {f.name: f.default for f in fields(RelayConfig)}
+    for flag, kind, name, text in _OPTIONS:
+        parser.add_argument(
+            flag,
+            type=kind,
+            dest=name,
+            default=None,
+            help=f"{text} [env {env_name(flag)}; default {_default_text(config_defaults[name])}]",
+        )
+    parser.add_argument(
+        "--log-level",
+        default=None,
+        choices=["debug", "info", "warning", "error"],
+        help=f"log level [env {env_name('--log-level')}; default info]",
+    )
+    return parser
+
+
+def config_from(
+    argv: Sequence[str] | None, environ: dict[str, str] | None = None
+) -> tuple[RelayConfig, str]:
+    """Parse flags over environment variables over defaults; raises SystemExit on bad input."""
+    environ = dict(os.environ) if environ is None else environ
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    values: dict[str, Any] = {}
+    for flag, kind, name, _ in _OPTIONS:
+        value = getattr(args, name)
+        if value is None and env_name(flag) in environ:
+            try:
+                value = kind(environ[env_name(flag)])
+            except (ValueError, argparse.ArgumentTypeError) as exc:
+                parser.error(f"{env_name(flag)}: {exc}")
+        if value is not None:
+            values[name] = value
+    level = args.log_level or environ.get(env_name("--log-level"), "info")
+    try:
+        return RelayConfig(**values), level
+    except ConfigError as exc:
+        parser.error(str(exc))
+    raise AssertionError("unreachable")
+
+
+async def _run(config: RelayConfig) -> None:
+    # The receiver is open before the relay logs "listening", so no early signal is lost.
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            relay: Relay = await nursery.start(serve, config)
+            async for signum in signals:
+                log_event("signal", signal=signal.Signals(signum).name)
+                break
+            nursery.start_soon(_shut_down, relay, nursery.cancel_scope)
+            # A second signal during the grace period ends the wait at once.
+            async for signum in signals:
+                log_event("shutdown_forced", signal=signal.Signals(signum).name)
+                nursery.cancel_scope.cancel()
+                break
+
+
+async def _shut_down(relay: Relay, scope: trio.CancelScope) -> None:
+    await relay.shutdown()
+    scope.cancel()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    config, level = config_from(argv)
+    configure(level)
+    try:
+        trio.run(_run, config)
+    except OSError as exc:
+        log_event("fatal", error=str(exc))
+        print(f"hybrid-relay: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

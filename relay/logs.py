@@ -1,0 +1,53 @@
+"""Structured JSON logs: one line per event, never payload bytes, never a whole tunnel id.
+
+The relay logs through the ``relay`` stdlib logger with the event name as the message and the
+fields in ``extra={"fields": ...}``; ``JsonFormatter`` renders one JSON object per line. Tunnel ids
+are bearer tokens (protocol notes section 14), so only ``tunnel_tag`` (their first 6 hex digits)
+is ever logged.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+logger = logging.getLogger("relay")
+
+#: Hex digits of a tunnel id that may appear in logs: enough to correlate, far too few to use.
+TUNNEL_TAG_DIGITS = 6
+
+
+def tunnel_tag(tunnel_id: bytes) -> str:
+    return tunnel_id.hex().upper()[:TUNNEL_TAG_DIGITS]
+
+
+def log_event(event: str, level: int = logging.INFO, **fields: Any) -> None:
+    if logger.isEnabledFor(level):
+        logger.log(level, event, extra={"fields": fields})
+
+
+class JsonFormatter(logging.Formatter):
+    """Formats a record as ``{"ts", "level", "event", ...fields}`` on one line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "event": record.getMessage(),
+        }
+        entry.update(getattr(record, "fields", {}))
+        if record.exc_info:
+            entry["error"] = self.formatException(record.exc_info).splitlines()[-1]
+        return json.dumps(entry, separators=(",", ":"), default=str)
+
+
+def configure(level: str = "info", stream: Any = None) -> None:
+    """Send the relay logger's records to ``stream`` (stderr by default) as JSON lines."""
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    logger.handlers[:] = [handler]
+    logger.setLevel(level.upper())
+    logger.propagate = False

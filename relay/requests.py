@@ -1,0 +1,193 @@
+"""Deciding what an HTTP request to the relay is, before any upgrade (sans-IO).
+
+Given the method, target and headers of one request, ``decide`` returns either a ``Refusal``
+(status code, metric reason, one-line message) or what to serve: a plain endpoint (``/healthz``,
+``/metrics``) or a WebSocket upgrade for one of the tunnel paths of protocol notes section 7.1.
+No sockets, no clocks: everything here is a pure function of its arguments, so it is fuzzed
+directly. Pairing decisions that depend on live state (404 unknown tunnel, 409 duplicate, 503 full)
+are made by the server afterwards.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from dataclasses import dataclass, field
+
+from hybrid.tunnel.urls import (
+    CONNECT_PATH_PREFIX,
+    CONTACT_PATH_PREFIX,
+    NEW_PATH_PREFIX,
+    ROUTING_ID_LEN,
+    SUBPROTOCOL,
+    TUNNEL_ID_LEN,
+)
+
+Headers = list[tuple[bytes, bytes]]
+
+HEALTH_PATH = b"/healthz"
+METRICS_PATH = b"/metrics"
+_CABLE = b"/cable"
+
+_TUNNEL_ID_RE = re.compile(rb"[0-9A-Fa-f]{%d}" % (2 * TUNNEL_ID_LEN))
+_ROUTING_ID_RE = re.compile(rb"[0-9A-Fa-f]{%d}" % (2 * ROUTING_ID_LEN))
+_CONTACT_ID_RE = re.compile(rb"[A-Za-z0-9_-]+")
+_SUBPROTOCOL = SUBPROTOCOL.encode("ascii")
+
+assert NEW_PATH_PREFIX == "/cable/new/" and CONNECT_PATH_PREFIX == "/cable/connect/"
+assert CONTACT_PATH_PREFIX == "/cable/contact/"
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Answer the request with ``status`` and close; ``reason`` labels the refusal metric."""
+
+    status: int
+    reason: str
+    message: str
+    headers: tuple[tuple[str, str], ...] = field(default=())
+
+
+@dataclass(frozen=True)
+class NewTunnel:
+    """``/cable/new/<tunnel id>``: an authenticator opens a pending tunnel."""
+
+    tunnel_id: bytes
+
+
+@dataclass(frozen=True)
+class ConnectTunnel:
+    """``/cable/connect/<routing id>/<tunnel id>``: an initiator joins a pending tunnel."""
+
+    routing_id: bytes
+    tunnel_id: bytes
+
+
+@dataclass(frozen=True)
+class ContactTunnel:
+    """``/cable/contact/<contact id>``: the linked flow, which this relay does not offer."""
+
+    contact_id: bytes
+
+
+@dataclass(frozen=True)
+class PlainGet:
+    """A plain HTTP GET of ``/healthz`` or ``/metrics``."""
+
+    path: bytes
+
+
+Route = NewTunnel | ConnectTunnel | ContactTunnel
+
+
+@dataclass(frozen=True)
+class Upgrade:
+    """A well-formed WebSocket upgrade to ``route`` offering the ``fido.cable`` subprotocol."""
+
+    route: Route
+    key: bytes
+
+
+Decision = Refusal | PlainGet | Upgrade
+
+MALFORMED = "malformed"
+
+
+def _malformed(message: str) -> Refusal:
+    return Refusal(400, MALFORMED, message)
+
+
+def parse_target(target: bytes) -> Route | PlainGet | Refusal:
+    """Classify a request target; tunnel paths must match section 7.1 exactly."""
+    path = target.split(b"?", 1)[0]
+    if path in (HEALTH_PATH, METRICS_PATH):
+        return PlainGet(path)
+    if not target.startswith(b"/"):
+        return _malformed("request target must be an absolute path")
+    if path != _CABLE and not path.startswith(_CABLE + b"/"):
+        return Refusal(404, "unknown_path", "no such endpoint")
+    if b"?" in target:
+        return _malformed("tunnel paths take no query string")
+    parts = path.split(b"/")
+    # parts[0] is empty (leading slash), parts[1] is b"cable".
+    kind = parts[2] if len(parts) > 2 else b""
+    if kind == b"new":
+        if len(parts) == 4 and _TUNNEL_ID_RE.fullmatch(parts[3]):
+            return NewTunnel(bytes.fromhex(parts[3].decode("ascii")))
+        return _malformed("expected /cable/new/<32 hex digit tunnel id>")
+    if kind == b"connect":
+        if (
+            len(parts) == 5
+            and _ROUTING_ID_RE.fullmatch(parts[3])
+            and _TUNNEL_ID_RE.fullmatch(parts[4])
+        ):
+            return ConnectTunnel(
+                bytes.fromhex(parts[3].decode("ascii")), bytes.fromhex(parts[4].decode("ascii"))
+            )
+        return _malformed(
+            "expected /cable/connect/<6 hex digit routing id>/<32 hex digit tunnel id>"
+        )
+    if kind == b"contact":
+        if len(parts) == 4 and _CONTACT_ID_RE.fullmatch(parts[3]):
+            padded = parts[3] + b"=" * (-len(parts[3]) % 4)
+            try:
+                return ContactTunnel(base64.urlsafe_b64decode(padded))
+            except (binascii.Error, ValueError):
+                pass
+        return _malformed("expected /cable/contact/<base64url contact id>")
+    return _malformed("unknown tunnel path")
+
+
+def _header_tokens(headers: Headers, name: bytes) -> list[bytes]:
+    tokens: list[bytes] = []
+    for key, value in headers:
+        if key.lower() == name:
+            tokens.extend(t.strip() for t in value.split(b","))
+    return tokens
+
+
+def _header(headers: Headers, name: bytes) -> bytes | None:
+    for key, value in headers:
+        if key.lower() == name:
+            return value.strip()
+    return None
+
+
+def decide(
+    method: bytes, target: bytes, headers: Headers, allowed_origins: tuple[str, ...] = ()
+) -> Decision:
+    """What to do with one HTTP request, judged from the request alone."""
+    parsed = parse_target(target)
+    if isinstance(parsed, Refusal):
+        return parsed
+    if isinstance(parsed, PlainGet):
+        if method not in (b"GET", b"HEAD"):
+            return Refusal(405, "method_not_allowed", "use GET", (("Allow", "GET, HEAD"),))
+        return parsed
+    if method != b"GET":
+        return Refusal(405, "method_not_allowed", "tunnel paths take GET only", (("Allow", "GET"),))
+    upgrade = [t.lower() for t in _header_tokens(headers, b"upgrade")]
+    connection = [t.lower() for t in _header_tokens(headers, b"connection")]
+    if b"websocket" not in upgrade or b"upgrade" not in connection:
+        return Refusal(400, "not_websocket", "tunnel paths need a WebSocket upgrade")
+    if _header(headers, b"sec-websocket-version") != b"13":
+        return Refusal(
+            426,
+            "bad_websocket_version",
+            "WebSocket version 13 required",
+            (("Sec-WebSocket-Version", "13"),),
+        )
+    key = _header(headers, b"sec-websocket-key")
+    try:
+        if key is None or len(base64.b64decode(key, validate=True)) != 16:
+            raise ValueError
+    except (binascii.Error, ValueError):
+        return Refusal(400, "not_websocket", "missing or malformed Sec-WebSocket-Key")
+    if _SUBPROTOCOL not in _header_tokens(headers, b"sec-websocket-protocol"):
+        return Refusal(400, "missing_subprotocol", f"the {SUBPROTOCOL} subprotocol is required")
+    if allowed_origins:
+        origin = _header(headers, b"origin")
+        if origin is not None and origin.decode("latin-1") not in allowed_origins:
+            return Refusal(403, "origin_forbidden", "origin not allowed")
+    return Upgrade(parsed, key)
