@@ -61,3 +61,7 @@ class QrJsonError(QrError):
 
 class QrImageError(QrError):
     """An image file cannot be read or contains no QR code."""
+
+
+class QrRenderError(QrError):
+    """The text cannot be drawn as a QR code (too long) or the file cannot be written."""
