@@ -22,6 +22,7 @@ from hybrid.authenticator import (
     Approval,
     ApprovalRequest,
     CredentialStore,
+    CredentialStoreError,
     SoftwareAuthenticator,
     auto_approver,
     declining_approver,
@@ -166,6 +167,16 @@ async def test_counter_increments_and_persists_across_store_reopen(tmp_path: Pat
         assert key.public_key().public_numbers().x.to_bytes(32, "big") == cred.public_key[-2]
     mode = stat.S_IMODE(os.stat(data_dir / STORE_FILENAME).st_mode)
     assert mode & 0o077 == 0
+
+
+def test_unusable_store_is_a_typed_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("not a directory")
+    with pytest.raises(CredentialStoreError, match="cannot open credential store"):
+        CredentialStore(tmp_path / "file")
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / STORE_FILENAME).write_bytes(b"this is not an SQLite database" * 100)
+    with pytest.raises(CredentialStoreError):
+        CredentialStore(tmp_path / "junk")
 
 
 async def test_discoverable_assertion_picks_newest_credential_and_names_the_user(

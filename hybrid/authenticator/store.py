@@ -77,7 +77,9 @@ class CredentialStore:
         try:
             self.data_dir.mkdir(parents=True, exist_ok=True)
             fresh = not self.path.exists()
-            self._db = sqlite3.connect(self.path, isolation_level=None)
+            # Autocommit mode with explicit BEGIN IMMEDIATE transactions (see _Transaction); the
+            # connection may be used from the trio thread or a worker thread, never both at once.
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             if fresh:
                 # Private keys live here: keep the file readable by its owner only.
                 os.chmod(self.path, 0o600)
