@@ -16,13 +16,16 @@ Why a hand-written symmetric state instead of ``noiseprotocol`` (package ``noise
 * its failures are untyped (``cryptography.exceptions.InvalidTag``, bare ``Exception``,
   ``NoiseValueError``), it never checks message lengths, and it emits a ``UserWarning`` whenever an
   ephemeral key is injected, which is exactly what deterministic, fuzzable sans-IO code needs;
-* it is unmaintained (last release 2020).
+* it is effectively unmaintained (0.3.1 is its latest release, years old).
 
 So the symmetric and handshake state below are written out (about a hundred lines), generic over the
 DH function, and ``tests/test_noise.py`` proves them byte for byte against ``noiseprotocol``:
-``Noise_KNpsk0_25519_AESGCM_SHA256`` and ``Noise_NKpsk0_25519_AESGCM_SHA256`` with the same fixed
-statics and ephemerals give identical messages, handshake hashes and split keys, and so do the two
-P-256 hybrid patterns when ``noiseprotocol`` is given a P-256 backend. The P-256 wrappers
+``test_generic_handshake_matches_noiseprotocol_on_25519`` runs ``Noise_KNpsk0_25519_AESGCM_SHA256``
+and ``Noise_NKpsk0_25519_AESGCM_SHA256`` with the same fixed statics and ephemerals in both and gets
+identical messages, handshake hashes and split keys;
+``test_hybrid_roles_match_noiseprotocol_with_a_p256_backend`` does the same for the two hybrid
+protocols, giving ``noiseprotocol`` a P-256 backend (the ``dhlen == 65`` trick above, acceptable in
+a test oracle). The P-256 wrappers
 ``Initiator``/``Responder`` add what hybrid requires on top: exact 81-byte messages, empty payloads,
 point validation and one typed ``HandshakeError``.
 """
@@ -372,8 +375,12 @@ def _guarded(step: Callable[[], Any]) -> Any:
 class _Role:
     """Shared turn-taking: each role has a fixed order of steps and dies on the first error."""
 
-    _state: HandshakeState
     _steps: Sequence[str]
+
+    def __init__(self, state: HandshakeState) -> None:
+        self._state = state
+        self._step = 0
+        self._failed = False
 
     def _begin(self, step: str) -> None:
         if self._failed:
@@ -397,11 +404,6 @@ class Initiator(_Role):
     """The desktop: sends Noise message 1, reads message 2, then holds the transport keys."""
 
     _steps = ("write_message", "read_message")
-
-    def __init__(self, state: HandshakeState) -> None:
-        self._state = state
-        self._step = 0
-        self._failed = False
 
     @classmethod
     def qr(
@@ -471,11 +473,6 @@ class Responder(_Role):
     """The phone: reads Noise message 1, answers with message 2 and the transport keys."""
 
     _steps = ("read_message", "write_message")
-
-    def __init__(self, state: HandshakeState) -> None:
-        self._state = state
-        self._step = 0
-        self._failed = False
 
     @classmethod
     def qr(
