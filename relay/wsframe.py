@@ -224,7 +224,7 @@ class FrameParser:
                 head = pos + 6
             elif length == 126:
                 if end - pos < 4:
-                    self._need = 40
+                    self._need = 4
                     break
                 (length,) = _UINT16.unpack_from(data, pos + 2)
                 if length < 126:
