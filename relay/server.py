@@ -140,6 +140,9 @@ class _Tunnel:
             self.end_reason = reason
             self.codes = (auth_code, init_code)
             self.close_text = text
+        if self.state is _State.WAITING:
+            # A dying tunnel must not be joined in the moments before its owner unregisters it.
+            self.state = _State.ENDED
         if self.scope is not None:
             self.scope.cancel()
 
@@ -466,7 +469,8 @@ class Relay:
             if not registered:
                 self._unregister(tunnel)
         tunnel.authenticator = WebSocket(stream, trailing, self.config.max_message_size)
-        tunnel.state = _State.WAITING
+        if tunnel.end_reason is None:
+            tunnel.state = _State.WAITING
         self.stats.tunnels_opened += 1
         log_event(
             "tunnel_opened",
