@@ -133,7 +133,8 @@ def test_reserved_byte_set_is_ignored_even_when_linked() -> None:
 @pytest.mark.parametrize("domain_id", [2, 3, 100, 255])
 def test_unassigned_domain_id_is_ignored_in_the_qr_flow_only(domain_id: int) -> None:
     key = keys.eid_key(bytes(16))
-    plaintext = b"\x00" + bytes(13) + domain_id.to_bytes(2, "little")
+    plaintext = Eid(bytes(10), bytes(3), domain_id).pack()
+    assert plaintext == bytes(14) + domain_id.to_bytes(2, "little")
     advert = encrypt_advert(key, plaintext)
     assert decrypt_advert(key, advert) is None
     # Deployed phones fill linked adverts randomly: only byte 0 is checked there (12.5).
@@ -176,7 +177,8 @@ def test_eid_parse_rejects_malformed_plaintexts(data: bytes) -> None:
     [
         dict(nonce=bytes(9), routing_id=b"abc", tunnel_server_id=0),
         dict(nonce=bytes(10), routing_id=b"ab", tunnel_server_id=0),
-        dict(nonce=bytes(10), routing_id=b"abc", tunnel_server_id=2),
+        dict(nonce=bytes(10), routing_id=b"abc", tunnel_server_id="0"),
+        dict(nonce=bytes(10), routing_id=b"abc", tunnel_server_id=True),
         dict(nonce=bytes(10), routing_id=b"abc", tunnel_server_id=65536),
         dict(nonce=bytes(10), routing_id=b"abc", tunnel_server_id=-1),
     ],

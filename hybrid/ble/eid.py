@@ -53,12 +53,12 @@ class Eid:
             raise EidError(
                 f"EID routing id must be {ROUTING_ID_LEN} bytes, got {len(self.routing_id)}"
             )
-        if not isinstance(self.tunnel_server_id, int) or not is_known_domain_id(
-            self.tunnel_server_id
-        ):
-            raise EidError(
-                f"tunnel-server domain id {self.tunnel_server_id!r} is not 0, 1 or 256..65535"
-            )
+        domain_id = self.tunnel_server_id
+        # Any uint16 can be packed (tests craft reserved ids); parse() enforces assigned ones.
+        if isinstance(domain_id, bool) or not isinstance(domain_id, int):
+            raise EidError(f"tunnel-server domain id must be an integer, got {domain_id!r}")
+        if not 0 <= domain_id <= 0xFFFF:
+            raise EidError(f"tunnel-server domain id {domain_id} does not fit in 16 bits")
 
     @classmethod
     def create(cls, routing_id: bytes, tunnel_server_id: int, nonce: bytes | None = None) -> Eid:
@@ -75,17 +75,16 @@ class Eid:
 
     @classmethod
     def parse(cls, data: bytes) -> Eid:
-        """Inverse of ``pack``; raises ``EidError`` for a wrong length, reserved byte or domain."""
+        """Inverse of ``pack``; ``EidError`` on a bad length, reserved byte or unassigned domain."""
         data = bytes(data)
         if len(data) != EID_PLAINTEXT_LEN:
             raise EidError(f"EID plaintext must be {EID_PLAINTEXT_LEN} bytes, got {len(data)}")
         if data[0] != 0:
             raise EidError(f"EID reserved byte must be 0, got {data[0]:#04x}")
-        return cls(
-            nonce=data[1:11],
-            routing_id=data[11:14],
-            tunnel_server_id=int.from_bytes(data[14:16], "little"),
-        )
+        domain_id = int.from_bytes(data[14:16], "little")
+        if not is_known_domain_id(domain_id):
+            raise EidError(f"EID names unassigned tunnel-server domain id {domain_id}")
+        return cls(nonce=data[1:11], routing_id=data[11:14], tunnel_server_id=domain_id)
 
 
 def _split_key(eid_key: bytes) -> tuple[bytes, bytes]:

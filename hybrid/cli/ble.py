@@ -20,7 +20,7 @@ from hybrid.ble.eid import (
     encrypt_advert,
 )
 from hybrid.errors import HybridError
-from hybrid.tunnel.domains import tunnel_domain
+from hybrid.tunnel.domains import is_known_domain_id, tunnel_domain
 from hybrid.tunnel.urls import connect_url
 
 QR_SECRET_LEN = 16
@@ -98,6 +98,8 @@ def _encrypt(args: argparse.Namespace) -> int:
     secret = _qr_secret(args.qr_secret)
     routing_id = parse_hex(args.routing_id, "--routing-id")
     nonce = None if args.nonce is None else parse_hex(args.nonce, "--nonce")
+    if not is_known_domain_id(args.domain_id):
+        raise BleUsageError(f"--domain-id {args.domain_id} is not 0, 1 or 256..65535")
     try:
         eid = Eid.create(routing_id, args.domain_id, nonce)
     except EidError as exc:
