@@ -72,6 +72,9 @@ def test_contact_url_is_unpadded_base64url() -> None:
         lambda: contact_url(b"", domain_id=0),
         lambda: new_url(TID),
         lambda: new_url(TID, base_url="http://127.0.0.1:80"),
+        lambda: new_url(TID.hex(), domain_id=0),  # type: ignore[arg-type]
+        lambda: connect_url("0a1b2c", TID, domain_id=0),  # type: ignore[arg-type]
+        lambda: contact_url("contact", domain_id=0),  # type: ignore[arg-type]
     ],
 )
 def test_bad_addresses_raise_tunnel_address_error(call) -> None:  # type: ignore[no-untyped-def]

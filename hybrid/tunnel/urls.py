@@ -2,8 +2,8 @@
 
 The relay and both clients import these names, so the wire vocabulary of the tunnel service is
 defined once (protocol notes section 7). Deployed browsers write tunnel and routing ids in
-upper-case hex; relays accept either case. ``base_url`` replaces ``wss://<tunnel-server domain>`` for a local
-relay such as ``ws://127.0.0.1:8080``.
+upper-case hex; relays accept either case. ``base_url`` replaces ``wss://<tunnel-server domain>``
+for a local relay such as ``ws://127.0.0.1:8080``.
 """
 
 from __future__ import annotations
@@ -44,6 +44,8 @@ def _base(domain_id: int | None, base_url: str | None) -> str:
 
 
 def _check_len(name: str, value: bytes, length: int) -> None:
+    if not isinstance(value, bytes | bytearray):
+        raise TunnelAddressError(f"{name} must be bytes, got {type(value).__name__}")
     if len(value) != length:
         raise TunnelAddressError(f"{name} must be {length} bytes, got {len(value)}")
 
@@ -77,7 +79,7 @@ def contact_url(
     contact_id: bytes, *, domain_id: int | None = None, base_url: str | None = None
 ) -> str:
     """URL the desktop opens to wake a linked phone: ``/cable/contact/<base64url(contact id)>``."""
-    if not contact_id:
-        raise TunnelAddressError("contact id must not be empty")
+    if not isinstance(contact_id, bytes | bytearray) or not contact_id:
+        raise TunnelAddressError("contact id must be non-empty bytes")
     encoded = base64.urlsafe_b64encode(contact_id).rstrip(b"=").decode("ascii")
     return _base(domain_id, base_url) + CONTACT_PATH_PREFIX + encoded
