@@ -117,6 +117,7 @@ def test_show_writes_png_and_svg_and_read_decodes_them(tmp_path):
         (("encode",), "", "no JSON on stdin"),
         (("encode",), "{not json", "not valid JSON"),
         (("encode",), "[1, 2]", "must be an object"),
+        (("encode",), '{"public_key": 1' + "0" * 5000 + "}", "not usable JSON"),
         (("encode",), '{"public_key": "00"}', "qr_secret"),
         (("encode",), json.dumps({"public_key": KEY.hex(), "qr_secret": "00"}), "16 bytes"),
         (("show", "FIDO:/1"), "", "impossible length"),

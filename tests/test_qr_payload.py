@@ -255,6 +255,29 @@ def test_point_not_on_the_curve(prefix):
         QrPayload.from_url(url_of_map({0: prefix + x, 1: SECRET}))
 
 
+def test_tagged_values_are_kept_as_tags_and_re_encode_byte_for_byte():
+    tags = {7: cbor2.CBORTag(1, TIMESTAMP), 8: cbor2.CBORTag(2, b"\x00\x01"),
+            9: cbor2.CBORTag(258, [1, 2]), 10: cbor2.CBORTag(55799, "x")}  # fmt: skip
+    url = url_of_map({0: PUBLIC_KEY, 1: SECRET, **tags})
+    payload = QrPayload.from_url(url)
+    assert payload.unknown == tags
+    assert payload.to_url() == url
+    assert QrPayload.from_json(payload.to_json()).to_url() == url
+
+
+@pytest.mark.parametrize("value", [cbor2.CBORTag(2, b"\x01" * 9), cbor2.CBORTag(1, 5), 2**64])
+def test_bignum_or_tagged_timestamp_is_not_an_integer(value):
+    with pytest.raises(KeyTypeError, match="QR key 3"):
+        QrPayload.from_url(url_of_map({0: PUBLIC_KEY, 1: SECRET, 3: value}))
+
+
+def test_integers_beyond_64_bits_are_refused_when_building():
+    with pytest.raises(KeyTypeError, match="does not fit"):
+        QrPayload.create(PUBLIC_KEY, SECRET, timestamp=2**64)
+    with pytest.raises(KeyTypeError, match="does not fit"):
+        QrPayload(PUBLIC_KEY, SECRET, key6=[-(2**64) - 1])
+
+
 def test_bool_key_that_equals_a_known_key_is_rejected():
     # Python would treat True as key 1; the CBOR map really has no integer key 1
     with pytest.raises(QrError):
@@ -297,7 +320,8 @@ KEYS = [compressed(new_key()) for _ in range(8)]
 unknown_values = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**64), 2**64 - 1) | st.text(max_size=8)
     | st.binary(max_size=8),
-    lambda inner: st.lists(inner, max_size=3),
+    lambda inner: st.lists(inner, max_size=3)
+    | st.builds(cbor2.CBORTag, st.integers(0, 299), inner),
     max_leaves=6,
 )  # fmt: skip
 payloads = st.builds(
@@ -371,6 +395,7 @@ cbor_values = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=8)
     | st.binary(max_size=8) | st.sampled_from([PUBLIC_KEY, SECRET, b"\x02" + b"\xff" * 32]),
     lambda inner: st.lists(inner, max_size=4)
+    | st.builds(cbor2.CBORTag, st.integers(0, 300), inner)
     | st.dictionaries(st.integers(-5, 10) | st.text(max_size=3), inner, max_size=4),
     max_leaves=6,
 )  # fmt: skip

@@ -125,10 +125,12 @@ def _encode(args: argparse.Namespace) -> int:
         raise QrJsonError("no JSON on stdin (expected the output of 'hybrid qr decode --json')")
     try:
         obj = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as exc:
-        message = exc.msg if isinstance(exc, json.JSONDecodeError) else "nested too deeply"
-        where = f" at line {exc.lineno} column {exc.colno}" if hasattr(exc, "lineno") else ""
-        raise QrJsonError(f"stdin is not valid JSON: {message}{where}") from None
+    except json.JSONDecodeError as exc:
+        raise QrJsonError(
+            f"stdin is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from None
+    except (ValueError, RecursionError) as exc:  # e.g. an integer beyond Python's digit limit
+        raise QrJsonError(f"stdin is not usable JSON: {' '.join(str(exc).split())}") from None
     print(QrPayload.from_json(obj).to_url())
     return 0
 

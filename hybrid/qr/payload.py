@@ -123,6 +123,8 @@ def cbor_type_name(value: object) -> str:
         return "float"
     if value is None:
         return "null"
+    if isinstance(value, cbor2.CBORTag):
+        return f"tag {value.tag}"
     return type(value).__name__
 
 
@@ -142,6 +144,33 @@ def _shortest_float(encoder: cbor2.CBOREncoder, value: float) -> None:
 def _encode(value: object) -> bytes:
     """CBOR with shortest-form numbers and map order as given (cbor2's default keeps dict order)."""
     return cbor2.dumps(value, encoders={float: _shortest_float})
+
+
+def _raw_tag(tag: int) -> Any:
+    return lambda value, immutable: cbor2.CBORTag(tag, value)
+
+
+# cbor2 would turn tagged items into datetimes, bignum ints, sets, ... and re-encode them
+# differently; keeping every tag as CBORTag makes unknown values round-trip byte for byte and
+# keeps bignums (tags 2/3) from passing as CBOR integers
+_RAW_TAGS = {tag: _raw_tag(tag) for tag in [*range(300), 1004, 1040, 55799]}
+_INT_MIN, _INT_MAX = -(2**64), 2**64 - 1
+
+
+def _decode_item(data: bytes) -> tuple[Any, int]:
+    """One CBOR item from the start of ``data`` and how many bytes it took (strict mode)."""
+    stream = io.BytesIO(data)
+    decoder = cbor2.CBORDecoder(
+        stream,
+        semantic_decoders=_RAW_TAGS,
+        allow_indefinite=False,
+        allow_duplicate_keys=False,
+    )
+    return decoder.decode(), stream.tell()
+
+
+def _is_cbor_int(value: object) -> bool:
+    return _is_int(value) and _INT_MIN <= value <= _INT_MAX  # type: ignore[operator]
 
 
 def _canonical_order(keys: list[Any]) -> list[Any]:
@@ -189,12 +218,14 @@ class QrPayload:
         _load_public_key(self.public_key)
 
         for key, value, ok in (
-            (2, self.tunnel_domains, _is_int),
-            (3, self.timestamp, _is_int),
+            (2, self.tunnel_domains, _is_cbor_int),
+            (3, self.timestamp, _is_cbor_int),
             (4, self.state_assisted, lambda v: isinstance(v, bool)),
             (5, self.request_type, lambda v: isinstance(v, str)),
         ):
             if value is not None and not ok(value):
+                if ok is _is_cbor_int and _is_int(value):
+                    raise KeyTypeError(f"{_label(key)} {value} does not fit in a CBOR integer")
                 raise KeyTypeError(
                     f"{_label(key)} must be {_EXPECTED[key]}, got {cbor_type_name(value)}"
                 )
@@ -216,7 +247,9 @@ class QrPayload:
         if not isinstance(value, (list, tuple)):
             raise KeyTypeError(f"{_label(6)} must be {_EXPECTED[6]}, got {cbor_type_name(value)}")
         for item in value:
-            if not _is_int(item):
+            if _is_int(item) and not _is_cbor_int(item):
+                raise KeyTypeError(f"{_label(6)} channel id {item} does not fit in a CBOR integer")
+            if not _is_cbor_int(item):
                 raise KeyTypeError(
                     f"{_label(6)} channel ids must be integers, got {cbor_type_name(item)}"
                 )
@@ -340,16 +373,12 @@ class QrPayload:
         """Parse and validate the CBOR map; raises a ``QrError`` subclass saying what is wrong."""
         if not data:
             raise QrCborError("QR payload is empty")
-        stream = io.BytesIO(data)
         try:
-            decoded = cbor2.CBORDecoder(
-                stream, allow_indefinite=False, allow_duplicate_keys=False
-            ).decode()
+            decoded, consumed = _decode_item(data)
         except Exception as exc:  # cbor2 raises assorted types on garbage
             raise QrCborError(f"QR payload is not valid CBOR: {_one_line(exc)}") from None
         if not isinstance(decoded, dict):
             raise QrCborError(f"QR payload is a CBOR {cbor_type_name(decoded)}, not a map")
-        consumed = stream.tell()
         if consumed != len(data):
             raise QrCborError(
                 f"QR payload has {len(data) - consumed} trailing bytes after the CBOR map"
@@ -509,7 +538,10 @@ def _from_json_value(value: Any, where: str) -> Any:
             raise QrJsonError(f"QR JSON {where} has an invalid hex string") from None
     if isinstance(value, dict) and len(value) == 1 and isinstance(value.get("cbor"), str):
         try:
-            return cbor2.loads(bytes.fromhex(value["cbor"]))
+            item, consumed = _decode_item(bytes.fromhex(value["cbor"]))
+            if consumed != len(value["cbor"]) // 2:
+                raise ValueError("trailing bytes")
+            return item
         except Exception as exc:  # cbor2 raises assorted types on garbage
             raise QrJsonError(f"QR JSON {where} is not valid CBOR: {_one_line(exc)}") from None
     raise QrJsonError(
