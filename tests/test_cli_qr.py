@@ -80,6 +80,13 @@ def test_decode_reads_the_url_from_stdin_and_prints_every_key():
     assert "makeCredential" in result.stdout and "1764201234" in result.stdout
 
 
+def test_show_upper_cases_a_lower_case_prefix(tmp_path):
+    png = tmp_path / "qr.png"
+    result = hybrid("show", CHROME_URL.lower(), "--png", str(png))
+    assert result.returncode == 0, result.stderr
+    assert decode_qr_image(png) == CHROME_URL
+
+
 def test_show_draws_within_80_columns():
     result = hybrid("show", CHROME_URL)
     assert result.returncode == 0, result.stderr
@@ -104,7 +111,8 @@ def test_show_writes_png_and_svg_and_read_decodes_them(tmp_path):
     ("args", "stdin", "message"),
     [
         (("decode", "https://example.com"), "", "not a FIDO:/ URL"),
-        (("decode", "FIDO:/12x45"), "", "non-digit character 'x' at position 2"),
+        (("decode", "FIDO:/12x45"), "", "non-digit character at position 2 ('x')"),
+        (("decode", url_encode(cbor2.dumps({0: KEY, 1: SECRET, "t": 1})), "--json"), "", "'t'"),
         (("decode", "FIDO:/1234"), "", "impossible length"),
         (("decode", "FIDO:/" + "9" * 17), "", "does not fit in 7 bytes"),
         (("decode", url_encode(b"\xa1\x00")), "", "not valid CBOR"),

@@ -73,6 +73,11 @@ def test_non_ascii_look_alike_prefix_is_rejected():
         url_decode("FİDO:/123")
 
 
+def test_non_text_is_not_a_fido_url():
+    with pytest.raises(NotFidoUrlError):
+        url_decode(b"FIDO:/123")  # type: ignore[arg-type]
+
+
 def test_prefix_with_nothing_after_it_is_rejected():
     with pytest.raises(NotFidoUrlError, match="nothing after"):
         url_decode("FIDO:/")
@@ -82,7 +87,7 @@ def test_prefix_with_nothing_after_it_is_rejected():
     ("digits", "position"), [("12a45", 2), ("123 ", 3), ("-12", 0), ("1_000", 1), ("٣٤٥", 0)]
 )
 def test_non_digit_character_is_reported_with_its_position(digits, position):
-    with pytest.raises(NonDigitError, match=f"non-digit character .* at position {position}$"):
+    with pytest.raises(NonDigitError, match=f"non-digit character at position {position} "):
         digits_decode(digits)
 
 

@@ -27,6 +27,7 @@ import datetime
 import json
 import sys
 
+from hybrid.qr.digits import FIDO_URL_PREFIX
 from hybrid.qr.errors import QrJsonError
 from hybrid.qr.payload import REQUEST_TYPES, QrPayload, cbor_type_name
 from hybrid.qr.render import decode_qr_image, render_terminal, save_png, save_svg
@@ -138,6 +139,8 @@ def _encode(args: argparse.Namespace) -> int:
 def _show(args: argparse.Namespace) -> int:
     url = _url_argument(args.url)
     QrPayload.from_url(url)  # refuse to draw what no phone would accept
+    # an upper-case prefix keeps the whole text in the dense alphanumeric/numeric QR modes
+    url = FIDO_URL_PREFIX + url[len(FIDO_URL_PREFIX) :]
     if not args.png and not args.svg:
         _write(render_terminal(url, invert=args.invert))
         return 0

@@ -42,7 +42,7 @@ def digits_decode(digits: str) -> bytes:
         # str.isdigit() would also accept non-ASCII digits such as Arabic-Indic ones
         if char not in _ASCII_DIGITS:
             raise NonDigitError(
-                f"QR digits contain a non-digit character {char!r} at position {position}"
+                f"QR digits contain a non-digit character at position {position} ({char!r})"
             )
     full, rest = divmod(len(digits), FULL_CHUNK_DIGITS)
     if rest not in _BYTES_FOR_DIGITS:
@@ -69,6 +69,8 @@ def digits_decode(digits: str) -> bytes:
 
 def strip_prefix(url: str) -> str:
     """Return the digits of a ``FIDO:/`` URL; the prefix is compared ASCII-case-insensitively."""
+    if not isinstance(url, str):
+        raise NotFidoUrlError("not a FIDO:/ URL")
     head = url[: len(FIDO_URL_PREFIX)]
     # only ASCII letters may differ in case; str.upper() would also map e.g. 'ı' to 'I'
     if not head.isascii() or head.upper() != FIDO_URL_PREFIX:
