@@ -8,6 +8,7 @@ lines on stderr; SIGTERM or SIGINT starts a graceful shutdown.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import sys
@@ -182,13 +183,24 @@ async def _shut_down(relay: Relay, scope: trio.CancelScope) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     config, level = config_from(argv)
     configure(level)
+    failure: OSError | None = None
     try:
         trio.run(_run, config)
-    except OSError as exc:
-        log_event("fatal", error=str(exc))
-        print(f"hybrid-relay: error: {exc}", file=sys.stderr)
+    except* OSError as group:
+        # Binding the port or loading the TLS files failed; nursery layers wrap it in groups.
+        failure = _first(group)
+    if failure is not None:
+        log_event("fatal", logging.ERROR, error=str(failure))
+        print(f"hybrid-relay: error: {failure}", file=sys.stderr)
         return 1
     return 0
+
+
+def _first(group: BaseException) -> OSError:
+    while isinstance(group, BaseExceptionGroup):
+        group = group.exceptions[0]
+    assert isinstance(group, OSError)
+    return group
 
 
 if __name__ == "__main__":

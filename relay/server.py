@@ -170,7 +170,13 @@ def _peer_address(stream: trio.abc.Stream) -> str:
 
 def _ssl_context(config: RelayConfig) -> ssl.SSLContext:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(config.tls_cert, config.tls_key)
+    try:
+        context.load_cert_chain(config.tls_cert, config.tls_key)
+    except OSError as exc:  # ssl.SSLError is an OSError too
+        detail = exc.strerror or str(exc)
+        raise OSError(
+            f"cannot load TLS certificate {config.tls_cert!r} and key {config.tls_key!r}: {detail}"
+        ) from exc
     return context
 
 
@@ -254,12 +260,12 @@ class Relay:
 
     async def _run(self, task_status: trio.TaskStatus[Relay]) -> None:
         config = self.config
+        context = _ssl_context(config) if config.tls else None
         listeners: list[trio.abc.Listener[trio.abc.Stream]] = list(
             await trio.open_tcp_listeners(config.port, host=config.host)
         )
         self.port = listeners[0].socket.getsockname()[1]
-        if config.tls:
-            context = _ssl_context(config)
+        if context is not None:
             listeners = [trio.SSLListener(lst, context, https_compatible=True) for lst in listeners]
         try:
             async with trio.open_nursery() as connections:

@@ -7,6 +7,7 @@ import ipaddress
 import json
 import os
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -330,3 +331,29 @@ async def test_environment_configures_the_process():
     finally:
         if proc.process.returncode is None:
             proc.process.kill()
+
+
+def test_unusable_port_or_tls_files_fail_with_one_line(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        result = subprocess.run(
+            [sys.executable, "-m", "relay", "--port", port],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("hybrid-relay: error:")
+    missing = str(tmp_path / "missing.pem")
+    result = subprocess.run(
+        [sys.executable, "-m", "relay", "--tls-cert", missing, "--tls-key", missing],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "missing.pem" in result.stderr.strip().splitlines()[-1]
