@@ -303,3 +303,73 @@ async def test_connection_rejected_by_trio_websocket_reports_status():
             async with open_ws(f"{relay.base_url}/cable/new/{'0' * 31}"):
                 pass
         assert info.value.status_code == 400
+
+
+async def test_frames_sent_right_behind_the_request_are_kept():
+    from wsproto.connection import Connection, ConnectionType
+    from wsproto.events import BytesMessage
+
+    async with running_relay() as relay:
+        tid = new_tunnel_id()
+        client = Connection(ConnectionType.CLIENT)
+        early = client.send(BytesMessage(data=b"pipelined"))
+        stream = await trio.open_tcp_stream("127.0.0.1", relay.port)
+        async with stream:
+            await stream.send_all(upgrade_request(f"/cable/new/{tid}") + early)
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += await stream.receive_some(4096)
+            rid = re.search(rb"X-caBLE-Routing-ID: ([0-9A-F]{6})", head).group(1).decode()
+            async with open_ws(connect_url(relay, rid, tid)) as initiator:
+                assert await initiator.get_message() == b"pipelined"
+
+
+async def test_pings_are_answered_by_the_relay_and_not_forwarded():
+    async with running_relay() as relay:
+        async with open_tunnel(relay) as tunnel:
+            with trio.fail_after(2):
+                await tunnel.initiator.ping(b"are you there")
+                await tunnel.authenticator.ping()
+            await tunnel.initiator.send_message(b"after ping")
+            assert await tunnel.authenticator.get_message() == b"after ping"
+
+
+async def test_in_process_shutdown_closes_waiting_tunnels_and_returns():
+    async with running_relay() as relay:
+        async with open_ws(new_url(relay, new_tunnel_id())) as waiting:
+            with trio.fail_after(3):
+                await relay.shutdown(grace=1)
+            assert await expect_close(waiting) == 1001
+        assert relay.live_tunnels() == 0
+        assert relay.open_connections() == 0
+
+
+async def test_garbage_before_and_after_the_upgrade_never_disturbs_the_relay(caplog):
+    import random
+
+    rng = random.Random(1234)
+    async with running_relay(handshake_timeout=1, wait_timeout=1) as relay:
+        async with open_tunnel(relay) as tunnel:
+
+            async def junk(i: int) -> None:
+                stream = await trio.open_tcp_stream("127.0.0.1", relay.port)
+                noise = rng.randbytes(rng.randrange(1, 3000))
+                if i % 2:
+                    noise = upgrade_request(f"/cable/new/{new_tunnel_id()}") + noise
+                async with stream:
+                    try:
+                        await stream.send_all(noise)
+                        with trio.move_on_after(2):
+                            while await stream.receive_some(65536):
+                                pass
+                    except trio.BrokenResourceError:
+                        pass
+
+            async with trio.open_nursery() as nursery:
+                for i in range(100):
+                    nursery.start_soon(junk, i)
+            await tunnel.authenticator.send_message(b"unbothered")
+            assert await tunnel.initiator.get_message() == b"unbothered"
+        await wait_until(lambda: relay.open_connections() == 0, timeout=5)
+        assert relay.live_tunnels() == 0
+    assert not [r for r in caplog.records if r.getMessage() == "connection_error"]
