@@ -269,9 +269,17 @@ class QrPayload:
     def _normalised_order(self) -> tuple[Any, ...]:
         present = self._present_keys()
         canonical = _canonical_order(present)
-        order = [key for key in self.key_order if any(_same_key(key, p) for p in present)]
-        order += [key for key in canonical if not any(_same_key(key, o) for o in order)]
-        return () if order == canonical and _all_same(order, canonical) else tuple(order)
+        # (type, key) pairs keep 1, 1.0 and True apart, which compare equal in Python
+        wanted = {(type(key), key) for key in present}
+        order: list[Any] = []
+        seen: set[tuple[type, Any]] = set()
+        for key in [*self.key_order, *canonical]:
+            tagged = (type(key), key)
+            if tagged in wanted and tagged not in seen:
+                seen.add(tagged)
+                order.append(key)
+        same = all(_same_key(a, b) for a, b in zip(order, canonical, strict=True))
+        return () if same else tuple(order)
 
     # ---- construction -------------------------------------------------------------------------
 
@@ -288,9 +296,9 @@ class QrPayload:
     ) -> QrPayload:
         """A desktop's payload the way current browsers build it: keys 0..5, key 2 = 2, no key 6.
 
-        ``public_key`` may be a key object (a private key stands for its public half) or its 33-
-        or 65-byte encoding. Pass the current time
-        as ``timestamp`` (deployed desktops always send key 3); ``None`` leaves key 3 out.
+        ``public_key`` may be a key object (a private key stands for its public half) or its
+        33- or 65-byte encoding. Pass the current time as ``timestamp`` (deployed desktops always
+        send key 3); ``None`` leaves key 3 out.
         """
         if isinstance(public_key, ec.EllipticCurvePrivateKey):
             key = public_key.public_key()
@@ -488,10 +496,6 @@ class QrPayload:
 
 def _same_key(a: object, b: object) -> bool:
     return type(a) is type(b) and a == b
-
-
-def _all_same(a: list[Any], b: list[Any]) -> bool:
-    return all(_same_key(x, y) for x, y in zip(a, b, strict=True))
 
 
 def _one_line(exc: BaseException) -> str:
