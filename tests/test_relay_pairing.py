@@ -373,3 +373,43 @@ async def test_garbage_before_and_after_the_upgrade_never_disturbs_the_relay(cap
         await wait_until(lambda: relay.open_connections() == 0, timeout=5)
         assert relay.live_tunnels() == 0
     assert not [r for r in caplog.records if r.getMessage() == "connection_error"]
+
+
+async def _upgrade_and_hold(port: int, path: str, statuses: list[int], held: list) -> None:
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    held.append(stream)
+    await stream.send_all(upgrade_request(path))
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += await stream.receive_some(4096)
+    statuses.append(int(head.split(b" ", 2)[1]))
+
+
+async def test_racing_duplicates_pair_exactly_once():
+    async with running_relay() as relay:
+        tid = new_tunnel_id()
+        statuses: list[int] = []
+        held: list[trio.SocketStream] = []
+        async with trio.open_nursery() as nursery:
+            for _ in range(10):
+                nursery.start_soon(
+                    _upgrade_and_hold, relay.port, f"/cable/new/{tid}", statuses, held
+                )
+        assert sorted(statuses) == [101] + [409] * 9
+        assert relay.live_tunnels() == 1
+        for stream in held:
+            await stream.aclose()
+        await wait_until(lambda: relay.live_tunnels() == 0)
+
+        async with open_ws(new_url(relay, tid)) as authenticator:
+            rid = routing_id_of(authenticator)
+            statuses.clear()
+            held.clear()
+            path = f"/cable/connect/{rid}/{tid}"
+            async with trio.open_nursery() as nursery:
+                for _ in range(10):
+                    nursery.start_soon(_upgrade_and_hold, relay.port, path, statuses, held)
+            assert sorted(statuses) == [101] + [404] * 9
+            assert relay.stats.pairings == 1
+            for stream in held:
+                await stream.aclose()
