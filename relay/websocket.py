@@ -121,7 +121,13 @@ class WebSocket:
         await self._write(self._ws.send(BytesMessage(data=data)))
 
     async def _write(self, frame: bytes) -> None:
-        async with self._lock:
+        # Uncontended (the usual case) the lock is taken without a scheduler round trip;
+        # send_all checkpoints anyway.
+        try:
+            self._lock.acquire_nowait()
+        except trio.WouldBlock:
+            await self._lock.acquire()
+        try:
             if self._broken:
                 raise PeerGone("socket is broken")
             self._broken = True
@@ -130,6 +136,8 @@ class WebSocket:
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 raise PeerGone("connection lost") from exc
             self._broken = False
+        finally:
+            self._lock.release()
 
     async def close(self, code: int, reason: str, timeout: float) -> None:
         """Send a close frame and wait up to ``timeout`` for the client's; never raises."""
