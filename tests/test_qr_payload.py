@@ -2,6 +2,7 @@
 
 import io
 import os
+import time
 
 import cbor2
 import pytest
@@ -431,3 +432,13 @@ def test_decoder_reports_consumed_length_exactly():
     stream = io.BytesIO(data)
     cbor2.CBORDecoder(stream).decode()
     assert stream.tell() == len(chrome_cbor(PUBLIC_KEY, SECRET))
+
+
+def test_a_map_with_thousands_of_unknown_keys_keeps_its_order_quickly():
+    m = {key: key for key in range(5000, 6, -1)}
+    m.update({0: PUBLIC_KEY, 1: SECRET})
+    url = url_of_map(m)
+    started = time.perf_counter()
+    payload = QrPayload.from_url(url)
+    assert payload.to_url() == url
+    assert time.perf_counter() - started < 2.0
