@@ -177,7 +177,7 @@ class PhoneSession:
         self._step("request received")
         command = request[0] if request else 0
         self._operation = _operation_for(command)
-        response = await self._answer(tunnel, request)
+        response = await self._answer(tunnel, crypter, request)
         await tunnel.send(crypter.encrypt(encode_message(MessageType.CTAP, response)))
         self._step("response sent")
         status = response[0] if response else 0xFF
@@ -203,7 +203,7 @@ class PhoneSession:
             Failure.TIMEOUT, f"no request within {self.deadlines.request:g} s of the handshake"
         )
 
-    async def _answer(self, tunnel: Tunnel, request: bytes) -> bytes:
+    async def _answer(self, tunnel: Tunnel, crypter: Crypter, request: bytes) -> bytes:
         """Run the authenticator, abandoning it if the desktop hangs up or time runs out."""
         outcome: dict[str, Any] = {}
 
@@ -212,11 +212,14 @@ class PhoneSession:
             cancel.cancel()
 
         async def watch_tunnel(cancel: trio.CancelScope) -> None:
+            # Update messages may arrive at any time; only a hang-up abandons the prompt.
             try:
-                await tunnel.receive()
-                outcome["gone"] = "the desktop sent a message while the request was pending"
+                while True:
+                    parse_message(crypter.decrypt(await tunnel.receive()))
             except TunnelClosedError:
                 outcome["gone"] = "the desktop closed the tunnel while the user was deciding"
+            except HybridError as exc:
+                outcome["gone"] = f"the desktop broke the tunnel: {exc}"
             cancel.cancel()
 
         with trio.move_on_after(self.deadlines.user) as deadline, single_exceptions():
