@@ -22,6 +22,8 @@ from fido2.webauthn import (
     RegistrationResponse,
 )
 
+from hybrid.qr.render import save_png
+
 HYBRID = [sys.executable, "-m", "hybrid"]
 
 
@@ -41,7 +43,13 @@ async def drain(stream: trio.abc.ReceiveStream, into: list[bytes]) -> None:
 
 
 async def desktop_and_phone(
-    action: str, relay_url: str, ble_port: int, desktop_dir: Path, phone_dir: Path, *extra: str
+    action: str,
+    relay_url: str,
+    ble_port: int,
+    desktop_dir: Path,
+    phone_dir: Path,
+    *extra: str,
+    qr_image: Path | None = None,
 ) -> tuple[int, str, int, str]:
     """Run one ceremony as two processes; (desktop code, desktop output, phone code, phone err)."""
     common = ["--relay", relay_url, "--ble-port", str(ble_port)]
@@ -57,11 +65,23 @@ async def desktop_and_phone(
         with trio.fail_after(30):
             url = await first_line(desktop.stdout)
             assert url.startswith("FIDO:/"), url
+            scanned = [url]
+            if qr_image is not None:  # the phone reads the QR code itself, from a picture
+                save_png(url, qr_image)
+                scanned = ["--qr-image", str(qr_image)]
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(drain, desktop.stdout, out)
                 nursery.start_soon(drain, desktop.stderr, err)
                 phone = await trio.run_process(
-                    [*HYBRID, "phone", "--approve", "--data-dir", str(phone_dir), *common, url],
+                    [
+                        *HYBRID,
+                        "phone",
+                        "--approve",
+                        "--data-dir",
+                        str(phone_dir),
+                        *common,
+                        *scanned,
+                    ],
                     capture_stdout=True,
                     capture_stderr=True,
                     check=False,
@@ -76,7 +96,7 @@ async def desktop_and_phone(
 
 
 async def test_desktop_and_phone_processes_register_then_sign_in(
-    relay, ble_port, desktop_dir, phone_dir
+    relay, ble_port, desktop_dir, phone_dir, tmp_path
 ) -> None:
     code, output, phone_code, phone_err = await desktop_and_phone(
         "register", relay.base_url, ble_port, desktop_dir, phone_dir
@@ -86,7 +106,7 @@ async def test_desktop_and_phone_processes_register_then_sign_in(
     assert "status OK" in phone_err
     # login in a new process works because both sides persisted their state
     code, output, phone_code, phone_err = await desktop_and_phone(
-        "login", relay.base_url, ble_port, desktop_dir, phone_dir
+        "login", relay.base_url, ble_port, desktop_dir, phone_dir, qr_image=tmp_path / "qr.png"
     )
     assert (code, phone_code) == (0, 0), output + phone_err
     assert "accepted the assertion" in output
