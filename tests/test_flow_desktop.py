@@ -20,7 +20,7 @@ from hybrid.catalogue import Failure, Operation, PasskeyError
 from hybrid.desktop import Deadlines, DesktopSession
 from hybrid.desktop.ctap import get_assertion_request
 from hybrid.qr.payload import QrPayload
-from hybrid.tunnel.client import Tunnel, open_tunnel
+from hybrid.tunnel.client import Tunnel, TunnelClosedError, open_tunnel
 from hybrid.tunnel.crypter import Crypter
 from hybrid.tunnel.messages import (
     MessageType,
@@ -166,3 +166,20 @@ async def test_shutdown_from_a_phone_is_a_protocol_error(relay) -> None:
 async def test_ctap_status_maps_to_the_catalogue(relay, status, failure) -> None:
     _, outcome = await run(relay, answering(bytes([status])))
     assert isinstance(outcome, PasskeyError) and outcome.failure is failure
+
+
+async def test_revision_0_phone_gets_bare_ctap_messages_and_no_shutdown(relay) -> None:
+    async def revision0(tunnel: Tunnel, _m2: bytes, crypter: Crypter) -> None:
+        post = cbor.encode({1: cbor.encode({1: ["FIDO_2_0"]})})
+        zeros = 512 - len(post) - 2
+        await tunnel.send(crypter.encrypt(post + bytes(zeros) + zeros.to_bytes(2, "little")))
+        request = crypter.decrypt(await tunnel.receive())
+        assert request[0] == 0x02  # no type byte in revision 0
+        await tunnel.send(crypter.encrypt(b"\x00\xa0"))
+        # revision 0 has no shutdown: the desktop just closes
+        with pytest.raises(TunnelClosedError):
+            await tunnel.receive()
+
+    session, outcome = await run(relay, revision0)
+    assert outcome == b"\xa0"
+    assert session.transcript.post_handshake.legacy_revision0
