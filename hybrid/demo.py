@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -26,7 +27,7 @@ from typing import Any
 
 import trio
 
-from hybrid.ble.loopback import resolve_port
+from hybrid.ble.loopback import PORT_ENV_VAR, resolve_port
 from hybrid.ble.medium import single_exceptions
 from hybrid.errors import HybridError
 
@@ -246,7 +247,7 @@ async def run_demo(config: DemoConfig, say: Say = _say_to_stdout) -> DemoReport:
     the flow itself: that is reported)."""
     from relay.server import RelayConfig, serve
 
-    port = resolve_port(config.ble_port)
+    port = _demo_port(config.ble_port, say)
     with tempfile.TemporaryDirectory(prefix="hybrid-demo-") as scratch:
         data_dir = config.data_dir or Path(scratch)
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -267,6 +268,29 @@ async def run_demo(config: DemoConfig, say: Say = _say_to_stdout) -> DemoReport:
                     break
             nursery.cancel_scope.cancel()
     return report
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _demo_port(requested: int | None, say: Say) -> int:
+    """The medium's port; the demo owns both ends, so a busy *default* port is swapped for a free
+    one rather than failing (an explicit ``--ble-port`` / ``$HYBRID_BLE_PORT`` is always used)."""
+    port = resolve_port(requested)
+    explicit = requested is not None or os.environ.get(PORT_ENV_VAR, "").strip()
+    if explicit or _port_is_free(port):
+        return port
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        free = probe.getsockname()[1]
+    say(f"loopback BLE port {port} is busy; the demo uses {free} for both of its processes")
+    return free
 
 
 def conclusion(report: DemoReport, config: DemoConfig) -> str:
