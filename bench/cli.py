@@ -24,7 +24,14 @@ from pathlib import Path
 from typing import Any
 
 from bench import report
-from bench.procs import BenchError, RelayProcess, core_plan, pin, raise_nofile_limit
+from bench.procs import (
+    BenchError,
+    RelayProcess,
+    core_plan,
+    die_with_parent,
+    pin,
+    raise_nofile_limit,
+)
 from bench.relays import (
     BENCH_DIR,
     REFERENCES,
@@ -36,6 +43,9 @@ from bench.relays import (
 )
 
 SCENARIOS = ("pairing", "forwarding", "idle", "transaction")
+#: Idle capacity runs first, on fresh relays, so the heap other scenarios freed does not hide
+#: the memory waiting tunnels take.
+RUN_ORDER = ("idle", "pairing", "forwarding", "transaction")
 SIZES = (64, 1024, 16384)
 
 
@@ -103,6 +113,7 @@ class LoadGenProcess:
             stdout=subprocess.PIPE,
             text=True,
             start_new_session=True,
+            preexec_fn=die_with_parent,
         )
 
     def run(self, command: dict[str, Any], timeout: float) -> dict[str, Any]:
@@ -118,10 +129,12 @@ class LoadGenProcess:
         return json.loads(line)
 
     def stop(self) -> None:
+        # With stdin closed an idle load generator exits at once; a busy one (interrupted run)
+        # is killed after a second rather than left to finish its scenario.
         with contextlib.suppress(Exception):
             self.proc.stdin.close()  # type: ignore[union-attr]
         with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(5)
+            self.proc.wait(1)
         if self.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
@@ -242,6 +255,12 @@ def run_all(
                     contender.fail(f"relay exited during {key}")
     finally:
         for contender in contenders:
+            if contender.gen is not None:
+                contender.gen.stop()
+                contender.gen = None
+        for contender in contenders:
+            contender.relay.terminate()
+        for contender in contenders:
             contender.stop()
 
 
@@ -269,6 +288,7 @@ def machine() -> dict[str, Any]:
     return {
         "cpu": model,
         "cores": os.cpu_count(),
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
         "kernel": platform.release(),
         "versions": versions,
     }
@@ -331,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     cores = core_plan()
     pin(cores[1])  # the orchestrator mostly sleeps; keep it off the relay's core
     started = time.monotonic()
-    commands = [c for s in args.only for c in plan(args.quick)[s]]
+    commands = [c for s in RUN_ORDER if s in args.only for c in plan(args.quick)[s]]
     specs: list[RelaySpec] = []
     skipped: dict[str, str] = {}
     if not args.no_ours:
@@ -364,11 +384,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run_all(specs, commands, cores, tmp, data["relays"])
     except KeyboardInterrupt:
-        print("\nbench: interrupted; child processes stopped, partial results kept", flush=True)
-        data["interrupted"] = True
+        # Partial results would overwrite a complete earlier run in --out: leave it alone.
+        print("\nbench: interrupted; child processes stopped, nothing written", flush=True)
+        return 130
     data["elapsed_s"] = round(time.monotonic() - started, 1)
+    data["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     paths = report.write_all(data, args.out)
     print(f"\n{report.headline_markdown(data)}")
     print(f"bench: done in {data['elapsed_s']} s; wrote {', '.join(str(p) for p in paths)}")
-    failed = any("error" in r for r in data["relays"].values()) or data.get("interrupted")
+    failed = any("error" in r for r in data["relays"].values())
     return 1 if failed else 0

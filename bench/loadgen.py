@@ -351,6 +351,10 @@ class LoadGen:
                         "rss_bytes": rss,
                         "rss_delta_bytes": rss - base,
                         "bytes_per_waiting_tunnel": round((rss - base) / level, 1),
+                        # Growth since the previous level: less blurred by freed heap reuse.
+                        "marginal_bytes_per_waiting_tunnel": round(
+                            (rss - results[-1]["rss_bytes"]) / (level - results[-1]["waiting"]), 1
+                        ),
                         "open_per_s": round(opened / meter["wall_s"], 1),
                         "relay_cpu_us_per_open": round(meter["relay_cpu_s"] * 1e6 / opened, 2)
                         if opened

@@ -54,6 +54,15 @@ def pin(cores: set[int] | None) -> None:
             os.sched_setaffinity(0, cores)
 
 
+def die_with_parent() -> None:
+    """In a child before exec: have the kernel SIGKILL it if the orchestrator dies (Linux)."""
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 def children_of(pid: int) -> list[int]:
     """Every descendant of pid (scans /proc: cheap enough at phase boundaries)."""
     parents: dict[int, list[int]] = {}
@@ -141,6 +150,7 @@ class RelayProcess:
         cores = self.cores
 
         def before_exec() -> None:
+            die_with_parent()
             pin(cores)
             raise_nofile_limit()
 
@@ -190,6 +200,12 @@ class RelayProcess:
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    def terminate(self) -> None:
+        """Send SIGTERM to the relay's process group without waiting (stop() waits)."""
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
 
     def stop(self) -> None:
         """SIGTERM the relay's process group, SIGKILL it if it lingers."""

@@ -40,7 +40,18 @@ HEADLINES = [
         "relay_cpu_us_per_message",
         "µs",
     ),
-    ("memory per waiting tunnel (largest level)", "idle", "bytes_per_waiting_tunnel", "KiB"),
+    (
+        "memory per waiting tunnel (average at largest level)",
+        "idle",
+        "bytes_per_waiting_tunnel",
+        "KiB",
+    ),
+    (
+        "memory per waiting tunnel (marginal, last level step)",
+        "idle",
+        "marginal_bytes_per_waiting_tunnel",
+        "KiB",
+    ),
     ("pairing p99 latency, 64 in flight", "pairing/64", "p99_ms", "ms"),
     ("pairing throughput, 64 in flight", "pairing/64", "tunnels_per_s", "tunnels/s"),
     ("relay CPU per full hybrid transaction", "transaction", "relay_cpu_us_per_transaction", "µs"),
@@ -189,13 +200,16 @@ def details_markdown(data: dict[str, Any]) -> str:
                     f"{lv['waiting']:,}",
                     f"{lv['rss_bytes'] / 2**20:.1f}",
                     f"{lv['bytes_per_waiting_tunnel'] / 1024:.1f}" if lv["waiting"] else "—",
+                    f"{lv['marginal_bytes_per_waiting_tunnel'] / 1024:.1f}"
+                    if lv["waiting"]
+                    else "—",
                     _num(lv.get("relay_cpu_us_per_open")),
                     _num(lv["p50_ms"]),
                     _num(lv["p99_ms"]),
                 ]
             )
     if rows:
-        head = ["relay", "waiting tunnels", "RSS MiB", "KiB per waiting tunnel"]
+        head = ["relay", "waiting tunnels", "RSS MiB", "KiB per waiting tunnel", "marginal KiB"]
         head += ["relay µs CPU/open", "fresh pairing p50 ms", "fresh pairing p99 ms"]
         parts.append("### (c) Idle capacity\n\n" + _table(head, rows))
 
@@ -237,6 +251,17 @@ def details_markdown(data: dict[str, Any]) -> str:
     return "\n\n".join(parts)
 
 
+def loadgen_peak(data: dict[str, Any]) -> tuple[float, str, str] | None:
+    """(busy fraction, relay, scenario) of the load generator's busiest measured window."""
+    peaks = [
+        (s["loadgen_busy"], relay, key)
+        for relay, r in data["relays"].items()
+        for key, s in r.get("scenarios", {}).items()
+        if s.get("ok") and s.get("loadgen_busy") is not None
+    ]
+    return max(peaks) if peaks else None
+
+
 def machine_markdown(data: dict[str, Any]) -> str:
     m = data["machine"]
     versions = ", ".join(f"{k} {v}" for k, v in m["versions"].items())
@@ -248,6 +273,19 @@ def machine_markdown(data: dict[str, Any]) -> str:
         f"{pinning.get('loadgen') or 'any'}; open-file limit {data.get('open_file_limit')}",
         f"- {data['mode']} run at {data['generated']}, {data.get('elapsed_s', '?')} s in total",
     ]
+    if "load_average_at_start" in m:
+        lines.append(
+            f"- load average (1/5/15 min) at start {m['load_average_at_start']}, at end "
+            f"{m.get('load_average_at_end')}: other work on the machine slows throughput and "
+            "latency more than it moves CPU per unit of work"
+        )
+    busiest = loadgen_peak(data)
+    if busiest:
+        verdict = "not the bottleneck" if busiest[0] < 0.9 else "SATURATED: throughput is a floor"
+        lines.append(
+            f"- load generator: busiest at {busiest[0]:.0%} of its core ({busiest[1]}, "
+            f"{busiest[2]}): {verdict}"
+        )
     for name, r in data["relays"].items():
         lines.append(f"- `{name}`: `{r['command']}` ({r.get('note', '')})")
     for name, why in data.get("skipped", {}).items():
@@ -275,7 +313,9 @@ def plots(data: dict[str, Any], out: Path) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, NullFormatter
 
+    plain = FuncFormatter(lambda v, _: f"{v:g}")
     names = relay_names(data)
     written = []
 
@@ -303,7 +343,9 @@ def plots(data: dict[str, Any], out: Path) -> list[Path]:
             ax.set_xlabel("message size")
             ax.grid(True, alpha=0.3)
             ax.legend()
-        axes[1][col].set_yscale("log")
+        for ax in (axes[0][col], axes[1][col]):
+            ax.set_yscale("log")
+            ax.yaxis.set_major_formatter(plain)
     fig.tight_layout()
     written.append(out / "throughput.png")
     fig.savefig(written[-1], dpi=90)
@@ -319,6 +361,8 @@ def plots(data: dict[str, Any], out: Path) -> list[Path]:
             if s and s.get("ok") and s.get("cdf"):
                 ax.plot([p[1] for p in s["cdf"]], [p[0] for p in s["cdf"]], label=n)
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(plain)
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("latency (ms)")
         ax.set_ylabel("percentile")
         ax.set_title(title)
@@ -352,7 +396,7 @@ def plots(data: dict[str, Any], out: Path) -> list[Path]:
 def write_all(data: dict[str, Any], out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / "results.json", out / "results.md"]
-    paths[0].write_text(json.dumps(data, indent=1) + "\n")
+    paths[0].write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
     paths[1].write_text(markdown(data))
     try:
         paths += plots(data, out)

@@ -97,12 +97,17 @@ async def main() -> None:
     await server.serve_forever()
 
 
-if __name__ == "__main__":
+def run() -> None:
     try:
         import uvloop
-
-        uvloop.run(main())
     except ImportError:
         asyncio.run(main())
+    else:
+        uvloop.run(main())
+
+
+if __name__ == "__main__":
+    try:
+        run()
     except KeyboardInterrupt:
         pass
