@@ -13,16 +13,15 @@ If bleak cannot start (no adapter, Bluetooth off, no BlueZ/D-Bus), entering ``sc
 
 from __future__ import annotations
 
-import asyncio
-import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
 import trio
 
+from hybrid.ble.asyncio_bridge import asyncio_service
 from hybrid.ble.eid import SERVICE_UUID16S
-from hybrid.ble.medium import SCAN_BUFFER, NoAdapterError, Scanner, ServiceData
+from hybrid.ble.medium import SCAN_BUFFER, Scanner, ServiceData
 
 START_TIMEOUT = 10.0
 _BASE_UUID_SUFFIX = "-0000-1000-8000-00805f9b34fb"
@@ -108,65 +107,22 @@ class BleakAdvertScanner(Scanner):
 
     @asynccontextmanager
     async def scan(self) -> AsyncIterator[trio.abc.ReceiveChannel[ServiceData]]:
-        token = trio.lowlevel.current_trio_token()
         send, receive = trio.open_memory_channel[ServiceData](SCAN_BUFFER)
-        started = trio.Event()
-        finished = trio.Event()
-        outcome: dict[str, BaseException | None] = {"error": None}
-        stop_requested = threading.Event()
-        loop_box: dict[str, Any] = {}
 
-        def report_started(error: BaseException | None) -> None:
-            outcome["error"] = error
-            started.set()
+        async def start() -> _BleakScannerLike:
+            scanner = self._factory(self.on_detection)
+            await scanner.start()
+            return scanner
 
-        async def bleak_main() -> None:
-            loop = asyncio.get_running_loop()
-            stop = asyncio.Event()
-            loop_box["stop"] = lambda: loop.call_soon_threadsafe(stop.set)
-            try:
-                scanner = self._factory(self.on_detection)
-                await scanner.start()
-            except BaseException as exc:  # noqa: BLE001 - any failure here means "no adapter"
-                token.run_sync_soon(report_started, exc)
-                return
-            token.run_sync_soon(report_started, None)
-            try:
-                if not stop_requested.is_set():
-                    await stop.wait()
-            finally:
-                await scanner.stop()
+        async def stop(scanner: _BleakScannerLike) -> None:
+            await scanner.stop()
 
-        def thread_main() -> None:
-            asyncio.run(bleak_main())
-
-        def request_stop() -> None:
-            stop_requested.set()
-            stopper = loop_box.get("stop")
-            if stopper is not None:
-                try:
-                    stopper()
-                except RuntimeError:  # loop already closed
-                    pass
-
-        self._token, self._send = token, send
-        trio.lowlevel.start_thread_soon(
-            thread_main, lambda _result: token.run_sync_soon(finished.set)
-        )
+        self._token, self._send = trio.lowlevel.current_trio_token(), send
         try:
-            with trio.move_on_after(self._start_timeout):
-                await started.wait()
-            if not started.is_set():
-                raise NoAdapterError("bleak: the Bluetooth adapter did not start scanning in time")
-            if outcome["error"] is not None:
-                error = outcome["error"]
-                raise NoAdapterError(f"bleak: no usable Bluetooth adapter ({error!r})")
-            yield receive
+            async with asyncio_service(
+                start, stop, what="bleak", start_timeout=self._start_timeout
+            ):
+                yield receive
         finally:
             self._token = self._send = None
             send.close()
-            request_stop()
-            # Let the worker stop the radio; never wait forever on a wedged backend.
-            with trio.move_on_after(2.0) as scope:
-                scope.shield = True
-                await finished.wait()
