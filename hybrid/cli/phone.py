@@ -52,6 +52,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--data-dir", type=Path, metavar="DIR", help="where passkeys are kept")
     add_ble_port(parser)
     parser.add_argument(
+        "--ble",
+        choices=("loopback", "bluez"),
+        default="loopback",
+        help="BLE backend: the loopback medium (default) or a real adapter through BlueZ",
+    )
+    parser.add_argument(
         "--timeout",
         type=float,
         default=DEFAULT_TIMEOUT,
@@ -61,6 +67,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+def _advertiser(args: argparse.Namespace):
+    if args.ble == "bluez":
+        from hybrid.ble.bluez_advertiser import BluezAdvertiser
+
+        return BluezAdvertiser()
+    from hybrid.ble.loopback import LoopbackAdvertiser
+
+    return LoopbackAdvertiser(args.ble_port)
+
+
 def run(args: argparse.Namespace) -> int:
     from hybrid.authenticator import (
         CredentialStore,
@@ -68,7 +84,6 @@ def run(args: argparse.Namespace) -> int:
         auto_approver,
         terminal_approver,
     )
-    from hybrid.ble.loopback import LoopbackAdvertiser
     from hybrid.phone import PhoneDeadlines, PhoneSession
     from hybrid.qr.payload import QrPayload
 
@@ -91,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
         session = PhoneSession(
             qr,
             authenticator,
-            LoopbackAdvertiser(args.ble_port),
+            _advertiser(args),
             relay_url=args.relay,
             domain_id=args.domain_id,
             deadlines=PhoneDeadlines(desktop=args.timeout, user=args.timeout),
