@@ -52,7 +52,7 @@ from hybrid.desktop.ctap import (
 )
 from hybrid.errors import HybridError, ProtocolError
 from hybrid.qr.payload import QrPayload
-from hybrid.tunnel.client import RelayUnreachableError, TunnelClosedError, open_tunnel
+from hybrid.tunnel.client import RelayUnreachableError, Tunnel, TunnelClosedError, open_tunnel
 from hybrid.tunnel.crypter import Crypter
 from hybrid.tunnel.messages import (
     MessageType,
@@ -198,6 +198,8 @@ class DesktopSession:
             raise
         except ProtocolError as exc:
             raise self._error(Failure.PROTOCOL_ERROR, str(exc)) from None
+        except TunnelClosedError as exc:
+            raise self._error(Failure.PROTOCOL_ERROR, f"the tunnel closed early: {exc}") from None
 
     async def _find_advert(self, eid_key: bytes) -> tuple[bytes, Eid]:
         seen: set[ServiceData] = set()
@@ -226,7 +228,7 @@ class DesktopSession:
         raise self._error(Failure.NO_BLE_ADAPTER, "the BLE scanner stopped")
 
     async def _over_tunnel(
-        self, tunnel: Any, eid_plaintext: bytes, ctap_request: bytes, clock: _Clock
+        self, tunnel: Tunnel, eid_plaintext: bytes, ctap_request: bytes, clock: _Clock
     ) -> bytes:
         psk = keys.psk(self._qr_secret, eid_plaintext)
         initiator = Initiator.qr(self._identity, psk)
@@ -295,7 +297,7 @@ class DesktopSession:
             raise error_for_ctap_status(status, self.operation)
         return body
 
-    async def _shutdown(self, tunnel: Any, crypter: Crypter, shutdown: bytes) -> None:
+    async def _shutdown(self, tunnel: Tunnel, crypter: Crypter, shutdown: bytes) -> None:
         """Say "no more requests", then accept late update messages until the phone closes."""
         try:
             await tunnel.send(crypter.encrypt(shutdown))
