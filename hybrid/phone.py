@@ -52,6 +52,7 @@ logger = logging.getLogger(__name__)
 MAKE_CREDENTIAL = 0x01
 GET_ASSERTION = 0x02
 DEFAULT_DOMAIN_ID = 0
+CTAP2_ERR_USER_ACTION_TIMEOUT = 0x2F
 
 Progress = Callable[[str, float], None]
 
@@ -204,7 +205,7 @@ class PhoneSession:
         )
 
     async def _answer(self, tunnel: Tunnel, crypter: Crypter, request: bytes) -> bytes:
-        """Run the authenticator, abandoning it if the desktop hangs up or time runs out."""
+        """Run the authenticator; give up if the desktop hangs up, send 0x2F after the deadline."""
         outcome: dict[str, Any] = {}
 
         async def authenticate(cancel: trio.CancelScope) -> None:
@@ -231,9 +232,9 @@ class PhoneSession:
         if "gone" in outcome:
             raise self._error(Failure.USER_DECLINED, outcome["gone"])
         assert deadline.cancelled_caught
-        raise self._error(
-            Failure.TIMEOUT, f"the user did not answer within {self.deadlines.user:g} s"
-        )
+        # Tell the desktop why, rather than hanging up (which it would read as "cancelled").
+        self._step(f"user did not answer within {self.deadlines.user:g} s")
+        return bytes([CTAP2_ERR_USER_ACTION_TIMEOUT])
 
     async def _linger(self, tunnel: Tunnel, crypter: Crypter) -> None:
         """Give the desktop a moment to send shutdown, so the reply is surely delivered first."""

@@ -339,3 +339,21 @@ async def test_desktop_qr_and_ctap_request_follow_the_deployed_shape(
     assert params[4] == [{"alg": -7, "type": "public-key"}]
     assert params[7] == {"rk": True, "uv": True}
     assert 8 not in params and 9 not in params  # no PIN/UV auth
+
+
+async def test_phone_deadline_for_the_user_answers_timed_out(relay, medium, rp, phone_dir) -> None:
+    async def never(_request) -> Approval:
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    desktop, phone = await ceremony(
+        Operation.REGISTER,
+        rp,
+        phone_authenticator(phone_dir, never),
+        medium,
+        relay.base_url,
+        phone_deadlines=PhoneDeadlines(desktop=5, request=3, user=0.5, linger=0.5),
+    )
+    assert phone.status == 0x2F  # CTAP2_ERR_USER_ACTION_TIMEOUT, sent to the desktop
+    assert failure_of(desktop) is Failure.TIMEOUT
+    assert desktop.title == "Passkey Request Timed Out"
