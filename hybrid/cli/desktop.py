@@ -138,7 +138,11 @@ def run(args: argparse.Namespace) -> int:
         if not args.no_qr:
             from hybrid.qr.render import render_terminal
 
-            sys.stdout.write(render_terminal(url) + "\n")
+            try:
+                sys.stdout.write(render_terminal(url) + "\n")
+            except UnicodeEncodeError:
+                # A non-UTF-8 terminal cannot draw the block characters; the URL line is enough.
+                sys.stdout.write("(QR code not shown: this terminal cannot draw it)\n")
             sys.stdout.flush()
 
     async def main():
