@@ -109,3 +109,20 @@ async def test_memory_medium_without_adapter_refuses_to_scan() -> None:
     with pytest.raises(NoAdapterError):
         async with medium.scanner().scan():
             pass
+
+
+async def test_loopback_advertiser_datagrams_as_any_tool_sees_them(ble_port: int) -> None:
+    """An independent scanner binding the port with a plain UDP socket gets the exact bytes."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tool:
+        tool.bind(("127.0.0.1", ble_port))
+        tool.setblocking(False)
+        async with LoopbackAdvertiser(ble_port).advertise(0xFFF9, ADVERT):
+            await trio.sleep(0.25)
+        datagrams = []
+        while True:
+            try:
+                datagrams.append(tool.recv(4096))
+            except BlockingIOError:
+                break
+    assert 2 <= len(datagrams) <= 4
+    assert set(datagrams) == {b"\xff\xf9" + ADVERT}
