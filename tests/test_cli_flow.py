@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import trio
+import webauthn
 from fido2.server import Fido2Server
 from fido2.utils import websafe_decode
 from fido2.webauthn import (
@@ -21,6 +22,7 @@ from fido2.webauthn import (
     PublicKeyCredentialRpEntity,
     RegistrationResponse,
 )
+from webauthn.helpers import base64url_to_bytes
 
 from hybrid.qr.render import save_png
 
@@ -163,3 +165,24 @@ async def test_demo_json_reverifies_with_fido2_server_from_the_json_alone(tmp_pa
     server.authenticate_complete(
         authentication_state, [credential], AuthenticationResponse.from_dict(auth)
     )
+
+    # A second, independent WebAuthn server library (py_webauthn, which this project does not
+    # otherwise use) must accept the same JSON, as any relying party would.
+    registration = webauthn.verify_registration_response(
+        credential=reg,
+        expected_challenge=base64url_to_bytes(document["registration"]["challenge"]),
+        expected_origin=document["origin"],
+        expected_rp_id=document["rp_id"],
+        require_user_verification=True,
+    )
+    assert registration.credential_id == websafe_decode(reg["rawId"])
+    assertion = webauthn.verify_authentication_response(
+        credential=auth,
+        expected_challenge=base64url_to_bytes(document["authentication"]["challenge"]),
+        expected_origin=document["origin"],
+        expected_rp_id=document["rp_id"],
+        credential_public_key=registration.credential_public_key,
+        credential_current_sign_count=registration.sign_count,
+        require_user_verification=True,
+    )
+    assert assertion.new_sign_count > registration.sign_count
