@@ -400,6 +400,29 @@ class _Role:
         return out
 
 
+def _hybrid_state(
+    psk: bytes,
+    ephemeral: PrivateKeyLike | None,
+    *,
+    linked: bool,
+    initiator: bool,
+    s: ec.EllipticCurvePrivateKey | None = None,
+    rs: bytes | None = None,
+) -> HandshakeState:
+    """The handshake state for one hybrid flow: QR (``KNpsk0``) or linked (``NKpsk0``)."""
+    return HandshakeState(
+        protocol_name=NK_PROTOCOL_NAME if linked else KN_PROTOCOL_NAME,
+        pattern=NK_PSK0 if linked else KN_PSK0,
+        dh=P256(),
+        initiator=initiator,
+        prologue=LINKED_PROLOGUE if linked else QR_PROLOGUE,
+        psk=_check_psk(psk),
+        s=s,
+        rs=rs,
+        e=None if ephemeral is None else _private(ephemeral, "ephemeral key"),
+    )
+
+
 class Initiator(_Role):
     """The desktop: sends Noise message 1, reads message 2, then holds the transport keys."""
 
@@ -415,19 +438,7 @@ class Initiator(_Role):
     ) -> Initiator:
         """QR flow (``KNpsk0``, prologue 0x01): the desktop's QR identity key is the static."""
         s = _private(identity_private, "identity key")
-        e = None if ephemeral is None else _private(ephemeral, "ephemeral key")
-        return cls(
-            HandshakeState(
-                protocol_name=KN_PROTOCOL_NAME,
-                pattern=KN_PSK0,
-                dh=P256(),
-                initiator=True,
-                prologue=QR_PROLOGUE,
-                psk=_check_psk(psk),
-                s=s,
-                e=e,
-            )
-        )
+        return cls(_hybrid_state(psk, ephemeral, linked=False, initiator=True, s=s))
 
     @classmethod
     def linked(
@@ -438,20 +449,8 @@ class Initiator(_Role):
         ephemeral: PrivateKeyLike | None = None,
     ) -> Initiator:
         """Linked flow (``NKpsk0``, prologue 0x00): the phone's identity key is the known static."""
-        rs_bytes = _public(phone_identity_public, "phone identity key")
-        e = None if ephemeral is None else _private(ephemeral, "ephemeral key")
-        return cls(
-            HandshakeState(
-                protocol_name=NK_PROTOCOL_NAME,
-                pattern=NK_PSK0,
-                dh=P256(),
-                initiator=True,
-                prologue=LINKED_PROLOGUE,
-                psk=_check_psk(psk),
-                rs=rs_bytes,
-                e=e,
-            )
-        )
+        rs = _public(phone_identity_public, "phone identity key")
+        return cls(_hybrid_state(psk, ephemeral, linked=True, initiator=True, rs=rs))
 
     def write_message(self) -> bytes:
         """Noise message 1: ephemeral point and the tag over an empty payload (81 bytes)."""
@@ -483,20 +482,8 @@ class Responder(_Role):
         ephemeral: PrivateKeyLike | None = None,
     ) -> Responder:
         """QR flow: ``initiator_identity_public`` is QR key 0 (33 or 65 bytes, or a key object)."""
-        rs_bytes = _public(initiator_identity_public, "desktop identity key")
-        e = None if ephemeral is None else _private(ephemeral, "ephemeral key")
-        return cls(
-            HandshakeState(
-                protocol_name=KN_PROTOCOL_NAME,
-                pattern=KN_PSK0,
-                dh=P256(),
-                initiator=False,
-                prologue=QR_PROLOGUE,
-                psk=_check_psk(psk),
-                rs=rs_bytes,
-                e=e,
-            )
-        )
+        rs = _public(initiator_identity_public, "desktop identity key")
+        return cls(_hybrid_state(psk, ephemeral, linked=False, initiator=False, rs=rs))
 
     @classmethod
     def linked(
@@ -508,19 +495,7 @@ class Responder(_Role):
     ) -> Responder:
         """Linked flow: the phone's long-term identity key is the static."""
         s = _private(identity_private, "identity key")
-        e = None if ephemeral is None else _private(ephemeral, "ephemeral key")
-        return cls(
-            HandshakeState(
-                protocol_name=NK_PROTOCOL_NAME,
-                pattern=NK_PSK0,
-                dh=P256(),
-                initiator=False,
-                prologue=LINKED_PROLOGUE,
-                psk=_check_psk(psk),
-                s=s,
-                e=e,
-            )
-        )
+        return cls(_hybrid_state(psk, ephemeral, linked=True, initiator=False, s=s))
 
     def read_message(self, message: bytes) -> None:
         """Process message 1 (exactly 81 bytes); its tag proves the PSK, i.e. proximity."""
