@@ -73,6 +73,7 @@ from relay.websocket import (
     WebSocket,
     WebSocketEnded,
 )
+from relay.wsframe import write_binary
 
 __all__ = ["RelayConfig", "Relay", "serve"]
 
@@ -589,20 +590,21 @@ class Relay:
         try:
             while True:
                 try:
-                    data = await source.receive()
+                    batch = await source.receive_batch()
                 except WebSocketEnded as exc:
                     reason, own, other, text = _ended_by("authenticator", exc)
                     tunnel.finish(reason, own, other, text)
                     return
-                count += 1
-                if count > limit:
-                    tunnel.finish(
-                        "message_quota", 1008, 1008, "authenticator sent too many messages"
-                    )
-                    return
+                # Messages past the quota are not forwarded; the ones before it are.
+                over_quota = count + len(batch) > limit
+                if over_quota:
+                    batch = batch[: max(0, limit - count)]
+                count += len(batch)
                 destination = tunnel.forward_to
                 if destination is None:
-                    if len(pending) >= pending_limit:
+                    room = pending_limit - len(pending)
+                    pending.extend(batch[:room])
+                    if len(batch) > room:
                         tunnel.finish(
                             "pending_overflow",
                             1008,
@@ -610,17 +612,26 @@ class Relay:
                             "too many messages before the initiator joined",
                         )
                         return
-                    pending.append(data)
-                    continue
-                try:
-                    await destination.send(data)
-                except WebSocketEnded:
-                    tunnel.finish("initiator_gone", 1001, 1001, "initiator disconnected")
+                elif batch:
+                    out = bytearray()
+                    nbytes = 0
+                    for data in batch:
+                        write_binary(out, data)
+                        nbytes += len(data)
+                    try:
+                        await destination.send_frames(out)
+                    except WebSocketEnded:
+                        tunnel.finish("initiator_gone", 1001, 1001, "initiator disconnected")
+                        return
+                    stats.messages_to_initiator += len(batch)
+                    stats.bytes_to_initiator += nbytes
+                    sent += len(batch)
+                    size += nbytes
+                if over_quota:
+                    tunnel.finish(
+                        "message_quota", 1008, 1008, "authenticator sent too many messages"
+                    )
                     return
-                stats.messages_to_initiator += 1
-                stats.bytes_to_initiator += len(data)
-                sent += 1
-                size += len(data)
         finally:
             tunnel.counts[0] += sent
             tunnel.counts[1] += size
@@ -635,23 +646,34 @@ class Relay:
         try:
             while True:
                 try:
-                    data = await source.receive()
+                    batch = await source.receive_batch()
                 except WebSocketEnded as exc:
                     reason, own, other, text = _ended_by("initiator", exc)
                     tunnel.finish(reason, other, own, text)
                     return
-                if count >= limit:
+                over_quota = count + len(batch) > limit
+                if over_quota:
+                    batch = batch[: max(0, limit - count)]
+                if batch:
+                    out = bytearray()
+                    nbytes = 0
+                    for data in batch:
+                        write_binary(out, data)
+                        nbytes += len(data)
+                    try:
+                        await destination.send_frames(out)
+                    except WebSocketEnded:
+                        tunnel.finish(
+                            "authenticator_gone", 1001, 1001, "authenticator disconnected"
+                        )
+                        return
+                    count += len(batch)
+                    size += nbytes
+                    stats.messages_to_authenticator += len(batch)
+                    stats.bytes_to_authenticator += nbytes
+                if over_quota:
                     tunnel.finish("message_quota", 1008, 1008, "initiator sent too many messages")
                     return
-                try:
-                    await destination.send(data)
-                except WebSocketEnded:
-                    tunnel.finish("authenticator_gone", 1001, 1001, "authenticator disconnected")
-                    return
-                count += 1
-                size += len(data)
-                stats.messages_to_authenticator += 1
-                stats.bytes_to_authenticator += len(data)
         finally:
             tunnel.counts[2] += count
             tunnel.counts[3] += size

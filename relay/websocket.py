@@ -1,24 +1,41 @@
 """A lean server-side WebSocket endpoint on a trio stream, after the opening handshake.
 
-wsproto's frame layer (``wsproto.connection.Connection``) parses and builds frames; this class only
-moves bytes. ``receive`` returns one whole binary message (reassembled from fragments, with the
-size limit enforced while it streams in, so an oversized message is never buffered whole) and
-answers pings itself. ``send`` writes one binary message; a per-socket lock keeps frames from the
-two tunnel directions (data from the peer, pongs and closes from the reader) from interleaving.
-Nothing here logs, copies or looks inside payloads.
+``relay.wsframe`` parses client frames and builds server frames; this class only moves bytes.
+``receive_batch`` does one socket read and returns every whole binary message it completed
+(fragments reassembled, the size limit enforced from the frame headers so an oversized message is
+never buffered), answering pings itself; a close, a protocol error or EOF found in the same read is
+raised on the *next* call, so messages sent before it are still delivered. ``send_frames`` writes
+prebuilt server frames (``wsframe.write_binary``) with one ``send_all``: a forwarding task turns a
+whole read into a single write. A per-socket lock keeps the two writers of a socket (data from the
+peer's task, pongs and closes from its own reader) from interleaving frames. Nothing here logs or
+looks inside payloads.
 """
 
 from __future__ import annotations
 
 import trio
-from wsproto.connection import Connection, ConnectionState, ConnectionType
-from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
-from wsproto.utilities import LocalProtocolError
+
+from relay.wsframe import (
+    CLOSE_MESSAGE_TOO_BIG,
+    Close,
+    FrameError,
+    FrameParser,
+    Ping,
+    TextMessage,
+    binary_frame,
+    close_frame,
+    pong_frame,
+)
 
 RECEIVE_SIZE = 65536
 
-_OPEN = ConnectionState.OPEN
-_LOCAL_CLOSING = ConnectionState.LOCAL_CLOSING
+# Connection states (plain ints: compared on every call).
+_OPEN = 0
+_REMOTE_CLOSING = 1  # the client's close frame arrived; ours is still owed
+_LOCAL_CLOSING = 2  # our close frame went out; the client's is awaited
+_CLOSED = 3
+
+_STREAM_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError)
 
 
 class WebSocketEnded(Exception):
@@ -62,97 +79,140 @@ class MessageTooBig(WebSocketEnded):
 
 
 class WebSocket:
-    """One accepted WebSocket connection; ``receive`` must only be called from one task."""
+    """One accepted WebSocket connection; only one task may receive from it."""
 
-    __slots__ = ("stream", "_ws", "_events", "_lock", "_max_size", "_broken")
+    __slots__ = ("stream", "_parser", "_lock", "_broken", "_state", "_ended", "_queue")
 
     def __init__(self, stream: trio.abc.Stream, trailing_data: bytes, max_message_size: int):
         self.stream = stream
-        self._ws = Connection(ConnectionType.SERVER, trailing_data=trailing_data)
-        self._events = self._ws.events()
+        self._parser = FrameParser(max_message_size)
         self._lock = trio.StrictFIFOLock()
-        self._max_size = max_message_size
         # Set when a write was interrupted mid-frame: no further frame may follow it.
         self._broken = False
+        self._state = _OPEN
+        # Why the socket stopped delivering, raised once the messages before it are consumed.
+        self._ended: WebSocketEnded | None = None
+        # Messages completed by the trailing handshake bytes, delivered before any read.
+        self._queue: list[bytes] = []
+        if trailing_data:
+            self._queue = self._digest(self._parser.receive(trailing_data))
 
-    async def receive(self) -> bytes | bytearray:
-        """The next whole binary message; raises a ``WebSocketEnded`` subclass when none follows."""
-        parts: list[bytes | bytearray] | None = None
-        size = 0
+    def _digest(self, events: list) -> list[bytes]:
+        """Split parser events into messages and at most one terminal condition."""
+        messages: list[bytes] = []
+        for event in events:
+            if type(event) is bytes:
+                messages.append(event)
+            elif isinstance(event, Ping):
+                # Answered by the caller (it may await); keep its place in the stream.
+                messages.append(event)  # type: ignore[arg-type]
+            else:
+                self._ended = self._terminal(event)
+                break
+        return messages
+
+    def _terminal(self, event: object) -> WebSocketEnded:
+        if isinstance(event, Close):
+            return PeerClosed(f"client closed with {event.code}")
+        if isinstance(event, TextMessage):
+            return TextFrame("text frames are not allowed")
+        assert isinstance(event, FrameError)
+        if event.code == CLOSE_MESSAGE_TOO_BIG:
+            return MessageTooBig(str(event))
+        return PeerProtocolError(event.code, str(event))
+
+    async def receive_batch(self) -> list[bytes]:
+        """The whole binary messages of the next read (at least one), oldest first.
+
+        Raises a ``WebSocketEnded`` subclass when no message follows.
+        """
         while True:
-            for event in self._events:
-                kind = type(event)
-                if kind is BytesMessage:
-                    data = event.data
-                    size += len(data)
-                    if size > self._max_size:
-                        raise MessageTooBig(f"message larger than {self._max_size} bytes")
-                    if event.message_finished:
-                        if parts is None:
-                            return data
-                        parts.append(data)
-                        return b"".join(parts)
-                    if parts is None:
-                        parts = [data]
+            if self._queue:
+                batch, self._queue = self._queue, []
+            elif self._ended is not None:
+                if self._state == _OPEN and type(self._ended) is PeerClosed:
+                    self._state = _REMOTE_CLOSING
+                raise self._ended
+            else:
+                try:
+                    data = await self.stream.receive_some(RECEIVE_SIZE)
+                except _STREAM_ERRORS as exc:
+                    raise PeerGone("connection lost") from exc
+                if not data:
+                    raise PeerGone("connection closed without a close frame")
+                events = self._parser.receive(data)
+                if not events:
+                    continue
+                if len(events) == 1 and type(events[0]) is bytes:
+                    return events
+                batch = self._digest(events)
+            if any(type(m) is Ping for m in batch):
+                messages: list[bytes] = []
+                for item in batch:
+                    if type(item) is Ping:
+                        await self._write(pong_frame(item.payload))  # type: ignore[attr-defined]
                     else:
-                        parts.append(data)
-                elif kind is Ping:
-                    await self._write(self._ws.send(event.response()))
-                elif kind is CloseConnection:
-                    if self._ws.state is _OPEN:
-                        # wsproto reports a framing error as a close event without a state change.
-                        raise PeerProtocolError(event.code, event.reason or "protocol error")
-                    raise PeerClosed(f"client closed with {event.code}")
-                elif kind is TextMessage:
-                    raise TextFrame("text frames are not allowed")
-            try:
-                data = await self.stream.receive_some(RECEIVE_SIZE)
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                raise PeerGone("connection lost") from exc
-            if not data:
-                raise PeerGone("connection closed without a close frame")
-            self._ws.receive_data(data)
-            self._events = self._ws.events()
+                        messages.append(item)
+                batch = messages
+            if batch:
+                return batch
+
+    async def receive(self) -> bytes:
+        """The next whole binary message; raises a ``WebSocketEnded`` subclass when none follows."""
+        batch = await self.receive_batch()
+        if len(batch) > 1:
+            self._queue = batch[1:] + self._queue
+        return batch[0]
 
     async def send(self, data: bytes | bytearray) -> None:
         """Send one binary message; raises ``PeerGone`` if this socket can no longer take it."""
-        if self._ws.state is not _OPEN:
-            raise PeerGone("socket is closing")
-        await self._write(self._ws.send(BytesMessage(data=data)))
+        await self.send_frames(binary_frame(data))
 
-    async def _write(self, frame: bytes) -> None:
+    async def send_frames(self, frames: bytes | bytearray) -> None:
+        """Send prebuilt binary frames; raises ``PeerGone`` if the socket cannot take them."""
+        if self._state != _OPEN:
+            raise PeerGone("socket is closing")
+        await self._write(frames)
+
+    async def _write(self, frame: bytes | bytearray) -> None:
         # Uncontended (the usual case) the lock is taken without a scheduler round trip;
         # send_all checkpoints anyway.
+        lock = self._lock
         try:
-            self._lock.acquire_nowait()
+            lock.acquire_nowait()
         except trio.WouldBlock:
-            await self._lock.acquire()
+            await lock.acquire()
         try:
             if self._broken:
                 raise PeerGone("socket is broken")
             self._broken = True
             try:
                 await self.stream.send_all(frame)
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            except _STREAM_ERRORS as exc:
                 raise PeerGone("connection lost") from exc
             self._broken = False
         finally:
-            self._lock.release()
+            lock.release()
 
     async def close(self, code: int, reason: str, timeout: float) -> None:
         """Send a close frame and wait up to ``timeout`` for the client's; never raises."""
         with trio.CancelScope(shield=True), trio.move_on_after(timeout):
             try:
-                if self._ws.state in (_OPEN, ConnectionState.REMOTE_CLOSING):
-                    await self._write(self._ws.send(CloseConnection(code=code, reason=reason)))
-                while self._ws.state is _LOCAL_CLOSING:
+                state = self._state
+                if state == _OPEN or state == _REMOTE_CLOSING:
+                    self._state = _LOCAL_CLOSING if state == _OPEN else _CLOSED
+                    await self._write(close_frame(code, reason))
+                if self._state != _LOCAL_CLOSING or type(self._ended) is PeerClosed:
+                    self._state = _CLOSED
+                    return
+                parser = self._parser
+                while True:
                     data = await self.stream.receive_some(RECEIVE_SIZE)
                     if not data:
                         break
-                    self._ws.receive_data(data)
-                    for _ in self._ws.events():
-                        pass
+                    # After a protocol error the parser ignores input: wait for EOF, like wsproto.
+                    if any(isinstance(e, Close) for e in parser.receive(data)):
+                        break
+                self._state = _CLOSED
             except (WebSocketEnded, trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
-            except LocalProtocolError:
                 pass
