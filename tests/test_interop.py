@@ -1,0 +1,340 @@
+"""Interoperability: our desktop, phone and relay against independent peers (tests/interop).
+
+The peers are written only from the protocol notes, so a misreading shared by our desktop and phone
+(which share one protocol core) fails here. Everything runs on 127.0.0.1: a real relay process,
+our CLI processes, the independent peers as trio tasks, and the loopback BLE medium on a free UDP
+port per test. Every wait is bounded and every child is killed at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import trio
+from trio_websocket import open_websocket_url
+
+from tests.interop import (
+    ROUTING_ID_HEADER,
+    SUBPROTOCOL,
+    cbor_encode,
+    ctap_canonical_key_order,
+    digits_decode,
+    digits_encode,
+    parse_fido_url,
+    random_bytes,
+)
+from tests.interop.peer_desktop import DesktopResult, run_desktop
+from tests.interop.peer_phone import run_phone
+
+ROOT = Path(__file__).resolve().parent.parent
+STEP_TIMEOUT = 20
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def relay_url(tmp_path_factory: pytest.TempPathFactory):
+    log = tmp_path_factory.mktemp("relay") / "relay.log"
+    with log.open("wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "relay", "--host", "127.0.0.1", "--port", "0"],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
+    try:
+        deadline = time.monotonic() + 15
+        port = None
+        while port is None and time.monotonic() < deadline:
+            for line in log.read_text(errors="replace").splitlines():
+                try:
+                    event = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(event, dict) and event.get("event") == "listening":
+                    port = int(event["port"])
+            if proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        assert port is not None, f"relay did not start: {log.read_text()}"
+        yield f"ws://127.0.0.1:{port}"
+    finally:
+        proc.kill()
+        proc.wait(5)
+
+
+def our_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "hybrid", *args]
+
+
+async def start_our_desktop(
+    action: str, relay: str, port: int, data_dir: Path, log: Path
+) -> tuple[trio.Process, str]:
+    """Start `hybrid desktop` and return it with the FIDO:/ URL from its first stdout line."""
+    with log.open("ab") as err:
+        proc = await trio.lowlevel.open_process(
+            our_cmd(
+                "desktop",
+                action,
+                "--relay",
+                relay,
+                "--rp-id",
+                "example.com",
+                "--user",
+                "alice",
+                "--ble-port",
+                str(port),
+                "--data-dir",
+                str(data_dir),
+                "--timeout",
+                "15",
+                "--no-qr",
+            ),
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=err,
+        )
+    buf = b""
+    with trio.fail_after(STEP_TIMEOUT):
+        while b"\n" not in buf:
+            chunk = await proc.stdout.receive_some(4096)
+            if not chunk:
+                raise AssertionError(f"desktop printed no URL: {log.read_text()}")
+            buf += chunk
+    return proc, buf.split(b"\n", 1)[0].decode().strip()
+
+
+async def drain(stream: trio.abc.ReceiveStream) -> None:
+    while await stream.receive_some(4096):
+        pass
+
+
+async def run_our_phone(url: str, relay: str, port: int, data_dir: Path) -> tuple[int, str]:
+    with trio.fail_after(STEP_TIMEOUT):
+        done = await trio.run_process(
+            our_cmd(
+                "phone",
+                "--relay",
+                relay,
+                "--approve",
+                "--ble-port",
+                str(port),
+                "--data-dir",
+                str(data_dir),
+                "--timeout",
+                "15",
+                url,
+            ),
+            cwd=ROOT,
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+    return done.returncode, done.stderr.decode(errors="replace")
+
+
+async def desktop_with_phone(phone, relay: str, port: int, **desktop_kwargs) -> tuple:
+    """Run the independent desktop; when it shows its URL, start ``phone(url)`` beside it."""
+    box: dict = {}
+    shown = trio.Event()
+
+    def on_url(url: str) -> None:
+        box["url"] = url
+        shown.set()
+
+    async def phone_task() -> None:
+        await shown.wait()
+        box["phone"] = await phone(box["url"])
+
+    with trio.fail_after(STEP_TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(phone_task)
+            result: DesktopResult = await run_desktop(relay, port, on_url=on_url, **desktop_kwargs)
+    return result, box["phone"]
+
+
+# --- self-checks of the independent peers ------------------------------------------------------
+
+
+def test_peer_codecs_follow_the_notes() -> None:
+    for n in range(0, 60):
+        data = random_bytes(n)
+        assert digits_decode(digits_encode(data)) == data if n else True
+    # cbor2 canonical mode must give CTAP2 order for every key set the peers send (§2).
+    for keys in (
+        ["type", "alg"],
+        ["displayName", "name", "id"],
+        ["rk", "uv", "up", "plat"],
+        [1, 3, -1, -2, -3],
+        [0, 1, 2, 3, 4, 5],
+        [10, 9, 4, 3, 1],
+    ):
+        encoded = cbor_encode({k: 0 for k in keys})
+        assert list(__import__("cbor2").loads(encoded)) == ctap_canonical_key_order(keys)
+
+
+# --- 1. our desktop + independent phone --------------------------------------------------------
+
+
+async def test_our_desktop_with_independent_phone(relay_url: str, tmp_path: Path) -> None:
+    port = free_udp_port()
+    state = tmp_path / "indep-phone.json"
+    desk_dir = tmp_path / "desktop"
+    desk_dir.mkdir()
+    log = tmp_path / "desktop.log"
+    # Register: the phone sends an Android-style padded update first and waits for the shutdown.
+    # Login: a hashed domain id (>= 256) in the advert, and the phone hangs up right after its
+    # answer, as deployed phones do (§7.5).
+    runs = (
+        ("register", 0x01, {"send_update": True, "wait_for_shutdown": 5.0}),
+        ("login", 0x02, {"domain_id": 0x1234}),
+    )
+    for action, command, phone_kwargs in runs:
+        proc, url = await start_our_desktop(action, relay_url, port, desk_dir, log)
+        try:
+            qr = parse_fido_url(url)
+            assert url.startswith("FIDO:/")
+            # §3.2: Chrome-shaped QR, keys 0..5, key 2 = 2, key 4 present (false), real time.
+            assert sorted(qr.raw) == [0, 1, 2, 3, 4, 5] and qr.raw[2] == 2
+            assert qr.raw[4] is False and abs(qr.raw[3] - time.time()) < 60
+            assert qr.raw[5] == ("mc" if action == "register" else "ga")
+            with trio.fail_after(STEP_TIMEOUT):
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(drain, proc.stdout)
+                    result = await run_phone(url, relay_url, port, state, **phone_kwargs)
+                    rc = await proc.wait()
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        assert not result.noncanonical, result.request
+        assert (result.command, result.status) == (command, 0), log.read_text()
+        # §11.1: no PIN/UV auth parameters over hybrid.
+        pin_keys = {8, 9} if command == 0x01 else {6, 7}
+        assert not pin_keys & set(result.request), result.request
+        if phone_kwargs.get("wait_for_shutdown"):
+            assert result.messages_after == [b"\x00"], "desktop must send shutdown (§10.2)"
+        assert rc == 0, log.read_text()
+
+
+# --- 2. independent desktop + our phone --------------------------------------------------------
+
+
+async def test_independent_desktop_with_our_phone(relay_url: str, tmp_path: Path) -> None:
+    port = free_udp_port()
+    phone_dir = tmp_path / "phone"
+    phone_dir.mkdir()
+
+    async def our_phone(url: str) -> tuple[int, str]:
+        return await run_our_phone(url, relay_url, port, phone_dir)
+
+    reg, (rc, err) = await desktop_with_phone(our_phone, relay_url, port, mode="mc")
+    assert reg.status == 0 and rc == 0, err
+    assert "ctap" in reg.features and reg.credential is not None
+    # §6.3/§15: phones advertise under FFF9, legacy 20 bytes when the QR has no key 6.
+    assert (reg.advert_uuid, reg.advert_len) == (b"\xff\xf9", 20)
+    assert reg.domain_id == 0
+    first_counter = reg.credential.counter
+
+    login, (rc, err) = await desktop_with_phone(
+        our_phone, relay_url, port, mode="ga", credential=reg.credential
+    )
+    assert login.status == 0 and rc == 0, err
+    assert login.counter > first_counter or login.counter == first_counter == 0
+
+
+# --- 3. independent desktop + independent phone through our relay ------------------------------
+
+
+async def test_independent_peers_through_our_relay(relay_url: str, tmp_path: Path) -> None:
+    port = free_udp_port()
+    state = tmp_path / "indep-phone.json"
+
+    async def indep_phone(url: str, **kwargs):
+        return await run_phone(url, relay_url, port, state, wait_for_shutdown=2.0, **kwargs)
+
+    # §7.1: relays MUST accept either hex case; the same tunnel id in the other case is the same
+    # tunnel. Register: phone upper case, desktop lower case; sign in: the other way round.
+    reg, phone = await desktop_with_phone(indep_phone, relay_url, port, mode="mc", hex_case="lower")
+    assert reg.status == 0 and phone.status == 0
+    # The relay forwarded our shutdown byte untouched (§10.2, §14: no alteration).
+    assert phone.messages_after == [b"\x00"]
+
+    async def lower_phone(url: str):
+        return await indep_phone(url, hex_case="lower")
+
+    login, phone = await desktop_with_phone(
+        lower_phone, relay_url, port, mode="ga", credential=reg.credential, hex_case="upper"
+    )
+    assert login.status == 0 and phone.status == 0 and login.counter == 1
+
+
+async def raw_upgrade(relay: str, path: str, subprotocol: str | None) -> tuple[int, list]:
+    """Send a bare RFC 6455 upgrade request; return the status code and response headers."""
+    host, port = relay.removeprefix("ws://").split(":")
+    lines = [
+        f"GET {path} HTTP/1.1",
+        f"Host: {host}:{port}",
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+        "Sec-WebSocket-Version: 13",
+    ]
+    if subprotocol:
+        lines.append(f"Sec-WebSocket-Protocol: {subprotocol}")
+    with trio.fail_after(5):
+        stream = await trio.open_tcp_stream(host, int(port))
+        async with stream:
+            await stream.send_all(("\r\n".join(lines) + "\r\n\r\n").encode())
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = await stream.receive_some(4096)
+                if not chunk:
+                    break
+                head += chunk
+    status_line, *header_lines = head.split(b"\r\n\r\n", 1)[0].decode().split("\r\n")
+    headers = [tuple(h.split(":", 1)) for h in header_lines if ":" in h]
+    return int(status_line.split()[1]), [(k.strip().lower(), v.strip()) for k, v in headers]
+
+
+async def test_our_relay_upgrade_headers(relay_url: str) -> None:
+    tid = random_bytes(16).hex().upper()
+    status, headers = await raw_upgrade(relay_url, f"/cable/new/{tid}", SUBPROTOCOL)
+    assert status == 101
+    rids = [v for k, v in headers if k == ROUTING_ID_HEADER]
+    assert len(rids) == 1 and len(rids[0]) == 6 and bytes.fromhex(rids[0])
+    assert [v for k, v in headers if k == "sec-websocket-protocol"] == [SUBPROTOCOL]
+
+
+# --- 4. our relay refuses ----------------------------------------------------------------------
+
+
+async def test_our_relay_refusals(relay_url: str) -> None:
+    unknown = random_bytes(16).hex().upper()
+    status, _ = await raw_upgrade(relay_url, f"/cable/connect/000000/{unknown}", SUBPROTOCOL)
+    assert status == 404
+
+    tid = random_bytes(16).hex().upper()
+    with trio.fail_after(10):
+        async with open_websocket_url(
+            f"{relay_url}/cable/new/{tid}", subprotocols=[SUBPROTOCOL]
+        ) as ws:
+            assert ws.subprotocol == SUBPROTOCOL
+            status, _ = await raw_upgrade(relay_url, f"/cable/new/{tid}", SUBPROTOCOL)
+            assert status == 409
+            # Lower-case form of the same tunnel id is the same tunnel (§7.1).
+            status, _ = await raw_upgrade(relay_url, f"/cable/new/{tid.lower()}", SUBPROTOCOL)
+            assert status == 409
+
+    status, _ = await raw_upgrade(relay_url, f"/cable/new/{random_bytes(16).hex()}", None)
+    assert status == 400
