@@ -1,22 +1,44 @@
-"""The HTTP/1.1 opening handshake on a raw trio stream, with h11.
+"""The HTTP/1.1 opening handshake on a raw trio stream.
 
 Reads exactly one request head (bounded in size; the caller bounds it in time), then either writes
 a complete plain response and lets the caller close, or writes the ``101 Switching Protocols``
 answer and hands back the bytes the client already sent after its request (its first WebSocket
 frames), which belong to the WebSocket layer.
+
+Why two parsers: every opening handshake costs a tunnel CPU, and h11 is most of that cost. A lean
+parser accepts only a strict, ordinary subset of HTTP/1.1 (``METHOD /path HTTP/1.1``, token header
+names, printable values, exactly one ``Host``, no body headers, head within the size limit), which
+h11 would accept and parse identically. Anything outside that subset -- unusual, malformed,
+oversized or cut short -- is replayed byte for byte through h11, so every refusal and status code
+stays exactly h11's.
 """
 
 from __future__ import annotations
 
+import re
+from base64 import b64encode
+from hashlib import sha1
 from http import HTTPStatus
 
 import h11
 import trio
-from wsproto.utilities import generate_accept_token
 
 from hybrid.tunnel.urls import SUBPROTOCOL
 
 _READ_SIZE = 4096
+
+_WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+_REQUEST_LINE = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+) (/[\x21-\x7e]*) HTTP/1\.1\r\n")
+_HEADER_LINE = re.compile(
+    rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ ]*((?:[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?)?)[ ]*\r\n"
+)
+# Headers whose semantics (a body, framing) only h11 judges.
+_H11_ONLY = frozenset((b"content-length", b"transfer-encoding"))
+_SWITCHING = (
+    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Accept: "
+)
+_SUBPROTOCOL_LINE = b"\r\nSec-WebSocket-Protocol: " + SUBPROTOCOL.encode("ascii") + b"\r\n"
 
 
 class BadRequest(Exception):
@@ -31,17 +53,108 @@ class ClientGone(Exception):
     """The client closed or reset the connection before a whole request arrived."""
 
 
-async def read_request(
-    stream: trio.abc.Stream, max_head: int
-) -> tuple[h11.Connection, h11.Request]:
+class Request:
+    """One request head: method, target, headers as (lower-case name, value) pairs."""
+
+    __slots__ = ("method", "target", "headers", "conn", "trailing")
+
+    def __init__(
+        self,
+        method: bytes,
+        target: bytes,
+        headers: list[tuple[bytes, bytes]],
+        conn: h11.Connection | None,
+        trailing: bytes,
+    ) -> None:
+        self.method = method
+        self.target = target
+        self.headers = headers
+        # The h11 connection when h11 parsed it (it then judges the body too); None otherwise.
+        self.conn = conn
+        # Bytes after the head (lean path only; h11 keeps its own).
+        self.trailing = trailing
+
+
+def _parse_lean(head: bytes) -> tuple[bytes, bytes, list[tuple[bytes, bytes]]] | None:
+    """Parse ``head`` (ending in CRLF CRLF) if it is in the strict subset, else None."""
+    match = _REQUEST_LINE.match(head)
+    if match is None:
+        return None
+    pos = match.end()
+    end = len(head) - 2
+    headers: list[tuple[bytes, bytes]] = []
+    hosts = 0
+    header_line = _HEADER_LINE.match
+    while pos < end:
+        line = header_line(head, pos)
+        if line is None:
+            return None
+        name = line[1].lower()
+        if name in _H11_ONLY:
+            return None
+        if name == b"host":
+            hosts += 1
+        headers.append((name, line[2]))
+        pos = line.end()
+    if pos != end or hosts != 1:
+        return None
+    return match[1], match[2], headers
+
+
+async def read_request(stream: trio.abc.Stream, max_head: int) -> Request:
     """Read one request head; raise BadRequest or ClientGone."""
+    buf = b""
+    while True:
+        try:
+            data = await stream.receive_some(_READ_SIZE)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            if not buf:
+                raise ClientGone("connection lost during the request") from exc
+            return await _read_with_h11(stream, max_head, buf, exc)
+        if not data:
+            if not buf:
+                raise ClientGone("connection closed before a request")
+            return await _read_with_h11(stream, max_head, buf + data, eof=True)
+        buf += data
+        # h11 also ends a head at bare-LF blank lines; those requests go to h11.
+        end = buf.find(b"\n\r\n")
+        bare = buf.find(b"\n\n")
+        if bare >= 0 and (end < 0 or bare < end):
+            return await _read_with_h11(stream, max_head, buf)
+        if end < 0:
+            if len(buf) > max_head:
+                return await _read_with_h11(stream, max_head, buf)
+            continue
+        if end == 0 or buf[end - 1] != 13:
+            return await _read_with_h11(stream, max_head, buf)
+        end += 3
+        parsed = _parse_lean(buf[:end]) if end <= max_head else None
+        if parsed is None:
+            return await _read_with_h11(stream, max_head, buf)
+        method, target, headers = parsed
+        return Request(method, target, headers, None, buf[end:])
+
+
+async def _read_with_h11(
+    stream: trio.abc.Stream,
+    max_head: int,
+    received: bytes,
+    lost: BaseException | None = None,
+    eof: bool = False,
+) -> Request:
+    """The general path: h11 judges the bytes already received, then reads on if it must."""
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=max_head)
+    conn.receive_data(received)
+    if eof:
+        conn.receive_data(b"")
     while True:
         try:
             event = conn.next_event()
         except h11.RemoteProtocolError as exc:
             raise BadRequest(exc.error_status_hint, str(exc) or "malformed request") from None
         if event is h11.NEED_DATA:
+            if lost is not None:
+                raise ClientGone("connection lost during the request") from lost
             try:
                 data = await stream.receive_some(_READ_SIZE)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
@@ -51,7 +164,7 @@ async def read_request(
             conn.receive_data(data)
             continue
         if isinstance(event, h11.Request):
-            return conn, event
+            return Request(event.method, event.target, list(event.headers), conn, b"")
         raise ClientGone("connection closed before a whole request")
 
 
@@ -92,8 +205,11 @@ async def send_response(
         pass
 
 
-def finish_request(conn: h11.Connection) -> None:
+def finish_request(request: Request) -> None:
     """Consume the end of an upgrade request; raise BadRequest if it carries a body."""
+    conn = request.conn
+    if conn is None:
+        return  # the lean parser only accepts heads without body headers
     try:
         event = conn.next_event()
     except h11.RemoteProtocolError as exc:
@@ -102,22 +218,21 @@ def finish_request(conn: h11.Connection) -> None:
         raise BadRequest(400, "an upgrade request must not have a body")
 
 
+def accept_token(key: bytes) -> bytes:
+    """``Sec-WebSocket-Accept`` for a client's ``Sec-WebSocket-Key`` (RFC 6455 section 4.2.2)."""
+    return b64encode(sha1(key + _WS_GUID).digest())
+
+
 async def send_switching_protocols(
-    stream: trio.abc.Stream,
-    conn: h11.Connection,
-    key: bytes,
-    extra_headers: tuple[tuple[str, str], ...] = (),
+    stream: trio.abc.Stream, request: Request, key: bytes, extra_headers: bytes = b""
 ) -> bytes:
-    """Write the 101 answer (echoing ``fido.cable``) and return bytes already read past the head."""
-    headers = [
-        ("Upgrade", "websocket"),
-        ("Connection", "Upgrade"),
-        ("Sec-WebSocket-Accept", generate_accept_token(key).decode("ascii")),
-        ("Sec-WebSocket-Protocol", SUBPROTOCOL),
-        *extra_headers,
-    ]
-    data = conn.send(
-        h11.InformationalResponse(status_code=101, headers=headers, reason=b"Switching Protocols")
+    """Write the 101 answer (echoing ``fido.cable``) and return bytes already read past the head.
+
+    ``extra_headers`` are whole header lines, each ending in CRLF.
+    """
+    await stream.send_all(
+        b"".join((_SWITCHING, accept_token(key), _SUBPROTOCOL_LINE, extra_headers, b"\r\n"))
     )
-    await stream.send_all(data)
-    return bytes(conn.trailing_data[0])
+    if request.conn is not None:
+        return bytes(request.conn.trailing_data[0])
+    return request.trailing

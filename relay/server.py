@@ -47,6 +47,7 @@ from relay.config import RelayConfig
 from relay.http import (
     BadRequest,
     ClientGone,
+    Request,
     finish_request,
     read_request,
     send_response,
@@ -79,6 +80,7 @@ __all__ = ["RelayConfig", "Relay", "serve"]
 
 #: Longest a refused over-limit client may keep its socket while we read its request and answer.
 _QUICK_REFUSAL_TIMEOUT = 1.0
+_ROUTING_ID_HEADER = ROUTING_ID_HEADER.encode("ascii")
 
 
 class _State(Enum):
@@ -382,7 +384,7 @@ class Relay:
     ) -> tuple[_Tunnel, WebSocket, bool] | None:
         config = self.config
         try:
-            conn, request = await read_request(stream, config.max_request_head)
+            request = await read_request(stream, config.max_request_head)
         except BadRequest as exc:
             reason = "request_too_large" if exc.status == 431 else "malformed"
             await self._refuse(stream, Refusal(exc.status, reason, str(exc)), address)
@@ -400,7 +402,7 @@ class Relay:
             return None
         assert isinstance(decision, Upgrade)
         try:
-            finish_request(conn)
+            finish_request(request)
         except BadRequest as exc:
             await self._refuse(stream, Refusal(exc.status, "malformed", str(exc)), address)
             return None
@@ -418,9 +420,9 @@ class Relay:
             )
             return None
         if isinstance(route, NewTunnel):
-            return await self._open_tunnel(stream, conn, decision.key, route, address)
+            return await self._open_tunnel(stream, request, decision.key, route, address)
         assert isinstance(route, ConnectTunnel)
-        return await self._join_tunnel(stream, conn, decision.key, route, address)
+        return await self._join_tunnel(stream, request, decision.key, route, address)
 
     async def _serve_plain(self, stream: trio.abc.Stream, get: PlainGet, head_only: bool) -> None:
         if get.path == HEALTH_PATH:
@@ -441,7 +443,7 @@ class Relay:
             )
 
     async def _open_tunnel(
-        self, stream: trio.abc.Stream, conn, key: bytes, route: NewTunnel, address: str
+        self, stream: trio.abc.Stream, request: Request, key: bytes, route: NewTunnel, address: str
     ) -> tuple[_Tunnel, WebSocket, bool] | None:
         tunnel_id = route.tunnel_id
         if tunnel_id in self._tunnels:
@@ -466,9 +468,8 @@ class Relay:
         self._routing_ids.add(routing_id)
         registered = False
         try:
-            trailing = await send_switching_protocols(
-                stream, conn, key, ((ROUTING_ID_HEADER, routing_id_hex(routing_id)),)
-            )
+            routing_line = b"%s: %s\r\n" % (_ROUTING_ID_HEADER, routing_id_hex(routing_id).encode())
+            trailing = await send_switching_protocols(stream, request, key, routing_line)
             registered = True
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return None
@@ -488,7 +489,12 @@ class Relay:
         return tunnel, tunnel.authenticator, True
 
     async def _join_tunnel(
-        self, stream: trio.abc.Stream, conn, key: bytes, route: ConnectTunnel, address: str
+        self,
+        stream: trio.abc.Stream,
+        request: Request,
+        key: bytes,
+        route: ConnectTunnel,
+        address: str,
     ) -> tuple[_Tunnel, WebSocket, bool] | None:
         tunnel = self._tunnels.get(route.tunnel_id)
         if (
@@ -508,7 +514,7 @@ class Relay:
         self.metrics.pairing_latency.observe(latency)
         ws: WebSocket | None = None
         try:
-            trailing = await send_switching_protocols(stream, conn, key)
+            trailing = await send_switching_protocols(stream, request, key)
             ws = WebSocket(stream, trailing, self.config.max_message_size)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return None

@@ -1,0 +1,228 @@
+"""The relay's fast paths, checked against the general libraries they stand in for.
+
+The lean request-head parser (``relay.http._parse_lean``) must accept only heads h11 accepts, and
+parse them identically; the hand-built 101 answer must match what h11 and wsproto would write; a
+whole read of frames must be forwarded in order.
+"""
+
+from __future__ import annotations
+
+import base64
+import secrets
+
+import h11
+import trio
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from wsproto.utilities import generate_accept_token
+
+from relay.http import Request, _parse_lean, accept_token, read_request, send_switching_protocols
+from tests.relay_helpers import (
+    SUBPROTOCOL,
+    connect_url,
+    new_tunnel_id,
+    new_url,
+    open_ws,
+    raw_http,
+    routing_id_of,
+    running_relay,
+    upgrade_request,
+)
+
+FUZZ = settings(
+    deadline=None,
+    max_examples=1500,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    database=None,
+)
+
+
+def h11_parse(head: bytes) -> tuple[bytes, bytes, list[tuple[bytes, bytes]]] | None:
+    conn = h11.Connection(h11.SERVER)
+    conn.receive_data(head)
+    try:
+        event = conn.next_event()
+    except h11.RemoteProtocolError:
+        return None
+    if not isinstance(event, h11.Request):
+        return None
+    return event.method, event.target, list(event.headers)
+
+
+def typical_head(path: str = "/cable/new/" + "AB" * 16) -> bytes:
+    return upgrade_request(path)
+
+
+def test_lean_parser_matches_h11_on_a_typical_upgrade():
+    head = typical_head()
+    assert _parse_lean(head) == h11_parse(head)
+    assert _parse_lean(head) is not None
+
+
+_PIECES = [
+    b"GET",
+    b"HEAD",
+    b"POST",
+    b"G T",
+    b" ",
+    b"  ",
+    b"/",
+    b"/cable/new/00",
+    b"*",
+    b"http://x/",
+    b"HTTP/1.1",
+    b"HTTP/1.0",
+    b"HTTP/2",
+    b"\r\n",
+    b"\n",
+    b"\r",
+    b"Host: a",
+    b"host:a",
+    b"Host : a",
+    b"X:",
+    b"X: ",
+    b"X:\tv",
+    b"X: v\t",
+    b" folded",
+    b"\tfolded",
+    b"Content-Length: 0",
+    b"Content-Length: 5",
+    b"Transfer-Encoding: chunked",
+    b"Upgrade: websocket",
+    b"Connection: Upgrade",
+    b"N\x00me: v",
+    b"Name: v\x7f",
+    b"Name: \xff",
+    b"",
+    b":",
+    b"a b: c",
+]
+
+
+@FUZZ
+@given(st.lists(st.sampled_from(_PIECES), max_size=14))
+def test_lean_parser_never_disagrees_with_h11(pieces):
+    head = b"".join(pieces) + b"\r\n\r\n"
+    lean = _parse_lean(head)
+    if lean is not None:
+        assert lean == h11_parse(head)
+
+
+@FUZZ
+@given(
+    st.lists(
+        st.tuples(
+            st.text(alphabet="abcXYZ-_!~0123456789", min_size=1, max_size=8),
+            st.binary(max_size=12),
+        ),
+        max_size=6,
+    ),
+    st.binary(max_size=20),
+)
+def test_lean_parser_on_arbitrary_header_bytes(headers, target):
+    lines = [b"GET /" + target + b" HTTP/1.1", b"Host: h"]
+    lines += [name.encode() + b":" + value for name, value in headers]
+    head = b"\r\n".join(lines) + b"\r\n\r\n"
+    lean = _parse_lean(head)
+    if lean is not None:
+        assert lean == h11_parse(head)
+
+
+def test_accept_token_matches_wsproto():
+    for _ in range(50):
+        key = base64.b64encode(secrets.token_bytes(16))
+        assert accept_token(key) == generate_accept_token(key)
+
+
+class _Sink(trio.abc.Stream):
+    """Collects what is written; ``receive_some`` replays ``incoming`` in chunks."""
+
+    def __init__(self, incoming: bytes = b"", chunk: int = 7) -> None:
+        self.written = b""
+        self.incoming = incoming
+        self.chunk = chunk
+
+    async def send_all(self, data) -> None:
+        self.written += bytes(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        pass
+
+    async def receive_some(self, max_bytes=None) -> bytes:
+        await trio.lowlevel.checkpoint()
+        data, self.incoming = self.incoming[: self.chunk], self.incoming[self.chunk :]
+        return data
+
+    async def aclose(self) -> None:
+        pass
+
+
+async def test_switching_protocols_matches_h11():
+    key = base64.b64encode(secrets.token_bytes(16))
+    sink = _Sink()
+    request = Request(b"GET", b"/", [], None, b"rest")
+    line = b"X-caBLE-Routing-ID: 0A0B0C\r\n"
+    trailing = await send_switching_protocols(sink, request, key, line)
+    conn = h11.Connection(h11.SERVER)
+    conn.receive_data(typical_head())
+    conn.next_event()
+    conn.next_event()
+    expected = conn.send(
+        h11.InformationalResponse(
+            status_code=101,
+            headers=[
+                ("Upgrade", "websocket"),
+                ("Connection", "Upgrade"),
+                ("Sec-WebSocket-Accept", generate_accept_token(key).decode()),
+                ("Sec-WebSocket-Protocol", SUBPROTOCOL),
+                ("X-caBLE-Routing-ID", "0A0B0C"),
+            ],
+            reason=b"Switching Protocols",
+        )
+    )
+    assert sink.written == expected
+    assert trailing == b"rest"
+
+
+async def test_read_request_in_small_chunks_keeps_trailing_bytes():
+    head = typical_head()
+    sink = _Sink(head + b"\x82\x80abcd", chunk=5)
+    request = await read_request(sink, 8192)
+    assert request.conn is None
+    assert (request.method, request.target, request.headers) == h11_parse(head)
+    assert request.trailing + sink.incoming == b"\x82\x80abcd"
+
+
+async def test_read_request_falls_back_to_h11_for_bare_lf():
+    head = typical_head().replace(b"\r\n", b"\n")
+    request = await read_request(_Sink(head), 8192)
+    assert request.conn is not None
+    assert request.target.startswith(b"/cable/new/")
+
+
+async def test_upgrade_with_body_is_refused_on_the_h11_path():
+    async with running_relay() as relay:
+        request = upgrade_request("/cable/new/" + new_tunnel_id(), extra="Content-Length: 3\r\n")
+        response = await raw_http(relay.port, request + b"abc")
+        assert response.status == 400
+        assert relay.stats.refusals["malformed"] == 1
+
+
+async def test_a_burst_of_messages_in_one_read_is_forwarded_in_order():
+    async with running_relay() as relay:
+        tid = new_tunnel_id()
+        async with open_ws(new_url(relay, tid)) as authenticator:
+            rid = routing_id_of(authenticator)
+            async with open_ws(connect_url(relay, rid, tid)) as initiator:
+                messages = [secrets.token_bytes(n) for n in (0, 1, 125, 126, 65535, 40, 3)]
+                for message in messages:
+                    await initiator.send_message(message)
+                for message in messages:
+                    assert await authenticator.get_message() == message
+                for message in messages:
+                    await authenticator.send_message(message)
+                for message in messages:
+                    assert await initiator.get_message() == message
+        await trio.sleep(0.05)
+        assert relay.stats.messages_to_authenticator == len(messages)
+        assert relay.stats.bytes_to_initiator == sum(map(len, messages))
