@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import trio
-from trio_websocket import open_websocket_url
+from trio_websocket import ConnectionClosed, open_websocket_url
 
 from tests.interop import (
     ROUTING_ID_HEADER,
@@ -78,7 +78,7 @@ def our_cmd(*args: str) -> list[str]:
 
 
 async def start_our_desktop(
-    action: str, relay: str, port: int, data_dir: Path, log: Path
+    action: str, relay: str, port: int, data_dir: Path, log: Path, user: str | None = "alice"
 ) -> tuple[trio.Process, str]:
     """Start `hybrid desktop` and return it with the FIDO:/ URL from its first stdout line."""
     with log.open("ab") as err:
@@ -90,8 +90,6 @@ async def start_our_desktop(
                 relay,
                 "--rp-id",
                 "example.com",
-                "--user",
-                "alice",
                 "--ble-port",
                 str(port),
                 "--data-dir",
@@ -99,6 +97,7 @@ async def start_our_desktop(
                 "--timeout",
                 "15",
                 "--no-qr",
+                *(["--user", user] if user else []),
             ),
             cwd=ROOT,
             stdout=subprocess.PIPE,
@@ -196,11 +195,15 @@ async def test_our_desktop_with_independent_phone(relay_url: str, tmp_path: Path
     # Login: a hashed domain id (>= 256) in the advert, and the phone hangs up right after its
     # answer, as deployed phones do (§7.5).
     runs = (
-        ("register", 0x01, {"send_update": True, "wait_for_shutdown": 5.0}),
-        ("login", 0x02, {"domain_id": 0x1234}),
+        ("register", "alice", 0x01, {"send_update": True, "wait_for_shutdown": 5.0, "junk": True}),
+        ("login", "alice", 0x02, {"domain_id": 0x1234, "uuid": b"\xfd\xe2"}),
+        # §6.2 step 1 / §15: accept service data longer than 20 bytes and use the first 20.
+        ("login", "alice", 0x02, {"suffix": cbor_encode({1: 0x0081})}),
+        # Discoverable sign-in: empty allowList, the phone returns user and userSelected.
+        ("login", None, 0x02, {}),
     )
-    for action, command, phone_kwargs in runs:
-        proc, url = await start_our_desktop(action, relay_url, port, desk_dir, log)
+    for action, user, command, phone_kwargs in runs:
+        proc, url = await start_our_desktop(action, relay_url, port, desk_dir, log, user)
         try:
             qr = parse_fido_url(url)
             assert url.startswith("FIDO:/")
@@ -222,9 +225,12 @@ async def test_our_desktop_with_independent_phone(relay_url: str, tmp_path: Path
         # §11.1: no PIN/UV auth parameters over hybrid.
         pin_keys = {8, 9} if command == 0x01 else {6, 7}
         assert not pin_keys & set(result.request), result.request
+        if command == 0x02 and user is None:
+            assert not result.request.get(3), "discoverable sign-in sends an empty allowList"
         if phone_kwargs.get("wait_for_shutdown"):
             assert result.messages_after == [b"\x00"], "desktop must send shutdown (§10.2)"
-        assert rc == 0, log.read_text()
+        assert rc == 0, f"{phone_kwargs}: {log.read_text()}"
+        log.write_text("")
 
 
 # --- 2. independent desktop + our phone --------------------------------------------------------
@@ -251,6 +257,70 @@ async def test_independent_desktop_with_our_phone(relay_url: str, tmp_path: Path
     )
     assert login.status == 0 and rc == 0, err
     assert login.counter > first_counter or login.counter == first_counter == 0
+
+    def other_desktop(qr: dict) -> dict:
+        # §3.1/§3.5: optional keys 3 and 5 absent, an unknown key ignored; scheme case-insensitive.
+        del qr[3], qr[5]
+        qr[99] = b"grease"
+        return qr
+
+    again, (rc, err) = await desktop_with_phone(
+        our_phone,
+        relay_url,
+        port,
+        mode="ga",
+        credential=reg.credential,
+        discoverable=True,
+        qr_variant=other_desktop,
+        url_prefix="fido:/",
+    )
+    assert again.status == 0 and rc == 0, err
+    assert again.counter > login.counter or again.counter == 0
+
+
+def bad_qr_urls() -> dict[str, str]:
+    from tests.interop import fido_url, new_key, pub33
+
+    good = {0: pub33(new_key().public_key()), 1: random_bytes(16), 2: 2, 3: 0, 4: False, 5: "mc"}
+
+    def url(**changes) -> str:
+        m = dict(good)
+        for k, v in changes.items():
+            m[int(k[1:])] = v
+        return fido_url(cbor_encode(m))
+
+    trailing = fido_url(cbor_encode(good) + b"\x00")
+    return {
+        "secret 15 bytes": url(k1=random_bytes(15)),
+        "secret 17 bytes": url(k1=random_bytes(17)),
+        "key 4 not bool": url(k4=1),
+        "key 5 not text": url(k5=5),
+        "key 2 not int": url(k2="2"),
+        "off-curve key": url(k0=b"\x02" + b"\xff" * 32),
+        "key 0 missing": fido_url(cbor_encode({1: random_bytes(16)})),
+        "trailing bytes": trailing,
+        "bad remainder length": trailing[:-3] + "1",
+        "group out of range": "FIDO:/" + "9" * 17,
+        "not digits": url()[:-1] + "x",
+        "not a map": fido_url(cbor_encode([1, 2])),
+        "wrong scheme": "FIDX:/" + url()[6:],
+    }
+
+
+async def test_our_phone_rejects_bad_qr(tmp_path: Path) -> None:
+    """§3.5: reject before any tunnel. The relay URL is dead, so connecting would exit 10."""
+    results: dict[str, tuple[int, str]] = {}
+    limiter = trio.CapacityLimiter(4)
+
+    async def one(name: str, url: str) -> None:
+        async with limiter:
+            results[name] = await run_our_phone(url, "ws://127.0.0.1:9", free_udp_port(), tmp_path)
+
+    async with trio.open_nursery() as nursery:
+        for name, url in bad_qr_urls().items():
+            nursery.start_soon(one, name, url)
+    wrong = {name: r for name, r in results.items() if r[0] != 1}
+    assert not wrong, wrong
 
 
 # --- 3. independent desktop + independent phone through our relay ------------------------------
@@ -338,3 +408,48 @@ async def test_our_relay_refusals(relay_url: str) -> None:
 
     status, _ = await raw_upgrade(relay_url, f"/cable/new/{random_bytes(16).hex()}", None)
     assert status == 400
+
+    # §14: wrong hex lengths, bad characters, extra segments, query strings are refused.
+    good_tid = random_bytes(16).hex()
+    for path in (
+        f"/cable/new/{good_tid[:-2]}",
+        f"/cable/new/{good_tid}00",
+        f"/cable/new/{good_tid[:-1]}g",
+        f"/cable/new/{good_tid}/x",
+        f"/cable/new/{good_tid}/",
+        f"/cable/connect/00000/{good_tid}",
+        f"/cable/connect/000000/{good_tid}/x",
+        f"/cable/new/../new/{good_tid}",
+        "/cable/other/" + good_tid,
+    ):
+        status, _ = await raw_upgrade(relay_url, path, SUBPROTOCOL)
+        assert 400 <= status < 500, (path, status)
+
+
+async def test_our_relay_pairs_once_and_drops_text(relay_url: str) -> None:
+    tid = random_bytes(16).hex().upper()
+    with trio.fail_after(10):
+        async with open_websocket_url(
+            f"{relay_url}/cable/new/{tid}", subprotocols=["chat", SUBPROTOCOL]
+        ) as phone:
+            assert phone.subprotocol == SUBPROTOCOL
+            rid = dict((k.decode().lower(), v.decode()) for k, v in phone.handshake_headers)[
+                ROUTING_ID_HEADER
+            ]
+            async with open_websocket_url(
+                f"{relay_url}/cable/connect/{rid}/{tid}", subprotocols=[SUBPROTOCOL]
+            ) as desktop:
+                # §14: pairing removes the pending tunnel, so a second connect fails.
+                status, _ = await raw_upgrade(relay_url, f"/cable/connect/{rid}/{tid}", SUBPROTOCOL)
+                assert status == 404
+                payload = random_bytes(300)
+                await desktop.send_message(payload)
+                assert await phone.get_message() == payload
+                await phone.send_message(payload[::-1])
+                assert await desktop.get_message() == payload[::-1]
+                # §7.3/§14: a text message is a protocol error; the relay closes.
+                await desktop.send_message("text")
+                with pytest.raises(ConnectionClosed):
+                    await desktop.get_message()
+                with pytest.raises(ConnectionClosed):
+                    await phone.get_message()

@@ -140,7 +140,13 @@ def verify_get_assertion(resp: dict, cred: Credential, client_data_hash: bytes) 
 
 
 def build_request(
-    mode: str, rp_id: str, user: str, user_id: bytes, cdh: bytes, cred: Credential | None
+    mode: str,
+    rp_id: str,
+    user: str,
+    user_id: bytes,
+    cdh: bytes,
+    cred: Credential | None,
+    discoverable: bool = False,
 ) -> bytes:
     if mode == "mc":
         params = {
@@ -153,7 +159,7 @@ def build_request(
         command = 0x01
     else:
         params = {1: rp_id, 2: cdh, 5: {"uv": True}}
-        if cred is not None:
+        if cred is not None and not discoverable:
             params[3] = [{"type": "public-key", "id": cred.credential_id}]
         command = 0x02
     body = cbor_encode(params)
@@ -189,11 +195,21 @@ async def run_desktop(
     on_url: Callable[[str], Any] | None = None,
     hex_case: str = "upper",
     linger: float = 0.3,
+    discoverable: bool = False,
+    qr_variant: Callable[[dict], dict] | None = None,
+    url_prefix: str = "FIDO:/",
 ) -> DesktopResult:
-    """One QR transaction; ``mode`` is "mc" (register) or "ga" (sign in with ``credential``)."""
+    """One QR transaction; ``mode`` is "mc" (register) or "ga" (sign in with ``credential``).
+
+    ``discoverable`` sends an empty allowList; ``qr_variant`` edits the QR map (other desktops
+    omit optional keys or add unknown ones) and ``url_prefix`` replaces ``FIDO:/``.
+    """
     identity = new_key()
     secret = random_bytes(16)
-    url = fido_url(qr_map(pub33(identity.public_key()), secret, int(time.time()), mode))
+    qr = cbor_decode_one(qr_map(pub33(identity.public_key()), secret, int(time.time()), mode))
+    if qr_variant is not None:
+        qr = qr_variant(qr)
+    url = url_prefix + fido_url(cbor_encode(qr))[len("FIDO:/") :]
     key64 = eid_key(secret)
     tid = tunnel_id(secret)
 
@@ -231,7 +247,7 @@ async def run_desktop(
         if not isinstance(info, dict) or not {"FIDO_2_0", "FIDO_2_1"} & set(versions):
             raise PeerError(f"bad getInfo {info!r}")
 
-        request = build_request(mode, rp_id, user, user_id, cdh, credential)
+        request = build_request(mode, rp_id, user, user_id, cdh, credential, discoverable)
         await ws.send_message(crypter.encrypt(b"\x01" + request))
         while True:
             plaintext = crypter.decrypt(await recv_binary(ws))
@@ -265,6 +281,12 @@ async def run_desktop(
     elif status == 0:
         if credential is None:
             raise PeerError("need a credential to verify an assertion")
+        if discoverable:
+            # Empty allowList: credential (key 1) and user (key 4) are required (§11.1).
+            if response.get(1, {}).get("id") != credential.credential_id:
+                raise PeerError("discoverable assertion lacks the credential id")
+            if response.get(4, {}).get("id") != credential.user_id:
+                raise PeerError("discoverable assertion lacks the user handle")
         counter = verify_get_assertion(response, credential, cdh)
         credential.counter = counter
     return DesktopResult(

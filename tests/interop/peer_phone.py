@@ -165,9 +165,10 @@ def update_message(size: int) -> bytes:
     raise AssertionError("unreachable")
 
 
-async def advertise(sock: trio.socket.SocketType, port: int, datagram: bytes) -> None:
+async def advertise(sock: trio.socket.SocketType, port: int, datagrams: list[bytes]) -> None:
     while True:
-        await sock.sendto(datagram, ("127.0.0.1", port))
+        for datagram in datagrams:
+            await sock.sendto(datagram, ("127.0.0.1", port))
         await trio.sleep(0.1)
 
 
@@ -181,6 +182,9 @@ async def run_phone(
     send_update: bool = False,
     domain_id: int = 0,
     hex_case: str = "upper",
+    uuid: bytes = UUID_FFF9,
+    suffix: bytes = b"",
+    junk: bool = False,
 ) -> PhoneResult:
     """Serve one transaction for the desktop that showed ``url``."""
     qr = parse_fido_url(url)
@@ -204,7 +208,11 @@ async def run_phone(
         sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
         with sock:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(advertise, sock, ble_port, UUID_FFF9 + advert)
+                datagrams = [uuid + advert + suffix]
+                if junk:
+                    # Other phones' adverts and stray traffic on the medium must be ignored.
+                    datagrams[:0] = [b"\xff", b"\x12\x34" + advert, uuid + random_bytes(20)]
+                nursery.start_soon(advertise, sock, ble_port, datagrams)
                 msg1 = await recv_binary(ws)
                 nursery.cancel_scope.cancel()
 
