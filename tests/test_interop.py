@@ -233,6 +233,37 @@ async def test_our_desktop_with_independent_phone(relay_url: str, tmp_path: Path
         log.write_text("")
 
 
+@pytest.mark.parametrize(
+    ("action", "phone_kwargs", "exit_code"),
+    [
+        # §11.2: a tunnel closed with the request outstanding is a cancellation, not a bug.
+        ("register", {"hang_up": True}, 11),
+        ("register", {"force_status": 0x27}, 11),  # CTAP2_ERR_OPERATION_DENIED
+        ("register", {"force_status": 0x19}, 14),  # CTAP2_ERR_CREDENTIAL_EXCLUDED
+        ("login", {"force_status": 0x2E}, 13),  # CTAP2_ERR_NO_CREDENTIALS
+    ],
+    ids=["hang-up", "denied", "excluded", "no-credentials"],
+)
+async def test_our_desktop_reports_phone_outcomes(
+    relay_url: str, tmp_path: Path, action: str, phone_kwargs: dict, exit_code: int
+) -> None:
+    port = free_udp_port()
+    log = tmp_path / "desktop.log"
+    user = "alice" if action == "register" else None
+    proc, url = await start_our_desktop(action, relay_url, port, tmp_path / "d", log, user)
+    try:
+        with trio.fail_after(STEP_TIMEOUT):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(drain, proc.stdout)
+                await run_phone(url, relay_url, port, tmp_path / "p.json", **phone_kwargs)
+                rc = await proc.wait()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert rc == exit_code, log.read_text()
+
+
 # --- 2. independent desktop + our phone --------------------------------------------------------
 
 
@@ -252,8 +283,9 @@ async def test_independent_desktop_with_our_phone(relay_url: str, tmp_path: Path
     assert reg.domain_id == 0
     first_counter = reg.credential.counter
 
+    # §10.2: a desktop update message before the request is valid CBOR the phone must accept.
     login, (rc, err) = await desktop_with_phone(
-        our_phone, relay_url, port, mode="ga", credential=reg.credential
+        our_phone, relay_url, port, mode="ga", credential=reg.credential, send_update_first=True
     )
     assert login.status == 0 and rc == 0, err
     assert login.counter > first_counter or login.counter == first_counter == 0
@@ -276,6 +308,17 @@ async def test_independent_desktop_with_our_phone(relay_url: str, tmp_path: Path
     )
     assert again.status == 0 and rc == 0, err
     assert again.counter > login.counter or again.counter == 0
+
+    # §11.2 status codes: the exclude list matches (0x19); no passkey for another site (0x2E).
+    # The phone has still answered, so it exits 0.
+    dup, (rc, err) = await desktop_with_phone(
+        our_phone, relay_url, port, mode="mc", exclude=[reg.credential.credential_id]
+    )
+    assert (dup.status, rc) == (0x19, 0), err
+    other, (rc, err) = await desktop_with_phone(
+        our_phone, relay_url, port, mode="ga", rp_id="other.example", credential=reg.credential
+    )
+    assert (other.status, rc) == (0x2E, 0), err
 
 
 def bad_qr_urls() -> dict[str, str]:
@@ -453,3 +496,99 @@ async def test_our_relay_pairs_once_and_drops_text(relay_url: str) -> None:
                     await desktop.get_message()
                 with pytest.raises(ConnectionClosed):
                     await phone.get_message()
+
+
+# --- our clients against a misbehaving relay ---------------------------------------------------
+
+
+async def fake_relay(nursery: trio.Nursery, handler) -> str:
+    from trio_websocket import serve_websocket
+
+    server = await nursery.start(serve_websocket, handler, "127.0.0.1", 0, None)
+    return f"ws://127.0.0.1:{server.port}"
+
+
+async def send_adverts(url: str, port: int) -> None:
+    """Advertise for ``url`` as a phone would, without any tunnel behind it."""
+    from tests.interop import advert_encrypt, eid_key
+
+    qr = parse_fido_url(url)
+    plain = b"\x00" + random_bytes(10) + b"\x01\x02\x03" + b"\x00\x00"
+    datagram = b"\xff\xf9" + advert_encrypt(eid_key(qr.secret), plain)
+    with trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM) as sock:
+        while True:
+            await sock.sendto(datagram, ("127.0.0.1", port))
+            await trio.sleep(0.1)
+
+
+@pytest.mark.parametrize("misbehaviour", ["no-subprotocol", "short-message-2"])
+async def test_our_desktop_drops_a_bad_tunnel(tmp_path: Path, misbehaviour: str) -> None:
+    """§7.2: no `fido.cable` echo → drop the connection; §8.4: message 2 not 81 bytes → abort."""
+    received: list = []
+
+    async def handler(request) -> None:
+        if misbehaviour == "no-subprotocol":
+            ws = await request.accept()
+        else:
+            ws = await request.accept(subprotocol=SUBPROTOCOL)
+        try:
+            while True:
+                received.append(await ws.get_message())
+                await ws.send_message(random_bytes(80))
+        except ConnectionClosed:
+            pass
+
+    port = free_udp_port()
+    desk_dir = tmp_path / "desktop"
+    log = tmp_path / "desktop.log"
+    async with trio.open_nursery() as nursery:
+        relay = await fake_relay(nursery, handler)
+        proc, url = await start_our_desktop("register", relay, port, desk_dir, log)
+        try:
+            nursery.start_soon(drain, proc.stdout)
+            nursery.start_soon(send_adverts, url, port)
+            # Well inside the desktop's own 10 s handshake deadline: it must notice by itself.
+            with trio.fail_after(8):
+                rc = await proc.wait()
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        nursery.cancel_scope.cancel()
+    assert rc not in (0, 12), log.read_text()
+    if misbehaviour == "short-message-2":
+        assert [len(m) for m in received] == [81]
+        assert rc == 17, log.read_text()
+
+
+async def test_our_phone_needs_the_routing_id_header(tmp_path: Path) -> None:
+    """§7.2: X-caBLE-Routing-ID MUST be in the 101 answer to /cable/new; the phone fails without."""
+    from tests.interop import fido_url, new_key, pub33, qr_map
+
+    async def handler(request) -> None:
+        ws = await request.accept(subprotocol=SUBPROTOCOL)
+        with trio.move_on_after(10):
+            try:
+                await ws.get_message()
+            except ConnectionClosed:
+                pass
+
+    port = free_udp_port()
+    url = fido_url(qr_map(pub33(new_key().public_key()), random_bytes(16), int(time.time()), "mc"))
+    adverts: list[bytes] = []
+
+    async def listen(medium) -> None:
+        while True:
+            adverts.append(await medium.recv(64))
+
+    with trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM) as medium:
+        await medium.bind(("127.0.0.1", port))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(listen, medium)
+            relay = await fake_relay(nursery, handler)
+            with trio.fail_after(8):
+                rc, err = await run_our_phone(url, relay, port, tmp_path)
+            await trio.sleep(0.2)
+            nursery.cancel_scope.cancel()
+    assert rc not in (0, 12), err
+    assert adverts == [], "no routing id, so nothing to advertise"

@@ -147,6 +147,7 @@ def build_request(
     cdh: bytes,
     cred: Credential | None,
     discoverable: bool = False,
+    exclude: list[bytes] | None = None,
 ) -> bytes:
     if mode == "mc":
         params = {
@@ -156,6 +157,8 @@ def build_request(
             4: [{"type": "public-key", "alg": -7}],
             7: {"rk": True, "uv": True},
         }
+        if exclude:
+            params[5] = [{"type": "public-key", "id": cid} for cid in exclude]
         command = 0x01
     else:
         params = {1: rp_id, 2: cdh, 5: {"uv": True}}
@@ -198,11 +201,15 @@ async def run_desktop(
     discoverable: bool = False,
     qr_variant: Callable[[dict], dict] | None = None,
     url_prefix: str = "FIDO:/",
+    exclude: list[bytes] | None = None,
+    send_update_first: bool = False,
 ) -> DesktopResult:
     """One QR transaction; ``mode`` is "mc" (register) or "ga" (sign in with ``credential``).
 
-    ``discoverable`` sends an empty allowList; ``qr_variant`` edits the QR map (other desktops
-    omit optional keys or add unknown ones) and ``url_prefix`` replaces ``FIDO:/``.
+    ``discoverable`` sends an empty allowList; ``exclude`` fills the excludeList;
+    ``send_update_first`` sends a desktop update message (§10.2) before the request;
+    ``qr_variant`` edits the QR map (other desktops omit optional keys or add unknown ones) and
+    ``url_prefix`` replaces ``FIDO:/``.
     """
     identity = new_key()
     secret = random_bytes(16)
@@ -247,7 +254,9 @@ async def run_desktop(
         if not isinstance(info, dict) or not {"FIDO_2_0", "FIDO_2_1"} & set(versions):
             raise PeerError(f"bad getInfo {info!r}")
 
-        request = build_request(mode, rp_id, user, user_id, cdh, credential, discoverable)
+        request = build_request(mode, rp_id, user, user_id, cdh, credential, discoverable, exclude)
+        if send_update_first:
+            await ws.send_message(crypter.encrypt(b"\x02" + cbor_encode({0: bytes(40)})))
         await ws.send_message(crypter.encrypt(b"\x01" + request))
         while True:
             plaintext = crypter.decrypt(await recv_binary(ws))

@@ -185,6 +185,8 @@ async def run_phone(
     uuid: bytes = UUID_FFF9,
     suffix: bytes = b"",
     junk: bool = False,
+    hang_up: bool = False,
+    force_status: int | None = None,
 ) -> PhoneResult:
     """Serve one transaction for the desktop that showed ``url``."""
     qr = parse_fido_url(url)
@@ -251,6 +253,11 @@ async def run_phone(
             status, resp = OK, GET_INFO
         else:
             status, resp = INVALID_COMMAND, None
+        if hang_up:
+            # The user dismissed the sheet: no CTAP response at all (§11.2).
+            return PhoneResult(qr.raw, command, request, -1, noncanonical)
+        if force_status is not None:
+            status, resp = force_status, None
         out = bytes([0x01, status]) + (cbor_encode(resp) if resp is not None else b"")
         await ws.send_message(crypter.encrypt(out))
 
