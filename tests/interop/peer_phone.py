@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import hmac
 import json
 import struct
 import sys
@@ -157,9 +158,28 @@ def get_assertion(store: Store, req: dict) -> tuple[int, dict | None]:
     return OK, resp
 
 
-def update_message(size: int) -> bytes:
+def linking_info(desktop_identity: ec.EllipticCurvePublicKey, handshake_hash: bytes) -> dict:
+    """§12.1 linking information with a valid §12.3 handshake signature."""
+    phone_key = new_key()
+    shared = phone_key.exchange(ec.ECDH(), desktop_identity)
+    return {
+        1: random_bytes(40),
+        2: random_bytes(8),
+        3: random_bytes(32),
+        4: phone_key.public_key().public_bytes(
+            serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+        ),
+        5: "Independent phone",
+        6: hmac.new(shared, handshake_hash, hashlib.sha256).digest(),
+    }
+
+
+def update_message(size: int, link: dict | None = None) -> bytes:
     for pad in range(size, -1, -1):
-        plaintext = b"\x02" + cbor_encode({0: bytes(pad)})
+        body: dict = {0: bytes(pad)}
+        if link is not None:
+            body[1] = link
+        plaintext = b"\x02" + cbor_encode(body)
         if len(plaintext) <= size:
             return plaintext
     raise AssertionError("unreachable")
@@ -187,6 +207,7 @@ async def run_phone(
     junk: bool = False,
     hang_up: bool = False,
     force_status: int | None = None,
+    linking: str | None = None,
 ) -> PhoneResult:
     """Serve one transaction for the desktop that showed ``url``."""
     qr = parse_fido_url(url)
@@ -218,13 +239,17 @@ async def run_phone(
                 msg1 = await recv_binary(ws)
                 nursery.cancel_scope.cancel()
 
-        msg2, write_key, read_key, _ = kn_respond(qr.identity, psk(qr.secret, plain), msg1)
+        msg2, write_key, read_key, hh = kn_respond(qr.identity, psk(qr.secret, plain), msg1)
         await ws.send_message(msg2)
         crypter = Crypter(write_key, read_key)
-        await ws.send_message(crypter.encrypt(cbor_encode({1: cbor_encode(GET_INFO), 3: ["ctap"]})))
-        if send_update:
+        post: dict = {1: cbor_encode(GET_INFO), 3: ["ctap"]}
+        if linking == "post-handshake":
+            post[2] = linking_info(qr.identity, hh)  # older phones (§10.1 key 2)
+        await ws.send_message(crypter.encrypt(cbor_encode(post)))
+        if send_update or linking == "update":
             # Like the deployed Android phone: an update padded to a 512-byte plaintext (§10.2).
-            await ws.send_message(crypter.encrypt(update_message(512)))
+            link = linking_info(qr.identity, hh) if linking == "update" else None
+            await ws.send_message(crypter.encrypt(update_message(512, link)))
 
         while True:
             plaintext = crypter.decrypt(await recv_binary(ws))
