@@ -208,6 +208,8 @@ async def run_phone(
     hang_up: bool = False,
     force_status: int | None = None,
     linking: str | None = None,
+    features: list[str] | None = ["ctap"],  # noqa: B006 - never mutated
+    post_extra: dict | None = None,
 ) -> PhoneResult:
     """Serve one transaction for the desktop that showed ``url``."""
     qr = parse_fido_url(url)
@@ -233,8 +235,18 @@ async def run_phone(
             async with trio.open_nursery() as nursery:
                 datagrams = [uuid + advert + suffix]
                 if junk:
-                    # Other phones' adverts and stray traffic on the medium must be ignored.
-                    datagrams[:0] = [b"\xff", b"\x12\x34" + advert, uuid + random_bytes(20)]
+                    # Other phones' adverts, stray traffic, and correctly MACed adverts whose
+                    # reserved byte or domain id is invalid (§6.2 step 4) must all be ignored.
+                    key64 = eid_key(qr.secret)
+                    bad_reserved = advert_encrypt(key64, b"\x01" + plain[1:])
+                    bad_domain = advert_encrypt(key64, plain[:14] + (7).to_bytes(2, "little"))
+                    datagrams[:0] = [
+                        b"\xff",
+                        b"\x12\x34" + advert,
+                        uuid + random_bytes(20),
+                        uuid + bad_reserved,
+                        uuid + bad_domain,
+                    ]
                 nursery.start_soon(advertise, sock, ble_port, datagrams)
                 msg1 = await recv_binary(ws)
                 nursery.cancel_scope.cancel()
@@ -242,7 +254,12 @@ async def run_phone(
         msg2, write_key, read_key, hh = kn_respond(qr.identity, psk(qr.secret, plain), msg1)
         await ws.send_message(msg2)
         crypter = Crypter(write_key, read_key)
-        post: dict = {1: cbor_encode(GET_INFO), 3: ["ctap"]}
+        post: dict = {1: cbor_encode(GET_INFO)}
+        if features is not None:
+            post[3] = features
+            if "ctap" not in features:
+                del post[1]  # §10.1: key 1 only with CTAP
+        post.update(post_extra or {})
         if linking == "post-handshake":
             post[2] = linking_info(qr.identity, hh)  # older phones (§10.1 key 2)
         await ws.send_message(crypter.encrypt(cbor_encode(post)))
