@@ -18,20 +18,25 @@ from pathlib import Path
 import cbor2
 import pytest
 import trio
-from trio_websocket import ConnectionClosed, open_websocket_url
-
-from tests.interop import (
+from interop import (
     ROUTING_ID_HEADER,
     SUBPROTOCOL,
+    advert_encrypt,
     cbor_encode,
     ctap_canonical_key_order,
     digits_decode,
     digits_encode,
+    eid_key,
+    fido_url,
+    new_key,
     parse_fido_url,
+    pub33,
+    qr_map,
     random_bytes,
 )
-from tests.interop.peer_desktop import DesktopResult, run_desktop
-from tests.interop.peer_phone import run_phone
+from interop.peer_desktop import DesktopResult, run_desktop
+from interop.peer_phone import run_phone
+from trio_websocket import ConnectionClosed, open_websocket_url, serve_websocket
 
 ROOT = Path(__file__).resolve().parent.parent
 STEP_TIMEOUT = 20
@@ -365,8 +370,6 @@ async def test_our_phone_picks_a_domain_the_desktop_knows(relay_url: str, tmp_pa
 
 
 def bad_qr_urls() -> dict[str, str]:
-    from tests.interop import fido_url, new_key, pub33
-
     good = {0: pub33(new_key().public_key()), 1: random_bytes(16), 2: 2, 3: 0, 4: False, 5: "mc"}
 
     def url(**changes) -> str:
@@ -547,16 +550,12 @@ async def test_our_relay_pairs_once_and_drops_text(relay_url: str) -> None:
 
 
 async def fake_relay(nursery: trio.Nursery, handler) -> str:
-    from trio_websocket import serve_websocket
-
     server = await nursery.start(serve_websocket, handler, "127.0.0.1", 0, None)
     return f"ws://127.0.0.1:{server.port}"
 
 
 async def send_adverts(url: str, port: int) -> None:
     """Advertise for ``url`` as a phone would, without any tunnel behind it."""
-    from tests.interop import advert_encrypt, eid_key
-
     qr = parse_fido_url(url)
     plain = b"\x00" + random_bytes(10) + b"\x01\x02\x03" + b"\x00\x00"
     datagram = b"\xff\xf9" + advert_encrypt(eid_key(qr.secret), plain)
@@ -606,7 +605,6 @@ async def test_our_desktop_drops_a_bad_tunnel(tmp_path: Path, misbehaviour: str)
 
 async def test_our_phone_needs_the_routing_id_header(tmp_path: Path) -> None:
     """§7.2: X-caBLE-Routing-ID MUST be in the 101 answer to /cable/new; the phone fails without."""
-    from tests.interop import fido_url, new_key, pub33, qr_map
 
     async def handler(request) -> None:
         ws = await request.accept(subprotocol=SUBPROTOCOL)

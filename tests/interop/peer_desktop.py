@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from trio_websocket import ConnectionClosed, open_websocket_url
 
-from tests.interop import (
+from . import (
     SUBPROTOCOL,
     UUID_FDE2,
     UUID_FFF9,

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from trio_websocket import ConnectionClosed, open_websocket_url
 
-from tests.interop import (
+from . import (
     ROUTING_ID_HEADER,
     SUBPROTOCOL,
     UUID_FFF9,
