@@ -24,6 +24,7 @@ import h11
 import trio
 
 from hybrid.tunnel.urls import SUBPROTOCOL
+from relay.rawio import STREAM_ERRORS, raw_socket, receive_some, send_all
 
 _READ_SIZE = 4096
 
@@ -104,10 +105,11 @@ def _parse_lean(head: bytes) -> tuple[bytes, bytes, list[tuple[bytes, bytes]]] |
 async def read_request(stream: trio.abc.Stream, max_head: int) -> Request:
     """Read one request head; raise BadRequest or ClientGone."""
     buf = b""
+    raw = raw_socket(stream)
     while True:
         try:
-            data = await stream.receive_some(_READ_SIZE)
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            data = await receive_some(stream, raw, _READ_SIZE)
+        except STREAM_ERRORS as exc:
             if not buf:
                 raise ClientGone("connection lost during the request") from exc
             return await _read_with_h11(stream, max_head, buf, exc)
@@ -230,8 +232,10 @@ async def send_switching_protocols(
 
     ``extra_headers`` are whole header lines, each ending in CRLF.
     """
-    await stream.send_all(
-        b"".join((_SWITCHING, accept_token(key), _SUBPROTOCOL_LINE, extra_headers, b"\r\n"))
+    await send_all(
+        stream,
+        raw_socket(stream),
+        b"".join((_SWITCHING, accept_token(key), _SUBPROTOCOL_LINE, extra_headers, b"\r\n")),
     )
     if request.conn is not None:
         return bytes(request.conn.trailing_data[0])

@@ -25,16 +25,27 @@ def tunnel_tag(tunnel_id: bytes) -> str:
 
 def log_event(event: str, level: int = logging.INFO, **fields: Any) -> None:
     if logger.isEnabledFor(level):
-        logger.log(level, event, extra={"fields": fields})
+        # Built directly: Logger.log would walk the stack for a source location nobody logs.
+        record = logger.makeRecord(
+            logger.name, level, "", 0, event, (), None, extra={"fields": fields}
+        )
+        logger.handle(record)
 
 
 class JsonFormatter(logging.Formatter):
     """Formats a record as ``{"ts", "level", "event", ...fields}`` on one line."""
 
+    _second = -1
+    _stamp = ""
+
     def format(self, record: logging.LogRecord) -> str:
+        second = int(record.created)
+        if second != self._second:
+            # strftime is the slow part; many events share a second.
+            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = second
         entry: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "ts": f"{self._stamp}.{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "event": record.getMessage(),
         }

@@ -33,12 +33,13 @@ Life of a tunnel (protocol notes sections 7 and 14):
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import os
 import ssl
 from collections import Counter, deque
 from enum import Enum
-from functools import partial
 
 import trio
 
@@ -55,6 +56,7 @@ from relay.http import (
 )
 from relay.logs import log_event, tunnel_tag
 from relay.metrics import CONTENT_TYPE, RelayMetrics, Stats
+from relay.rawio import STREAM_ERRORS
 from relay.requests import (
     HEALTH_PATH,
     ConnectTunnel,
@@ -81,6 +83,9 @@ __all__ = ["RelayConfig", "Relay", "serve"]
 #: Longest a refused over-limit client may keep its socket while we read its request and answer.
 _QUICK_REFUSAL_TIMEOUT = 1.0
 _ROUTING_ID_HEADER = ROUTING_ID_HEADER.encode("ascii")
+_ACCEPT_CAPACITY_ERRNOS = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS))
+_ACCEPT_BACKOFF = 0.1
+_ACCEPT_LOGGER = logging.getLogger("trio.serve_listeners")
 
 
 class _State(Enum):
@@ -274,11 +279,8 @@ class Relay:
             async with trio.open_nursery() as connections:
                 async with trio.open_nursery() as accepting:
                     self._accept_scope = accepting.cancel_scope
-                    await accepting.start(
-                        partial(trio.serve_listeners, handler_nursery=connections),
-                        self._handle,
-                        listeners,
-                    )
+                    for listener in listeners:
+                        accepting.start_soon(self._accept, listener, connections)
                     log_event(
                         "listening",
                         host=config.host,
@@ -310,6 +312,26 @@ class Relay:
 
     # -- connections -------------------------------------------------------------------------
 
+    async def _accept(self, listener: trio.abc.Listener[trio.abc.Stream], nursery) -> None:
+        """``trio.serve_listeners`` without its per-connection wrapper task layer."""
+        async with listener:
+            while True:
+                try:
+                    stream = await listener.accept()
+                except OSError as exc:
+                    if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
+                        raise
+                    # Out of file descriptors or memory: back off like trio.serve_listeners.
+                    _ACCEPT_LOGGER.error(
+                        "accept returned %s (%s); retrying in %s seconds",
+                        errno.errorcode[exc.errno],
+                        os.strerror(exc.errno),
+                        _ACCEPT_BACKOFF,
+                    )
+                    await trio.sleep(_ACCEPT_BACKOFF)
+                else:
+                    nursery.start_soon(self._handle, stream)
+
     async def _handle(self, stream: trio.abc.Stream) -> None:
         address = _peer_address(stream)
         self.stats.connections_accepted += 1
@@ -329,7 +351,11 @@ class Relay:
         except Exception as exc:  # noqa: BLE001 - one bad connection must never stop the relay
             log_event("connection_error", logging.ERROR, client=address, error=repr(exc))
         finally:
-            await trio.aclose_forcefully(stream)
+            if type(stream) is trio.SocketStream:
+                # What SocketStream.aclose does, minus a scheduler round trip.
+                stream.socket.close()
+            else:
+                await trio.aclose_forcefully(stream)
 
     async def _refuse_over_limit(self, stream: trio.abc.Stream, address: str) -> None:
         # Read the request first: closing with unread bytes would reset the connection and the
@@ -471,7 +497,7 @@ class Relay:
             routing_line = b"%s: %s\r\n" % (_ROUTING_ID_HEADER, routing_id_hex(routing_id).encode())
             trailing = await send_switching_protocols(stream, request, key, routing_line)
             registered = True
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
+        except STREAM_ERRORS:
             return None
         finally:
             if not registered:
@@ -516,7 +542,7 @@ class Relay:
         try:
             trailing = await send_switching_protocols(stream, request, key)
             ws = WebSocket(stream, trailing, self.config.max_message_size)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
+        except STREAM_ERRORS:
             return None
         finally:
             tunnel.initiator = ws

@@ -13,11 +13,9 @@ looks inside payloads.
 
 from __future__ import annotations
 
-import socket
-
 import trio
-from trio.lowlevel import cancel_shielded_checkpoint, wait_readable, wait_writable
 
+from relay.rawio import STREAM_ERRORS, raw_socket, receive_some, send_all
 from relay.wsframe import (
     CLOSE_MESSAGE_TOO_BIG,
     Close,
@@ -37,23 +35,6 @@ _OPEN = 0
 _REMOTE_CLOSING = 1  # the client's close frame arrived; ours is still owed
 _LOCAL_CLOSING = 2  # our close frame went out; the client's is awaited
 _CLOSED = 3
-
-_STREAM_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
-
-
-def _raw_socket(stream: trio.abc.Stream) -> socket.socket | None:
-    """The non-blocking stdlib socket under a plain ``trio.SocketStream``, else None.
-
-    Trio's stream layers (conflict detectors, error translation, a checkpoint before and after
-    every call) cost more CPU than forwarding a message; on a plain TCP stream the relay does the
-    non-blocking calls itself and waits with ``wait_readable``/``wait_writable``. Going through the
-    stdlib socket object (not its file descriptor) means a closed socket fails with EBADF instead
-    of touching a reused descriptor. TLS streams keep the generic path.
-    """
-    if type(stream) is not trio.SocketStream:
-        return None
-    raw = getattr(stream.socket, "_sock", None)
-    return raw if isinstance(raw, socket.socket) else None
 
 
 class WebSocketEnded(Exception):
@@ -103,7 +84,7 @@ class WebSocket:
 
     def __init__(self, stream: trio.abc.Stream, trailing_data: bytes, max_message_size: int):
         self.stream = stream
-        self._raw = _raw_socket(stream)
+        self._raw = raw_socket(stream)
         self._parser = FrameParser(max_message_size)
         self._lock = trio.StrictFIFOLock()
         # Set when a write was interrupted mid-frame: no further frame may follow it.
@@ -155,7 +136,7 @@ class WebSocket:
             else:
                 try:
                     data = await self._receive_some()
-                except _STREAM_ERRORS as exc:
+                except STREAM_ERRORS as exc:
                     raise PeerGone("connection lost") from exc
                 if not data:
                     raise PeerGone("connection closed without a close frame")
@@ -194,42 +175,7 @@ class WebSocket:
         await self._write(frames)
 
     async def _receive_some(self) -> bytes:
-        raw = self._raw
-        if raw is None:
-            return await self.stream.receive_some(RECEIVE_SIZE)
-        try:
-            data = raw.recv(RECEIVE_SIZE)
-        except BlockingIOError:
-            pass
-        else:
-            # Data was ready without waiting: still yield, so a busy peer cannot starve others,
-            # but shielded, as trio does, so bytes already taken from the socket are not lost.
-            await cancel_shielded_checkpoint()
-            return data
-        while True:
-            await wait_readable(raw)
-            try:
-                return raw.recv(RECEIVE_SIZE)
-            except BlockingIOError:
-                continue
-
-    @staticmethod
-    async def _send_raw(raw: socket.socket, data: bytes | bytearray) -> None:
-        # The reader of each direction checkpoints on every read, so a write that completes at
-        # once need not yield again.
-        try:
-            sent = raw.send(data)
-        except BlockingIOError:
-            sent = 0
-        if sent == len(data):
-            return
-        view = memoryview(data)
-        while sent < len(view):
-            await wait_writable(raw)
-            try:
-                sent += raw.send(view[sent:])
-            except BlockingIOError:
-                continue
+        return await receive_some(self.stream, self._raw, RECEIVE_SIZE)
 
     async def _write(self, frame: bytes | bytearray) -> None:
         # Uncontended (the usual case) the lock is taken without a scheduler round trip;
@@ -244,11 +190,8 @@ class WebSocket:
                 raise PeerGone("socket is broken")
             self._broken = True
             try:
-                if self._raw is None:
-                    await self.stream.send_all(frame)
-                else:
-                    await self._send_raw(self._raw, frame)
-            except _STREAM_ERRORS as exc:
+                await send_all(self.stream, self._raw, frame)
+            except STREAM_ERRORS as exc:
                 raise PeerGone("connection lost") from exc
             self._broken = False
         finally:
