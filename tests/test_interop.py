@@ -440,11 +440,13 @@ async def test_independent_peers_through_our_relay(relay_url: str, tmp_path: Pat
     assert login.status == 0 and phone.status == 0 and login.counter == 1
 
 
-async def raw_upgrade(relay: str, path: str, subprotocol: str | None) -> tuple[int, list]:
+async def raw_upgrade(
+    relay: str, path: str, subprotocol: str | None, method: str = "GET"
+) -> tuple[int, list]:
     """Send a bare RFC 6455 upgrade request; return the status code and response headers."""
     host, port = relay.removeprefix("ws://").split(":")
     lines = [
-        f"GET {path} HTTP/1.1",
+        f"{method} {path} HTTP/1.1",
         f"Host: {host}:{port}",
         "Upgrade: websocket",
         "Connection: Upgrade",
@@ -500,7 +502,7 @@ async def test_our_relay_refusals(relay_url: str) -> None:
     status, _ = await raw_upgrade(relay_url, f"/cable/new/{random_bytes(16).hex()}", None)
     assert status == 400
 
-    # §14: wrong hex lengths, bad characters, extra segments, query strings are refused.
+    # §14: wrong hex lengths, bad characters, extra segments, traversal, other methods refused.
     good_tid = random_bytes(16).hex()
     for path in (
         f"/cable/new/{good_tid[:-2]}",
@@ -515,6 +517,8 @@ async def test_our_relay_refusals(relay_url: str) -> None:
     ):
         status, _ = await raw_upgrade(relay_url, path, SUBPROTOCOL)
         assert 400 <= status < 500, (path, status)
+    status, _ = await raw_upgrade(relay_url, f"/cable/new/{good_tid}", SUBPROTOCOL, "POST")
+    assert 400 <= status < 500, ("POST", status)
 
 
 async def test_our_relay_pairs_once_and_drops_text(relay_url: str) -> None:
