@@ -38,6 +38,7 @@ from hybrid.tunnel.client import (
     open_tunnel,
 )
 from hybrid.tunnel.crypter import Crypter
+from hybrid.tunnel.domains import domain_id_for_desktop
 from hybrid.tunnel.messages import (
     MessageType,
     encode_message,
@@ -52,6 +53,8 @@ logger = logging.getLogger(__name__)
 MAKE_CREDENTIAL = 0x01
 GET_ASSERTION = 0x02
 DEFAULT_DOMAIN_ID = 0
+# The hashed domain this phone uses for desktops that do not know assigned id 0 (QR key 2 < 1).
+DEFAULT_FALLBACK_DOMAIN_ID = 0xCAB1
 CTAP2_ERR_USER_ACTION_TIMEOUT = 0x2F
 
 Progress = Callable[[str, float], None]
@@ -108,6 +111,7 @@ class PhoneSession:
         *,
         relay_url: str | None = None,
         domain_id: int = DEFAULT_DOMAIN_ID,
+        fallback_domain_id: int = DEFAULT_FALLBACK_DOMAIN_ID,
         deadlines: PhoneDeadlines | None = None,
         progress: Progress | None = None,
     ) -> None:
@@ -116,7 +120,9 @@ class PhoneSession:
         self.authenticator = authenticator
         self.advertiser = advertiser
         self.relay_url = relay_url
-        self.domain_id = domain_id
+        self.domain_id = domain_id_for_desktop(
+            domain_id, fallback_domain_id, self.qr.known_domain_count
+        )
         self.deadlines = deadlines or PhoneDeadlines()
         self.progress = progress
         self.steps: list[tuple[str, float]] = []

@@ -10,6 +10,7 @@ from hybrid.errors import HybridError
 from hybrid.tunnel.domains import (
     ASSIGNED_DOMAINS,
     UnknownTunnelDomainError,
+    domain_id_for_desktop,
     is_known_domain_id,
     tunnel_domain,
 )
@@ -60,3 +61,19 @@ def test_unknown_domain_error_is_a_usage_error() -> None:
 
 def test_is_known_domain_id() -> None:
     assert all(is_known_domain_id(i) for i in (0, 1, 256, 1000, 65535))
+
+
+def test_phone_keeps_its_domain_when_the_desktop_knows_it():
+    assert domain_id_for_desktop(0, 0xCAB1, 2) == 0
+    assert domain_id_for_desktop(1, 0xCAB1, 2) == 1
+    assert domain_id_for_desktop(300, 0xCAB1, 0) == 300
+
+
+def test_phone_falls_back_to_a_hashed_domain_the_desktop_cannot_know_otherwise():
+    assert domain_id_for_desktop(0, 0xCAB1, 0) == 0xCAB1
+    assert domain_id_for_desktop(1, 0xCAB1, 1) == 0xCAB1
+
+
+def test_fallback_domain_must_be_hashed():
+    with pytest.raises(UnknownTunnelDomainError, match="hashed id"):
+        domain_id_for_desktop(0, 5, 0)

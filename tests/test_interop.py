@@ -346,12 +346,6 @@ async def test_independent_desktop_with_our_phone(relay_url: str, tmp_path: Path
     assert (other.status, rc) == (0x2E, 0), err
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="our phone advertises domain id 0 (or --domain-id) even when the QR's key 2 is absent "
-    "(read as 0: the desktop knows no assigned domain); §5 phone rule and §15 phone checklist 1 "
-    "require falling back to a hashed domain id >= 256",
-)
 async def test_our_phone_picks_a_domain_the_desktop_knows(relay_url: str, tmp_path: Path) -> None:
     port = free_udp_port()
 

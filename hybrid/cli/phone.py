@@ -16,6 +16,7 @@ from pathlib import Path
 import trio
 
 from hybrid.cli.desktop import DEFAULT_TIMEOUT, add_ble_port, default_data_dir, progress_printer
+from hybrid.phone import DEFAULT_FALLBACK_DOMAIN_ID
 
 _STATUS_NAMES = {
     0x00: "OK",
@@ -47,6 +48,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=0,
         metavar="N",
         help="tunnel-server domain id put in the advert (default 0)",
+    )
+    parser.add_argument(
+        "--fallback-domain-id",
+        type=int,
+        default=DEFAULT_FALLBACK_DOMAIN_ID,
+        metavar="N",
+        help="hashed domain id (>= 256) advertised instead when the QR says the desktop does not "
+        f"know --domain-id (QR key 2 absent or too small; default {DEFAULT_FALLBACK_DOMAIN_ID})",
     )
     parser.add_argument("--approve", action="store_true", help="approve the request without asking")
     parser.add_argument("--data-dir", type=Path, metavar="DIR", help="where passkeys are kept")
@@ -109,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
             _advertiser(args),
             relay_url=args.relay,
             domain_id=args.domain_id,
+            fallback_domain_id=args.fallback_domain_id,
             deadlines=PhoneDeadlines(desktop=args.timeout, user=args.timeout),
             progress=progress_printer("phone"),
         )

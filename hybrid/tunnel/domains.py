@@ -63,3 +63,19 @@ def tunnel_domain(domain_id: int) -> str:
             f"tunnel-server domain id {domain_id} is reserved (2..255 are not assigned)"
         )
     return _hashed_domain(domain_id)
+
+
+def domain_id_for_desktop(own_id: int, fallback_id: int, desktop_known_count: int) -> int:
+    """The domain id a phone names in its advert, given what the desktop's QR says it knows.
+
+    A desktop knows assigned ids ``0 .. key2 - 1`` (key 2 absent means none) and every hashed id.
+    A phone whose own id is an assigned one the desktop does not know falls back to a hashed id it
+    also operates (protocol notes section 5, "phone rule").
+    """
+    if own_id >= FIRST_HASHED_ID or own_id < desktop_known_count:
+        return own_id
+    if fallback_id < FIRST_HASHED_ID:
+        raise UnknownTunnelDomainError(
+            f"fallback tunnel-domain id {fallback_id} must be a hashed id (>= {FIRST_HASHED_ID})"
+        )
+    return fallback_id
