@@ -1,34 +1,35 @@
 """The relay server: accepting connections, pairing tunnels and forwarding between their peers.
 
-Why the opening handshake is written here with h11 + wsproto on raw trio streams instead of
+Why the opening handshake is written here on raw trio streams instead of
 ``trio_websocket.serve_websocket``: the relay must answer plain HTTP (``/healthz``, ``/metrics``),
 refuse bad requests with exact status codes *before* any upgrade (400/403/404/405/409/410/426/429/
 503), bound the time and bytes a client may spend on its request head (one deadline covers TLS,
 request and 101), and count connections per client address. trio-websocket's server reads the
 request through wsproto's handshake layer, which rejects non-upgrade requests itself and spawns a
-reader task and a message queue per socket. Doing the handshake ourselves keeps all of that in one
-deadline-scoped function, and after the 101 the tunnel runs on ``relay.websocket.WebSocket``:
-wsproto frames and nothing else, one task per direction, no per-message queue, log line or copy
-beyond the frame wsproto builds. Any RFC 6455 client (trio-websocket, websockets, browsers) can
-talk to it.
+reader task and a message queue per socket. Doing the handshake ourselves (``relay.http``) keeps
+all of that in one deadline-scoped function, and after the 101 the tunnel runs on
+``relay.websocket.WebSocket``: ``relay.wsframe`` frames, one task per direction, each read's
+messages forwarded with one write, no per-message queue, log line or task hand-off. Any RFC 6455
+client (trio-websocket, websockets, browsers) can talk to it.
 
 Life of a tunnel (protocol notes sections 7 and 14):
 
 * ``/cable/new/<tid>`` registers the tunnel id at once (a concurrent duplicate gets 409), answers
   101 with ``X-caBLE-Routing-ID``, and the authenticator's connection task becomes the tunnel's
-  owner: its nursery runs the authenticator->initiator pump, waits up to ``wait_timeout`` for an
-  initiator, then runs the initiator->authenticator pump. ``tunnel_lifetime`` (from the
-  authenticator's upgrade) bounds the whole thing.
+  owner: it runs the authenticator->initiator direction itself, in a cancel scope whose deadline
+  is the wait timeout until an initiator joins and ``tunnel_lifetime`` (from the authenticator's
+  upgrade) after that.
 * Messages the authenticator sends before its initiator joins are buffered (at most
   ``max_pending_messages``, each within ``max_message_size``) and delivered first, in order; one
   more closes the tunnel with 1008. Nothing is dropped.
 * ``/cable/connect/<rid>/<tid>`` pairs synchronously (the waiting entry leaves the waiting state
-  before any await, so exactly one initiator wins; later ones get 404), answers 101 and hands its
-  socket to the owner.
-* When either side ends, the first recorded reason wins, the owner's nursery is cancelled, and both
-  sockets get a close frame: 1000 after a clean close by the peer, 1001 after an abnormal
-  disconnect (or shutdown), 1003 for a text frame, 1008 for a timeout or quota, 1009 for an
-  oversized message.
+  before any await, so exactly one initiator wins; later ones get 404), answers 101, and the
+  initiator's connection task flushes the pending buffer and then runs the
+  initiator->authenticator direction, bounded by the same lifetime.
+* When either side ends, the first recorded reason wins and both directions are cancelled; each
+  task sends its own socket a close frame: 1000 after a clean close by the peer, 1001 after an
+  abnormal disconnect (or shutdown), 1003 for a text frame, 1008 for a timeout or quota, 1009 for
+  an oversized message. The owner logs the tunnel's end once the initiator's task is done.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ import json
 import logging
 import os
 import ssl
-from collections import Counter, deque
+from collections import Counter
 from enum import Enum
 
 import trio
@@ -96,7 +97,13 @@ class _State(Enum):
 
 
 class _Tunnel:
-    """One tunnel's shared state, owned by the authenticator's connection task."""
+    """One tunnel's shared state.
+
+    Each peer's connection task drives its own socket: the authenticator's task (the owner) reads
+    the authenticator and forwards to the initiator, the initiator's task flushes the pending
+    buffer and then forwards the other way. No task, nursery or event exists for a tunnel beyond
+    those two tasks; the initiator's ``initiator_done`` event is made when it pairs.
+    """
 
     __slots__ = (
         "tunnel_id",
@@ -104,37 +111,37 @@ class _Tunnel:
         "tag",
         "state",
         "created",
+        "end_of_life",
         "authenticator",
         "initiator",
         "forward_to",
         "pending",
         "paired",
-        "attached",
-        "done",
-        "scope",
-        "owner_finished",
+        "initiator_done",
+        "owner_scope",
+        "initiator_scope",
         "end_reason",
         "codes",
         "close_text",
         "counts",
     )
 
-    def __init__(self, tunnel_id: bytes, routing_id: bytes) -> None:
+    def __init__(self, tunnel_id: bytes, routing_id: bytes, lifetime: float) -> None:
         self.tunnel_id = tunnel_id
         self.routing_id = routing_id
         self.tag = tunnel_tag(tunnel_id)
         self.state = _State.OPENING
         self.created = trio.current_time()
+        self.end_of_life = self.created + lifetime
         self.authenticator: WebSocket | None = None
         self.initiator: WebSocket | None = None
         # Where authenticator messages go; None until the pending buffer has been flushed.
         self.forward_to: WebSocket | None = None
-        self.pending: deque[bytes | bytearray] = deque()
-        self.paired = trio.Event()
-        self.attached = trio.Event()
-        self.done = trio.Event()
-        self.scope: trio.CancelScope | None = None
-        self.owner_finished = False
+        self.pending: list[bytes] = []
+        self.paired = False
+        self.initiator_done: trio.Event | None = None
+        self.owner_scope: trio.CancelScope | None = None
+        self.initiator_scope: trio.CancelScope | None = None
         self.end_reason: str | None = None
         # Close codes for (authenticator, initiator).
         self.codes = (1001, 1001)
@@ -143,7 +150,7 @@ class _Tunnel:
         self.counts = [0, 0, 0, 0]
 
     def finish(self, reason: str, auth_code: int, init_code: int, text: str) -> None:
-        """Record why the tunnel ends (first call wins) and stop both pumps."""
+        """Record why the tunnel ends (first call wins) and stop both directions."""
         if self.end_reason is None:
             self.end_reason = reason
             self.codes = (auth_code, init_code)
@@ -151,8 +158,10 @@ class _Tunnel:
         if self.state is _State.WAITING:
             # A dying tunnel must not be joined in the moments before its owner unregisters it.
             self.state = _State.ENDED
-        if self.scope is not None:
-            self.scope.cancel()
+        if self.owner_scope is not None:
+            self.owner_scope.cancel()
+        if self.initiator_scope is not None:
+            self.initiator_scope.cancel()
 
 
 def _ended_by(side: str, exc: WebSocketEnded) -> tuple[str, int, int, str]:
@@ -403,7 +412,7 @@ class Relay:
         if is_authenticator:
             await self._run_tunnel(tunnel, ws)
         else:
-            await self._attend_initiator(tunnel, ws)
+            await self._run_initiator(tunnel, ws)
 
     async def _handshake(
         self, stream: trio.abc.Stream, address: str
@@ -489,7 +498,7 @@ class Relay:
                 stream, Refusal(503, "routing_ids_exhausted", "no free routing id"), address
             )
             return None
-        tunnel = _Tunnel(tunnel_id, routing_id)
+        tunnel = _Tunnel(tunnel_id, routing_id, self.config.tunnel_lifetime)
         self._tunnels[tunnel_id] = tunnel
         self._routing_ids.add(routing_id)
         registered = False
@@ -534,19 +543,25 @@ class Relay:
             return None
         # Claim the tunnel before any await so that exactly one initiator joins it.
         tunnel.state = _State.PAIRED
-        tunnel.paired.set()
+        tunnel.paired = True
+        tunnel.initiator_done = trio.Event()
+        if tunnel.owner_scope is not None:
+            # The owner no longer waits for an initiator: only the lifetime bounds it now.
+            tunnel.owner_scope.deadline = tunnel.end_of_life
         latency = trio.current_time() - tunnel.created
         self.stats.pairings += 1
         self.metrics.pairing_latency.observe(latency)
-        ws: WebSocket | None = None
         try:
             trailing = await send_switching_protocols(stream, request, key)
-            ws = WebSocket(stream, trailing, self.config.max_message_size)
-        except STREAM_ERRORS:
-            return None
-        finally:
-            tunnel.initiator = ws
-            tunnel.attached.set()
+        except BaseException as exc:
+            # Also on cancellation: the owner waits for initiator_done before it logs the end.
+            tunnel.finish("initiator_gone", 1001, 1001, "initiator disconnected")
+            tunnel.initiator_done.set()
+            if isinstance(exc, STREAM_ERRORS):
+                return None
+            raise
+        ws = WebSocket(stream, trailing, self.config.max_message_size)
+        tunnel.initiator = ws
         log_event(
             "tunnel_paired", tunnel=tunnel.tag, latency_ms=round(latency * 1000), client=address
         )
@@ -560,56 +575,74 @@ class Relay:
 
     # -- tunnels -----------------------------------------------------------------------------
 
-    async def _attend_initiator(self, tunnel: _Tunnel, ws: WebSocket) -> None:
-        """The initiator's connection task: its socket now belongs to the tunnel's owner."""
-        if tunnel.owner_finished:
-            auth_code, init_code = tunnel.codes
-            await ws.close(init_code, tunnel.close_text, self.config.close_timeout)
-            return
-        await tunnel.done.wait()
+    async def _run_initiator(self, tunnel: _Tunnel, ws: WebSocket) -> None:
+        """The initiator's connection task: pending messages, then initiator->authenticator."""
+        assert tunnel.initiator_done is not None
+        try:
+            with trio.CancelScope(deadline=tunnel.end_of_life) as scope:
+                tunnel.initiator_scope = scope
+                if tunnel.end_reason is None:
+                    authenticator = tunnel.authenticator
+                    assert authenticator is not None
+                    if await self._flush_pending(tunnel, ws):
+                        await self._pump_from_initiator(tunnel, ws, authenticator)
+                else:
+                    scope.cancel()
+            if scope.cancelled_caught and tunnel.end_reason is None:
+                tunnel.finish("lifetime", 1008, 1008, "tunnel lifetime exceeded")
+        finally:
+            tunnel.initiator_scope = None
+            if tunnel.end_reason is None:
+                tunnel.finish("shutdown", 1001, 1001, "relay shutting down")
+            try:
+                await ws.close(tunnel.codes[1], tunnel.close_text, self.config.close_timeout)
+            finally:
+                tunnel.initiator_done.set()
 
     async def _run_tunnel(self, tunnel: _Tunnel, ws: WebSocket) -> None:
         """The authenticator's connection task owns the tunnel from here to its end."""
-        config = self.config
+        end_of_life = tunnel.end_of_life
+        wait_end = trio.current_time() + self.config.wait_timeout
         try:
-            with trio.CancelScope(deadline=tunnel.created + config.tunnel_lifetime) as lifetime:
-                async with trio.open_nursery() as nursery:
-                    tunnel.scope = nursery.cancel_scope
-                    if tunnel.end_reason is not None:
-                        nursery.cancel_scope.cancel()
-                    nursery.start_soon(self._pump_from_authenticator, tunnel, ws)
-                    with trio.move_on_after(config.wait_timeout):
-                        await tunnel.paired.wait()
-                    if not tunnel.paired.is_set():
-                        tunnel.finish("wait_timeout", 1008, 1008, "no initiator joined in time")
-                        return
-                    await tunnel.attached.wait()
-                    initiator = tunnel.initiator
-                    if initiator is None:
-                        tunnel.finish("initiator_gone", 1001, 1001, "initiator disconnected")
-                        return
-                    await self._flush_pending(tunnel, initiator)
-                    nursery.start_soon(self._pump_from_initiator, tunnel, initiator, ws)
-            if lifetime.cancelled_caught:
-                tunnel.finish("lifetime", 1008, 1008, "tunnel lifetime exceeded")
+            deadline = end_of_life if tunnel.paired else min(wait_end, end_of_life)
+            with trio.CancelScope(deadline=deadline) as scope:
+                tunnel.owner_scope = scope
+                if tunnel.end_reason is not None:
+                    scope.cancel()
+                await self._pump_from_authenticator(tunnel, ws)
+            if scope.cancelled_caught and tunnel.end_reason is None:
+                if not tunnel.paired and wait_end <= end_of_life:
+                    tunnel.finish("wait_timeout", 1008, 1008, "no initiator joined in time")
+                else:
+                    tunnel.finish("lifetime", 1008, 1008, "tunnel lifetime exceeded")
         finally:
+            tunnel.owner_scope = None
             await self._end_tunnel(tunnel)
 
-    async def _flush_pending(self, tunnel: _Tunnel, initiator: WebSocket) -> None:
+    async def _flush_pending(self, tunnel: _Tunnel, initiator: WebSocket) -> bool:
+        """Deliver what the authenticator sent before the initiator joined; False if it failed."""
         stats = self.stats
-        try:
-            while tunnel.pending:
-                data = tunnel.pending.popleft()
-                await initiator.send(data)
-                stats.messages_to_initiator += 1
-                stats.bytes_to_initiator += len(data)
-                tunnel.counts[0] += 1
-                tunnel.counts[1] += len(data)
-        except WebSocketEnded:
-            tunnel.finish("initiator_gone", 1001, 1001, "initiator disconnected")
-            return
+        pending = tunnel.pending
+        while pending:
+            batch = pending[:]
+            pending.clear()
+            out = bytearray()
+            nbytes = 0
+            for data in batch:
+                write_binary(out, data)
+                nbytes += len(data)
+            try:
+                await initiator.send_frames(out)
+            except WebSocketEnded:
+                tunnel.finish("initiator_gone", 1001, 1001, "initiator disconnected")
+                return False
+            stats.messages_to_initiator += len(batch)
+            stats.bytes_to_initiator += nbytes
+            tunnel.counts[0] += len(batch)
+            tunnel.counts[1] += nbytes
         # No await between the empty check above and this: later messages cannot overtake.
         tunnel.forward_to = initiator
+        return True
 
     async def _pump_from_authenticator(self, tunnel: _Tunnel, source: WebSocket) -> None:
         stats = self.stats
@@ -713,28 +746,27 @@ class Relay:
     async def _end_tunnel(self, tunnel: _Tunnel) -> None:
         if tunnel.end_reason is None:
             tunnel.finish("shutdown", 1001, 1001, "relay shutting down")
-        tunnel.owner_finished = True
         self._unregister(tunnel)
-        auth_code, init_code = tunnel.codes
-        timeout = self.config.close_timeout
         try:
-            async with trio.open_nursery() as nursery:
-                if tunnel.authenticator is not None:
-                    nursery.start_soon(
-                        tunnel.authenticator.close, auth_code, tunnel.close_text, timeout
-                    )
-                if tunnel.initiator is not None:
-                    nursery.start_soon(
-                        tunnel.initiator.close, init_code, tunnel.close_text, timeout
-                    )
+            if tunnel.authenticator is not None:
+                await tunnel.authenticator.close(
+                    tunnel.codes[0], tunnel.close_text, self.config.close_timeout
+                )
+            # The initiator's task closes its own socket meanwhile; the log needs its counts.
+            if tunnel.initiator_done is not None:
+                # Bounded: that task is cancelled already and its close has the same timeout.
+                with (
+                    trio.CancelScope(shield=True),
+                    trio.move_on_after(self.config.close_timeout + 1),
+                ):
+                    await tunnel.initiator_done.wait()
         finally:
-            tunnel.done.set()
             self.stats.tunnel_closes[tunnel.end_reason or "shutdown"] += 1
             log_event(
                 "tunnel_closed",
                 tunnel=tunnel.tag,
                 reason=tunnel.end_reason,
-                paired=tunnel.paired.is_set(),
+                paired=tunnel.paired,
                 duration_ms=round((trio.current_time() - tunnel.created) * 1000),
                 messages_to_initiator=tunnel.counts[0],
                 bytes_to_initiator=tunnel.counts[1],
