@@ -753,13 +753,12 @@ class Relay:
                     tunnel.codes[0], tunnel.close_text, self.config.close_timeout
                 )
             # The initiator's task closes its own socket meanwhile; the log needs its counts.
-            if tunnel.initiator_done is not None:
+            done = tunnel.initiator_done
+            if done is not None and not done.is_set():
                 # Bounded: that task is cancelled already and its close has the same timeout.
-                with (
-                    trio.CancelScope(shield=True),
-                    trio.move_on_after(self.config.close_timeout + 1),
-                ):
-                    await tunnel.initiator_done.wait()
+                deadline = trio.current_time() + self.config.close_timeout + 1
+                with trio.CancelScope(shield=True, deadline=deadline):
+                    await done.wait()
         finally:
             self.stats.tunnel_closes[tunnel.end_reason or "shutdown"] += 1
             log_event(

@@ -199,14 +199,31 @@ class WebSocket:
 
     async def close(self, code: int, reason: str, timeout: float) -> None:
         """Send a close frame and wait up to ``timeout`` for the client's; never raises."""
-        with trio.CancelScope(shield=True), trio.move_on_after(timeout):
+        frame = b""
+        state = self._state
+        if state == _OPEN or state == _REMOTE_CLOSING:
+            self._state = _LOCAL_CLOSING if state == _OPEN else _CLOSED
+            frame = close_frame(code, reason)
+            raw = self._raw
+            if raw is not None and not self._broken and not self._lock.locked():
+                # Usually the kernel takes the frame at once: no cancel scope, no checkpoint.
+                try:
+                    sent = raw.send(frame)
+                except BlockingIOError:
+                    sent = 0
+                except OSError:
+                    return
+                # Nothing else is written after a close frame, so its rest may follow later.
+                frame = frame[sent:]
+        if self._state != _LOCAL_CLOSING or type(self._ended) is PeerClosed:
+            self._state = _CLOSED
+            if not frame:
+                return
+        with trio.CancelScope(shield=True, deadline=trio.current_time() + timeout):
             try:
-                state = self._state
-                if state == _OPEN or state == _REMOTE_CLOSING:
-                    self._state = _LOCAL_CLOSING if state == _OPEN else _CLOSED
-                    await self._write(close_frame(code, reason))
-                if self._state != _LOCAL_CLOSING or type(self._ended) is PeerClosed:
-                    self._state = _CLOSED
+                if frame:
+                    await self._write(frame)
+                if self._state != _LOCAL_CLOSING:
                     return
                 parser = self._parser
                 while True:
@@ -217,5 +234,5 @@ class WebSocket:
                     if any(isinstance(e, Close) for e in parser.receive(data)):
                         break
                 self._state = _CLOSED
-            except (WebSocketEnded, trio.BrokenResourceError, trio.ClosedResourceError):
+            except (WebSocketEnded, *STREAM_ERRORS):
                 pass
