@@ -60,5 +60,9 @@ def configure(level: str = "info", stream: Any = None) -> None:
     handler = logging.StreamHandler(stream)
     handler.setFormatter(JsonFormatter())
     logger.handlers[:] = [handler]
+    # The JSON lines carry none of these; skipping them makes every log record cheaper.
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     logger.setLevel(level.upper())
     logger.propagate = False

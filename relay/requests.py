@@ -139,19 +139,23 @@ def parse_target(target: bytes) -> Route | PlainGet | Refusal:
     return _malformed("unknown tunnel path")
 
 
-def _header_tokens(headers: Headers, name: bytes) -> list[bytes]:
-    tokens: list[bytes] = []
-    for key, value in headers:
-        if key.lower() == name:
-            tokens.extend(t.strip() for t in value.split(b","))
-    return tokens
+def _tokens(values: list[bytes]) -> list[bytes]:
+    if len(values) == 1 and b"," not in values[0]:
+        return [values[0].strip()]
+    return [t.strip() for value in values for t in value.split(b",")]
 
 
-def _header(headers: Headers, name: bytes) -> bytes | None:
+def _by_name(headers: Headers) -> dict[bytes, list[bytes]]:
+    """Header values by lower-case name, in order: one pass instead of one per header asked."""
+    found: dict[bytes, list[bytes]] = {}
     for key, value in headers:
-        if key.lower() == name:
-            return value.strip()
-    return None
+        key = key.lower()
+        values = found.get(key)
+        if values is None:
+            found[key] = [value]
+        else:
+            values.append(value)
+    return found
 
 
 def decide(
@@ -167,27 +171,31 @@ def decide(
         return parsed
     if method != b"GET":
         return Refusal(405, "method_not_allowed", "tunnel paths take GET only", (("Allow", "GET"),))
-    upgrade = [t.lower() for t in _header_tokens(headers, b"upgrade")]
-    connection = [t.lower() for t in _header_tokens(headers, b"connection")]
+    named = _by_name(headers)
+    upgrade = [t.lower() for t in _tokens(named.get(b"upgrade", []))]
+    connection = [t.lower() for t in _tokens(named.get(b"connection", []))]
     if b"websocket" not in upgrade or b"upgrade" not in connection:
         return Refusal(400, "not_websocket", "tunnel paths need a WebSocket upgrade")
-    if _header(headers, b"sec-websocket-version") != b"13":
+    version = named.get(b"sec-websocket-version")
+    if version is None or version[0].strip() != b"13":
         return Refusal(
             426,
             "bad_websocket_version",
             "WebSocket version 13 required",
             (("Sec-WebSocket-Version", "13"),),
         )
-    key = _header(headers, b"sec-websocket-key")
+    keys = named.get(b"sec-websocket-key")
+    key = keys[0].strip() if keys else None
     try:
         if key is None or len(base64.b64decode(key, validate=True)) != 16:
             raise ValueError
     except (binascii.Error, ValueError):
         return Refusal(400, "not_websocket", "missing or malformed Sec-WebSocket-Key")
-    if _SUBPROTOCOL not in _header_tokens(headers, b"sec-websocket-protocol"):
+    if _SUBPROTOCOL not in _tokens(named.get(b"sec-websocket-protocol", [])):
         return Refusal(400, "missing_subprotocol", f"the {SUBPROTOCOL} subprotocol is required")
     if allowed_origins:
-        origin = _header(headers, b"origin")
+        origins = named.get(b"origin")
+        origin = origins[0].strip() if origins else None
         if origin is not None and origin.decode("latin-1") not in allowed_origins:
             return Refusal(403, "origin_forbidden", "origin not allowed")
     return Upgrade(parsed, key)

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from wsproto.utilities import generate_accept_token
 
 from relay.http import Request, _parse_lean, accept_token, read_request, send_switching_protocols
+from relay.requests import _by_name, _tokens
 from tests.relay_helpers import (
     SUBPROTOCOL,
     connect_url,
@@ -226,3 +227,36 @@ async def test_a_burst_of_messages_in_one_read_is_forwarded_in_order():
         await trio.sleep(0.05)
         assert relay.stats.messages_to_authenticator == len(messages)
         assert relay.stats.bytes_to_initiator == sum(map(len, messages))
+
+
+def _reference_tokens(headers, name):
+    tokens = []
+    for key, value in headers:
+        if key.lower() == name:
+            tokens.extend(t.strip() for t in value.split(b","))
+    return tokens
+
+
+def _reference_header(headers, name):
+    for key, value in headers:
+        if key.lower() == name:
+            return value.strip()
+    return None
+
+
+@FUZZ
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([b"Upgrade", b"upgrade", b"Origin", b"X", b"Connection"]),
+            st.binary(max_size=10).map(lambda b: b.replace(b"\x00", b",")),
+        ),
+        max_size=6,
+    )
+)
+def test_header_lookup_matches_the_per_name_scan(headers):
+    named = _by_name(headers)
+    for name in (b"upgrade", b"origin", b"x", b"connection", b"absent"):
+        assert _tokens(named.get(name, [])) == _reference_tokens(headers, name)
+        values = named.get(name)
+        assert (values[0].strip() if values else None) == _reference_header(headers, name)
