@@ -746,6 +746,8 @@ class Relay:
     async def _end_tunnel(self, tunnel: _Tunnel) -> None:
         if tunnel.end_reason is None:
             tunnel.finish("shutdown", 1001, 1001, "relay shutting down")
+        # Counted before the tunnel leaves the registry, so whoever sees it gone sees why.
+        self.stats.tunnel_closes[tunnel.end_reason or "shutdown"] += 1
         self._unregister(tunnel)
         try:
             if tunnel.authenticator is not None:
@@ -760,7 +762,6 @@ class Relay:
                 with trio.CancelScope(shield=True, deadline=deadline):
                     await done.wait()
         finally:
-            self.stats.tunnel_closes[tunnel.end_reason or "shutdown"] += 1
             log_event(
                 "tunnel_closed",
                 tunnel=tunnel.tag,

@@ -14,6 +14,7 @@ looks inside payloads.
 from __future__ import annotations
 
 import trio
+from trio.lowlevel import ParkingLot
 
 from relay.rawio import STREAM_ERRORS, raw_socket, receive_some, send_all
 from relay.wsframe import (
@@ -80,13 +81,24 @@ class MessageTooBig(WebSocketEnded):
 class WebSocket:
     """One accepted WebSocket connection; only one task may receive from it."""
 
-    __slots__ = ("stream", "_raw", "_parser", "_lock", "_broken", "_state", "_ended", "_queue")
+    __slots__ = (
+        "stream",
+        "_raw",
+        "_parser",
+        "_writing",
+        "_waiters",
+        "_broken",
+        "_state",
+        "_ended",
+        "_queue",
+    )
 
     def __init__(self, stream: trio.abc.Stream, trailing_data: bytes, max_message_size: int):
         self.stream = stream
         self._raw = raw_socket(stream)
         self._parser = FrameParser(max_message_size)
-        self._lock = trio.StrictFIFOLock()
+        self._writing = False
+        self._waiters: ParkingLot | None = None
         # Set when a write was interrupted mid-frame: no further frame may follow it.
         self._broken = False
         self._state = _OPEN
@@ -137,9 +149,11 @@ class WebSocket:
                 try:
                     data = await self._receive_some()
                 except STREAM_ERRORS as exc:
-                    raise PeerGone("connection lost") from exc
+                    self._ended = PeerGone("connection lost")
+                    raise self._ended from exc
                 if not data:
-                    raise PeerGone("connection closed without a close frame")
+                    self._ended = PeerGone("connection closed without a close frame")
+                    raise self._ended
                 events = self._parser.receive(data)
                 if not events:
                     continue
@@ -178,24 +192,26 @@ class WebSocket:
         return await receive_some(self.stream, self._raw, RECEIVE_SIZE)
 
     async def _write(self, frame: bytes | bytearray) -> None:
-        # Uncontended (the usual case) the lock is taken without a scheduler round trip;
-        # send_all checkpoints anyway.
-        lock = self._lock
+        # A socket has at most two writers (the peer's task with data, its own reader with pongs
+        # and the close), so a flag and a parking lot made on first contention replace a lock.
+        if self._writing:
+            if self._waiters is None:
+                self._waiters = ParkingLot()
+            while self._writing:
+                await self._waiters.park()
+        if self._broken:
+            raise PeerGone("socket is broken")
+        self._writing = True
+        self._broken = True
         try:
-            lock.acquire_nowait()
-        except trio.WouldBlock:
-            await lock.acquire()
-        try:
-            if self._broken:
-                raise PeerGone("socket is broken")
-            self._broken = True
-            try:
-                await send_all(self.stream, self._raw, frame)
-            except STREAM_ERRORS as exc:
-                raise PeerGone("connection lost") from exc
+            await send_all(self.stream, self._raw, frame)
             self._broken = False
+        except STREAM_ERRORS as exc:
+            raise PeerGone("connection lost") from exc
         finally:
-            lock.release()
+            self._writing = False
+            if self._waiters is not None:
+                self._waiters.unpark()
 
     async def close(self, code: int, reason: str, timeout: float) -> None:
         """Send a close frame and wait up to ``timeout`` for the client's; never raises."""
@@ -205,7 +221,7 @@ class WebSocket:
             self._state = _LOCAL_CLOSING if state == _OPEN else _CLOSED
             frame = close_frame(code, reason)
             raw = self._raw
-            if raw is not None and not self._broken and not self._lock.locked():
+            if raw is not None and not self._broken and not self._writing:
                 # Usually the kernel takes the frame at once: no cancel scope, no checkpoint.
                 try:
                     sent = raw.send(frame)
@@ -215,7 +231,9 @@ class WebSocket:
                     return
                 # Nothing else is written after a close frame, so its rest may follow later.
                 frame = frame[sent:]
-        if self._state != _LOCAL_CLOSING or type(self._ended) is PeerClosed:
+        ended = type(self._ended)
+        if self._state != _LOCAL_CLOSING or ended is PeerClosed or ended is PeerGone:
+            # No reply to wait for: it came already, or the connection is gone.
             self._state = _CLOSED
             if not frame:
                 return
