@@ -30,19 +30,27 @@ def raw_socket(stream: trio.abc.Stream) -> socket.socket | None:
     return raw if isinstance(raw, socket.socket) else None
 
 
-async def receive_some(stream: trio.abc.Stream, raw: socket.socket | None, size: int) -> bytes:
-    """Up to ``size`` bytes; b"" at EOF. Always a checkpoint."""
+async def receive_some(
+    stream: trio.abc.Stream, raw: socket.socket | None, size: int, eager: bool = True
+) -> bytes:
+    """Up to ``size`` bytes; b"" at EOF. Always a checkpoint.
+
+    ``eager=False`` skips the first, speculative ``recv``: after a short read the socket was
+    drained, and in request/response traffic that try almost always fails (a syscall and an
+    exception for nothing) before the wait that follows anyway.
+    """
     if raw is None:
         return await stream.receive_some(size)
-    try:
-        data = raw.recv(size)
-    except BlockingIOError:
-        pass
-    else:
-        # Data was ready without waiting: still yield, so a busy peer cannot starve others,
-        # but shielded, as trio does, so bytes already taken from the socket are not lost.
-        await cancel_shielded_checkpoint()
-        return data
+    if eager:
+        try:
+            data = raw.recv(size)
+        except BlockingIOError:
+            pass
+        else:
+            # Data was ready without waiting: still yield, so a busy peer cannot starve others,
+            # but shielded, as trio does, so bytes already taken from the socket are not lost.
+            await cancel_shielded_checkpoint()
+            return data
     while True:
         await wait_readable(raw)
         try:

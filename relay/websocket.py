@@ -91,6 +91,7 @@ class WebSocket:
         "_state",
         "_ended",
         "_queue",
+        "_full",
     )
 
     def __init__(self, stream: trio.abc.Stream, trailing_data: bytes, max_message_size: int):
@@ -98,6 +99,7 @@ class WebSocket:
         self._raw = raw_socket(stream)
         self._parser = FrameParser(max_message_size)
         self._writing = False
+        self._full = False
         self._waiters: ParkingLot | None = None
         # Set when a write was interrupted mid-frame: no further frame may follow it.
         self._broken = False
@@ -189,7 +191,10 @@ class WebSocket:
         await self._write(frames)
 
     async def _receive_some(self) -> bytes:
-        return await receive_some(self.stream, self._raw, RECEIVE_SIZE)
+        data = await receive_some(self.stream, self._raw, RECEIVE_SIZE, self._full)
+        # Only a read that filled the buffer suggests more is waiting already.
+        self._full = len(data) == RECEIVE_SIZE
+        return data
 
     async def _write(self, frame: bytes | bytearray) -> None:
         # A socket has at most two writers (the peer's task with data, its own reader with pongs
