@@ -108,7 +108,7 @@ async def read_request(stream: trio.abc.Stream, max_head: int) -> Request:
     raw = raw_socket(stream)
     while True:
         try:
-            data = await receive_some(stream, raw, _READ_SIZE)
+            data = await receive_some(stream, raw, _READ_SIZE, yield_when_ready=False)
         except STREAM_ERRORS as exc:
             if not buf:
                 raise ClientGone("connection lost during the request") from exc

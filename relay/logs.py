@@ -14,6 +14,8 @@ import time
 from typing import Any
 
 logger = logging.getLogger("relay")
+# Made once: json.dumps with non-default options builds a new encoder per call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), default=str)
 
 #: Hex digits of a tunnel id that may appear in logs: enough to correlate, far too few to use.
 TUNNEL_TAG_DIGITS = 6
@@ -52,7 +54,7 @@ class JsonFormatter(logging.Formatter):
         entry.update(getattr(record, "fields", {}))
         if record.exc_info:
             entry["error"] = self.formatException(record.exc_info).splitlines()[-1]
-        return json.dumps(entry, separators=(",", ":"), default=str)
+        return _ENCODER.encode(entry)
 
 
 def configure(level: str = "info", stream: Any = None) -> None:

@@ -30,10 +30,25 @@ def raw_socket(stream: trio.abc.Stream) -> socket.socket | None:
     return raw if isinstance(raw, socket.socket) else None
 
 
+def raw_listener_socket(listener: object) -> socket.socket | None:
+    """The non-blocking stdlib socket under a plain ``trio.SocketListener``, else None."""
+    if type(listener) is not trio.SocketListener:
+        return None
+    raw = getattr(listener.socket, "_sock", None)
+    return raw if isinstance(raw, socket.socket) else None
+
+
 async def receive_some(
-    stream: trio.abc.Stream, raw: socket.socket | None, size: int, eager: bool = True
+    stream: trio.abc.Stream,
+    raw: socket.socket | None,
+    size: int,
+    eager: bool = True,
+    yield_when_ready: bool = True,
 ) -> bytes:
-    """Up to ``size`` bytes; b"" at EOF. Always a checkpoint.
+    """Up to ``size`` bytes; b"" at EOF. A checkpoint unless ``yield_when_ready`` is False.
+
+    ``yield_when_ready=False`` returns data that was ready without yielding: only for a read
+    that happens once per connection (the request head), whose task waits soon after anyway.
 
     ``eager=False`` skips the first, speculative ``recv``: after a short read the socket was
     drained, and in request/response traffic that try almost always fails (a syscall and an
@@ -49,7 +64,8 @@ async def receive_some(
         else:
             # Data was ready without waiting: still yield, so a busy peer cannot starve others,
             # but shielded, as trio does, so bytes already taken from the socket are not lost.
-            await cancel_shielded_checkpoint()
+            if yield_when_ready:
+                await cancel_shielded_checkpoint()
             return data
     while True:
         await wait_readable(raw)

@@ -29,7 +29,7 @@ Life of a tunnel (protocol notes sections 7 and 14):
 * When either side ends, the first recorded reason wins and both directions are cancelled; each
   task sends its own socket a close frame: 1000 after a clean close by the peer, 1001 after an
   abnormal disconnect (or shutdown), 1003 for a text frame, 1008 for a timeout or quota, 1009 for
-  an oversized message. The owner logs the tunnel's end once the initiator's task is done.
+  an oversized message. The last task out logs the tunnel's end.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from collections import Counter
 from enum import Enum
 
 import trio
+from trio.lowlevel import wait_readable
 
 from hybrid.tunnel.urls import ROUTING_ID_HEADER
 from relay.config import RelayConfig
@@ -57,7 +58,7 @@ from relay.http import (
 )
 from relay.logs import log_event, tunnel_tag
 from relay.metrics import CONTENT_TYPE, RelayMetrics, Stats
-from relay.rawio import STREAM_ERRORS
+from relay.rawio import STREAM_ERRORS, raw_listener_socket
 from relay.requests import (
     HEALTH_PATH,
     ConnectTunnel,
@@ -86,6 +87,7 @@ _QUICK_REFUSAL_TIMEOUT = 1.0
 _ROUTING_ID_HEADER = ROUTING_ID_HEADER.encode("ascii")
 _ACCEPT_CAPACITY_ERRNOS = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS))
 _ACCEPT_BACKOFF = 0.1
+_ACCEPT_BURST = 32
 _ACCEPT_LOGGER = logging.getLogger("trio.serve_listeners")
 
 
@@ -102,7 +104,7 @@ class _Tunnel:
     Each peer's connection task drives its own socket: the authenticator's task (the owner) reads
     the authenticator and forwards to the initiator, the initiator's task flushes the pending
     buffer and then forwards the other way. No task, nursery or event exists for a tunnel beyond
-    those two tasks; the initiator's ``initiator_done`` event is made when it pairs.
+    those two tasks; whichever of them finishes last logs the tunnel's end.
     """
 
     __slots__ = (
@@ -117,7 +119,7 @@ class _Tunnel:
         "forward_to",
         "pending",
         "paired",
-        "initiator_done",
+        "tasks",
         "owner_scope",
         "initiator_scope",
         "end_reason",
@@ -139,7 +141,8 @@ class _Tunnel:
         self.forward_to: WebSocket | None = None
         self.pending: list[bytes] = []
         self.paired = False
-        self.initiator_done: trio.Event | None = None
+        # Connection tasks still working on this tunnel; the last one out logs its end.
+        self.tasks = 1
         self.owner_scope: trio.CancelScope | None = None
         self.initiator_scope: trio.CancelScope | None = None
         self.end_reason: str | None = None
@@ -322,11 +325,34 @@ class Relay:
     # -- connections -------------------------------------------------------------------------
 
     async def _accept(self, listener: trio.abc.Listener[trio.abc.Stream], nursery) -> None:
-        """``trio.serve_listeners`` without its per-connection wrapper task layer."""
+        """``trio.serve_listeners`` without its per-connection wrapper task layer.
+
+        On a plain TCP listener the loop accepts on the stdlib socket until the backlog is empty
+        and only then waits: no scheduler round trip per connection, and the peer address comes
+        with the accept instead of a getpeername call.
+        """
+        raw = raw_listener_socket(listener)
         async with listener:
+            burst = 0
             while True:
                 try:
-                    stream = await listener.accept()
+                    if raw is None:
+                        stream = await listener.accept()
+                        address = _peer_address(stream)
+                    else:
+                        try:
+                            sock, peer = raw.accept()
+                        except BlockingIOError:
+                            burst = 0
+                            await wait_readable(raw)
+                            continue
+                        stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
+                        address = str(peer[0]) if peer else "unknown"
+                        burst += 1
+                        if burst >= _ACCEPT_BURST:
+                            # Let the handlers of a long burst run before accepting more.
+                            burst = 0
+                            await trio.lowlevel.checkpoint()
                 except OSError as exc:
                     if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
                         raise
@@ -339,10 +365,9 @@ class Relay:
                     )
                     await trio.sleep(_ACCEPT_BACKOFF)
                 else:
-                    nursery.start_soon(self._handle, stream)
+                    nursery.start_soon(self._handle, stream, address)
 
-    async def _handle(self, stream: trio.abc.Stream) -> None:
-        address = _peer_address(stream)
+    async def _handle(self, stream: trio.abc.Stream, address: str) -> None:
         self.stats.connections_accepted += 1
         try:
             if self._per_address[address] >= self.config.max_connections_per_address:
@@ -544,7 +569,7 @@ class Relay:
         # Claim the tunnel before any await so that exactly one initiator joins it.
         tunnel.state = _State.PAIRED
         tunnel.paired = True
-        tunnel.initiator_done = trio.Event()
+        tunnel.tasks += 1
         if tunnel.owner_scope is not None:
             # The owner no longer waits for an initiator: only the lifetime bounds it now.
             tunnel.owner_scope.deadline = tunnel.end_of_life
@@ -554,9 +579,9 @@ class Relay:
         try:
             trailing = await send_switching_protocols(stream, request, key)
         except BaseException as exc:
-            # Also on cancellation: the owner waits for initiator_done before it logs the end.
+            # Also on cancellation: this task must still leave the tunnel.
             tunnel.finish("initiator_gone", 1001, 1001, "initiator disconnected")
-            tunnel.initiator_done.set()
+            self._leave(tunnel)
             if isinstance(exc, STREAM_ERRORS):
                 return None
             raise
@@ -577,7 +602,6 @@ class Relay:
 
     async def _run_initiator(self, tunnel: _Tunnel, ws: WebSocket) -> None:
         """The initiator's connection task: pending messages, then initiator->authenticator."""
-        assert tunnel.initiator_done is not None
         try:
             with trio.CancelScope(deadline=tunnel.end_of_life) as scope:
                 tunnel.initiator_scope = scope
@@ -597,7 +621,7 @@ class Relay:
             try:
                 await ws.close(tunnel.codes[1], tunnel.close_text, self.config.close_timeout)
             finally:
-                tunnel.initiator_done.set()
+                self._leave(tunnel)
 
     async def _run_tunnel(self, tunnel: _Tunnel, ws: WebSocket) -> None:
         """The authenticator's connection task owns the tunnel from here to its end."""
@@ -750,29 +774,30 @@ class Relay:
         self.stats.tunnel_closes[tunnel.end_reason or "shutdown"] += 1
         self._unregister(tunnel)
         try:
+            # The initiator's task, if any, closes its own socket meanwhile.
             if tunnel.authenticator is not None:
                 await tunnel.authenticator.close(
                     tunnel.codes[0], tunnel.close_text, self.config.close_timeout
                 )
-            # The initiator's task closes its own socket meanwhile; the log needs its counts.
-            done = tunnel.initiator_done
-            if done is not None and not done.is_set():
-                # Bounded: that task is cancelled already and its close has the same timeout.
-                deadline = trio.current_time() + self.config.close_timeout + 1
-                with trio.CancelScope(shield=True, deadline=deadline):
-                    await done.wait()
         finally:
-            log_event(
-                "tunnel_closed",
-                tunnel=tunnel.tag,
-                reason=tunnel.end_reason,
-                paired=tunnel.paired,
-                duration_ms=round((trio.current_time() - tunnel.created) * 1000),
-                messages_to_initiator=tunnel.counts[0],
-                bytes_to_initiator=tunnel.counts[1],
-                messages_to_authenticator=tunnel.counts[2],
-                bytes_to_authenticator=tunnel.counts[3],
-            )
+            self._leave(tunnel)
+
+    def _leave(self, tunnel: _Tunnel) -> None:
+        """A connection task is done with ``tunnel``; the last one logs how it went."""
+        tunnel.tasks -= 1
+        if tunnel.tasks:
+            return
+        log_event(
+            "tunnel_closed",
+            tunnel=tunnel.tag,
+            reason=tunnel.end_reason,
+            paired=tunnel.paired,
+            duration_ms=round((trio.current_time() - tunnel.created) * 1000),
+            messages_to_initiator=tunnel.counts[0],
+            bytes_to_initiator=tunnel.counts[1],
+            messages_to_authenticator=tunnel.counts[2],
+            bytes_to_authenticator=tunnel.counts[3],
+        )
 
 
 async def serve(
