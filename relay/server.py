@@ -88,6 +88,28 @@ _ROUTING_ID_HEADER = ROUTING_ID_HEADER.encode("ascii")
 _ACCEPT_CAPACITY_ERRNOS = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS))
 _ACCEPT_BACKOFF = 0.1
 _ACCEPT_BURST = 32
+# What trio.SocketListener.accept skips: failures of one would-be connection, not the listener.
+_IGNORABLE_ACCEPT_ERRNOS = frozenset(
+    getattr(errno, name)
+    for name in (
+        "EPERM",
+        "ECONNABORTED",
+        "EPROTO",
+        "ENETDOWN",
+        "ENOPROTOOPT",
+        "EHOSTDOWN",
+        "ENONET",
+        "EHOSTUNREACH",
+        "EOPNOTSUPP",
+        "ENETUNREACH",
+        "ENOSR",
+        "ESOCKTNOSUPPORT",
+        "EPROTONOSUPPORT",
+        "ETIMEDOUT",
+        "ECONNRESET",
+    )
+    if hasattr(errno, name)
+)
 _ACCEPT_LOGGER = logging.getLogger("trio.serve_listeners")
 
 
@@ -346,6 +368,13 @@ class Relay:
                             burst = 0
                             await wait_readable(raw)
                             continue
+                        except OSError as exc:
+                            if exc.errno in _IGNORABLE_ACCEPT_ERRNOS:
+                                # The client gave up before we accepted it, as in trio.
+                                continue
+                            if exc.errno == errno.EBADF:
+                                raise trio.ClosedResourceError from None
+                            raise
                         stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
                         address = str(peer[0]) if peer else "unknown"
                         burst += 1

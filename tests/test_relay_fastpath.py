@@ -260,3 +260,28 @@ def test_header_lookup_matches_the_per_name_scan(headers):
         assert _tokens(named.get(name, [])) == _reference_tokens(headers, name)
         values = named.get(name)
         assert (values[0].strip() if values else None) == _reference_header(headers, name)
+
+
+async def test_a_burst_of_connections_larger_than_one_accept_batch_is_served():
+    async with running_relay() as relay:
+        request = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+        statuses: list[int] = []
+
+        async def one() -> None:
+            statuses.append((await raw_http(relay.port, request)).status)
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(80):
+                nursery.start_soon(one)
+        assert statuses == [200] * 80
+        assert relay.stats.connections_accepted == 80
+
+
+async def test_plain_tcp_tunnels_use_the_raw_socket_path():
+    from relay.rawio import raw_socket
+
+    async with running_relay() as relay:
+        stream = await trio.open_tcp_stream("127.0.0.1", relay.port)
+        async with stream:
+            assert raw_socket(stream) is not None
+        assert raw_socket(trio.StapledStream(stream, stream)) is None
