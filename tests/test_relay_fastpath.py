@@ -285,3 +285,43 @@ async def test_plain_tcp_tunnels_use_the_raw_socket_path():
         async with stream:
             assert raw_socket(stream) is not None
         assert raw_socket(trio.StapledStream(stream, stream)) is None
+
+
+def test_direct_log_lines_equal_the_record_path():
+    import io
+    import json
+    import logging
+
+    from relay import logs
+
+    saved = (logs.logger.handlers[:], logs.logger.propagate, logs.logger.level, logs._direct)
+    flags = (logging.logThreads, logging.logProcesses, logging.logMultiprocessing)
+    try:
+        out = io.StringIO()
+        logs.configure("info", out)
+        logs.log_event("tunnel_opened", tunnel="ABCDEF", routing_id="0A0B0C", client="127.0.0.1")
+        logs.log_event("hidden", logging.DEBUG, x=1)
+        direct = out.getvalue().splitlines()
+        assert len(direct) == 1
+        entry = json.loads(direct[0])
+        record = logs.logger.makeRecord(
+            "relay",
+            logging.INFO,
+            "",
+            0,
+            "tunnel_opened",
+            (),
+            None,
+            extra={"fields": {"tunnel": "ABCDEF", "routing_id": "0A0B0C", "client": "127.0.0.1"}},
+        )
+        via_record = json.loads(logs.JsonFormatter().format(record))
+        assert entry.keys() == via_record.keys()
+        assert list(entry) == ["ts", "level", "event", "tunnel", "routing_id", "client"]
+        assert {k: v for k, v in entry.items() if k != "ts"} == {
+            k: v for k, v in via_record.items() if k != "ts"
+        }
+        assert entry["ts"].endswith("Z") and len(entry["ts"]) == len(via_record["ts"])
+    finally:
+        logs.logger.handlers[:], logs.logger.propagate, level, logs._direct = saved
+        logs.logger.setLevel(level)
+        logging.logThreads, logging.logProcesses, logging.logMultiprocessing = flags
