@@ -14,7 +14,7 @@ looks inside payloads.
 from __future__ import annotations
 
 import trio
-from trio.lowlevel import ParkingLot
+from trio.lowlevel import ParkingLot, wait_readable
 
 from relay.rawio import STREAM_ERRORS, raw_socket, receive_some, send_all
 from relay.wsframe import (
@@ -149,7 +149,17 @@ class WebSocket:
                 raise self._ended
             else:
                 try:
-                    data = await self._receive_some()
+                    raw = self._raw
+                    if raw is not None and not self._full:
+                        # The hot path of request/response traffic, inlined: wait, then read.
+                        await wait_readable(raw)
+                        try:
+                            data = raw.recv(RECEIVE_SIZE)
+                        except BlockingIOError:
+                            continue
+                        self._full = len(data) == RECEIVE_SIZE
+                    else:
+                        data = await self._receive_some()
                 except STREAM_ERRORS as exc:
                     self._ended = PeerGone("connection lost")
                     raise self._ended from exc
@@ -188,6 +198,20 @@ class WebSocket:
         """Send prebuilt binary frames; raises ``PeerGone`` if the socket cannot take them."""
         if self._state != _OPEN:
             raise PeerGone("socket is closing")
+        raw = self._raw
+        if raw is not None and not self._writing and not self._broken:
+            # Usually the kernel takes it all at once: no coroutine layers, no yield.
+            try:
+                sent = raw.send(frames)
+            except BlockingIOError:
+                sent = 0
+            except OSError as exc:
+                raise PeerGone("connection lost") from exc
+            if sent == len(frames):
+                return
+            if sent:
+                # The rest follows at once: nothing can take the write flag before _write does.
+                frames = memoryview(frames)[sent:]
         await self._write(frames)
 
     async def _receive_some(self) -> bytes:
