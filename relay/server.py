@@ -136,6 +136,7 @@ class _Tunnel:
         "state",
         "created",
         "end_of_life",
+        "wait_end",
         "authenticator",
         "initiator",
         "forward_to",
@@ -157,6 +158,8 @@ class _Tunnel:
         self.state = _State.OPENING
         self.created = trio.current_time()
         self.end_of_life = self.created + lifetime
+        # When the owner stops waiting for an initiator; set when it starts waiting.
+        self.wait_end = float("inf")
         self.authenticator: WebSocket | None = None
         self.initiator: WebSocket | None = None
         # Where authenticator messages go; None until the pending buffer has been flushed.
@@ -590,6 +593,8 @@ class Relay:
             tunnel is None
             or tunnel.state is not _State.WAITING
             or (tunnel.routing_id != route.routing_id)
+            # Past the wait deadline the owner's scope may be cancelled already, unnoticed.
+            or trio.current_time() >= tunnel.wait_end
         ):
             await self._refuse(
                 stream, Refusal(404, "unknown_tunnel", "no tunnel waiting under that id"), address
@@ -655,7 +660,7 @@ class Relay:
     async def _run_tunnel(self, tunnel: _Tunnel, ws: WebSocket) -> None:
         """The authenticator's connection task owns the tunnel from here to its end."""
         end_of_life = tunnel.end_of_life
-        wait_end = trio.current_time() + self.config.wait_timeout
+        wait_end = tunnel.wait_end = trio.current_time() + self.config.wait_timeout
         try:
             deadline = end_of_life if tunnel.paired else min(wait_end, end_of_life)
             with trio.CancelScope(deadline=deadline) as scope:
