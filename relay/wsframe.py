@@ -175,6 +175,21 @@ class FrameParser:
         if self.finished:
             return []
         buf = self._buf
+        if not buf and not self._op:
+            # Fast path for the usual read in a tunnel: exactly one whole, final, masked binary
+            # frame. Anything else (including every error) takes the general parser below.
+            n = len(data)
+            if n > 5 and data[0] == 0x82:
+                length = data[1] - 0x80  # negative when the mask bit is clear
+                if 0 <= length < 126:
+                    if n == length + 6 and length <= self.max_message_size:
+                        return [apply_mask(data[6:], data[2:6])]
+                elif length == 126 and n > 8:
+                    length = data[2] << 8 | data[3]
+                    if n == length + 8 and 126 <= length <= self.max_message_size:
+                        if length > _VIEW_THRESHOLD:
+                            return [apply_mask(memoryview(data)[8:], data[4:8])]
+                        return [apply_mask(data[8:], data[4:8])]
         if buf:
             buf += data
             if len(buf) < self._need:

@@ -135,6 +135,27 @@ def test_binary_message_comes_out_as_bytes():
     assert FrameParser().receive(client_frame(2, b"hello")) == [b"hello"]
 
 
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 127, 16384, 16385, 65535, 65536])
+def test_a_read_holding_exactly_one_frame_gives_its_message(size):
+    payload = os.urandom(size)
+    assert FrameParser().receive(client_frame(2, payload)) == [payload]
+    assert FrameParser().receive(client_frame(2, payload) + b"\x82") == [payload]
+
+
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        (client_frame(2, b"u" * 10, masked=False), 1002),
+        (client_frame(2, b"u" * 200, masked=False), 1002),
+        (client_frame(2, b"n" * 100, length_form=1), 1002),
+        (client_frame(2, b"b" * 101), 1009),
+        (client_frame(2, b"b" * 300), 1009),
+    ],
+)
+def test_a_read_holding_exactly_one_bad_frame_gets_its_error(frame, code):
+    assert error_code(FrameParser(max_message_size=100).receive(frame)) == code
+
+
 def test_every_complete_frame_in_one_chunk_is_returned_in_order():
     data = client_frame(2, b"a") + client_frame(2, b"b" * 300) + client_frame(2, b"c" * 70000)
     assert FrameParser().receive(data) == [b"a", b"b" * 300, b"c" * 70000]
