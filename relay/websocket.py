@@ -6,9 +6,10 @@
 never buffered), answering pings itself; a close, a protocol error or EOF found in the same read is
 raised on the *next* call, so messages sent before it are still delivered. ``send_frames`` writes
 prebuilt server frames (``wsframe.write_binary``) with one ``send_all``: a forwarding task turns a
-whole read into a single write. A per-socket lock keeps the two writers of a socket (data from the
-peer's task, pongs and closes from its own reader) from interleaving frames. Nothing here logs or
-looks inside payloads.
+whole read into a single write. A per-socket write flag keeps the two writers of a socket (data
+from the peer's task, pongs and closes from its own reader) from interleaving frames. On a plain
+TCP stream reads and writes are non-blocking calls on the socket itself (``relay.rawio``). Nothing
+here logs or looks inside payloads.
 """
 
 from __future__ import annotations
