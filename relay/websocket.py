@@ -24,7 +24,7 @@ from relay.wsframe import (
     FrameError,
     FrameParser,
     Ping,
-    TextMessage,
+    TextFrameError,
     binary_frame,
     close_frame,
     pong_frame,
@@ -98,7 +98,7 @@ class WebSocket:
     def __init__(self, stream: trio.abc.Stream, trailing_data: bytes, max_message_size: int):
         self.stream = stream
         self._raw = raw_socket(stream)
-        self._parser = FrameParser(max_message_size)
+        self._parser = FrameParser(max_message_size, refuse_text=True)
         self._writing = False
         self._full = False
         self._waiters: ParkingLot | None = None
@@ -129,7 +129,7 @@ class WebSocket:
     def _terminal(self, event: object) -> WebSocketEnded:
         if isinstance(event, Close):
             return PeerClosed(f"client closed with {event.code}")
-        if isinstance(event, TextMessage):
+        if isinstance(event, TextFrameError):
             return TextFrame("text frames are not allowed")
         assert isinstance(event, FrameError)
         if event.code == CLOSE_MESSAGE_TOO_BIG:

@@ -84,6 +84,13 @@ class FrameError(ProtocolError):
         self.code = code
 
 
+class TextFrameError(FrameError):
+    """A client started a text message where only binary ones are allowed (close code 1003)."""
+
+    def __init__(self) -> None:
+        super().__init__("text frame: only binary messages are allowed", CLOSE_UNSUPPORTED_DATA)
+
+
 class MessageTooBigError(FrameError):
     """A client message exceeded the relay's maximum message size (close code 1009)."""
 
@@ -159,10 +166,24 @@ class FrameParser:
     ``Close`` or ``FrameError`` the parser is finished and ignores further input.
     """
 
-    __slots__ = ("max_message_size", "_buf", "_need", "_op", "_parts", "_size", "finished")
+    __slots__ = (
+        "max_message_size",
+        "refuse_text",
+        "_buf",
+        "_need",
+        "_op",
+        "_parts",
+        "_size",
+        "finished",
+    )
 
-    def __init__(self, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> None:
+    def __init__(
+        self, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE, *, refuse_text: bool = False
+    ) -> None:
         self.max_message_size = max_message_size
+        # With refuse_text, the first frame of a text message is an error (TextFrameError) before
+        # its size is checked or its payload arrives, whatever its size or fragmentation.
+        self.refuse_text = refuse_text
         self._buf = bytearray()  # unparsed tail of earlier chunks
         self._need = 2  # buffered bytes needed before parsing can make progress
         self._op = 0  # opcode of the fragmented message in progress, 0 when none
@@ -269,6 +290,8 @@ class FrameParser:
                         raise MessageTooBigError(self._size + length, limit)
                 elif self._op:
                     raise FrameError("new data frame inside a fragmented message")
+                elif opcode == OP_TEXT and self.refuse_text:
+                    raise TextFrameError()
                 elif length > limit:
                     raise MessageTooBigError(length, limit)
             stop = head + length

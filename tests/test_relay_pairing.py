@@ -120,6 +120,20 @@ async def test_text_frame_closes_both_sides_with_1003():
         assert relay.stats.tunnel_closes["text_frame"] == 1
 
 
+async def test_oversized_or_fragmented_text_closes_with_1003_at_its_first_frame():
+    async with running_relay(max_message_size=1024) as relay:
+        async with open_tunnel(relay) as tunnel:
+            await tunnel.initiator.send_message("x" * 5000)
+            assert await expect_close(tunnel.authenticator) == 1003
+        async with open_tunnel(relay) as tunnel:
+            # trio-websocket sends a str as one frame; a raw first fragment needs the stream.
+            stream = tunnel.initiator._stream  # the client's trio stream (test-only access)
+            await stream.send_all(b"\x01\x82\x00\x00\x00\x00he")  # text, FIN clear, masked
+            assert await expect_close(tunnel.authenticator) == 1003
+        await wait_until(lambda: relay.live_tunnels() == 0)
+        assert relay.stats.tunnel_closes["text_frame"] == 2
+
+
 async def test_duplicate_new_is_refused_with_409_and_leaves_the_first_working():
     async with running_relay() as relay:
         tid = new_tunnel_id()

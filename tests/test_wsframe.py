@@ -182,6 +182,16 @@ def test_text_message_is_reported_as_text():
     assert FrameParser().receive(data) == [wsframe.TextMessage("h\u00e9llo")]
 
 
+def test_refused_text_is_1003_at_its_first_frame_whatever_its_size():
+    # Only the header of an oversized text frame has arrived: refused as text, not as too big.
+    oversized = client_frame(1, b"x" * 300)[:8]
+    assert error_code(FrameParser(100, refuse_text=True).receive(oversized)) == 1003
+    first_fragment = client_frame(1, b"he", fin=False)
+    assert error_code(FrameParser(refuse_text=True).receive(first_fragment)) == 1003
+    binary = client_frame(2, b"still fine")
+    assert FrameParser(refuse_text=True).receive(binary) == [b"still fine"]
+
+
 def test_text_message_that_is_not_utf8_is_1007():
     assert error_code(FrameParser().receive(client_frame(1, b"\xff\xfe"))) == 1007
 
