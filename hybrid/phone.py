@@ -27,12 +27,12 @@ import trio
 
 from hybrid import keys
 from hybrid.ble.eid import FIDO_SERVICE_UUID16, Eid, encrypt_advert
-from hybrid.ble.medium import Advertiser, NoAdapterError, single_exceptions
+from hybrid.ble.medium import Advertiser, single_exceptions
 from hybrid.catalogue import Failure, Operation, PasskeyError
-from hybrid.errors import HybridError, ProtocolError
+from hybrid.errors import HybridError
 from hybrid.qr.payload import QrPayload
+from hybrid.session_errors import catalogue_errors
 from hybrid.tunnel.client import (
-    RelayUnreachableError,
     Tunnel,
     TunnelClosedError,
     open_tunnel,
@@ -144,20 +144,10 @@ class PhoneSession:
         self._last = trio.current_time()
         tunnel_id = keys.tunnel_id(self.qr.qr_secret)
         url = new_url(tunnel_id, domain_id=self.domain_id, base_url=self.relay_url)
-        try:
+        with catalogue_errors(self._operation, closed_early="the desktop went away"):
             async with open_tunnel(url, connect_timeout=self.deadlines.tunnel) as tunnel:
                 self._step("tunnel opened")
                 return await self._serve(tunnel)
-        except RelayUnreachableError as exc:
-            raise self._error(Failure.RELAY_UNREACHABLE, str(exc)) from None
-        except NoAdapterError as exc:
-            raise self._error(Failure.NO_BLE_ADAPTER, str(exc)) from None
-        except PasskeyError:
-            raise
-        except ProtocolError as exc:
-            raise self._error(Failure.PROTOCOL_ERROR, str(exc)) from None
-        except TunnelClosedError as exc:
-            raise self._error(Failure.PROTOCOL_ERROR, f"the desktop went away: {exc}") from None
 
     async def _serve(self, tunnel: Tunnel) -> PhoneResult:
         eid = Eid.create(tunnel.routing_id, self.domain_id)

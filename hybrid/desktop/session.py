@@ -52,7 +52,8 @@ from hybrid.desktop.ctap import (
 )
 from hybrid.errors import HybridError, ProtocolError
 from hybrid.qr.payload import QrPayload
-from hybrid.tunnel.client import RelayUnreachableError, Tunnel, TunnelClosedError, open_tunnel
+from hybrid.session_errors import catalogue_errors
+from hybrid.tunnel.client import Tunnel, TunnelClosedError, open_tunnel
 from hybrid.tunnel.crypter import Crypter
 from hybrid.tunnel.messages import (
     MessageType,
@@ -188,18 +189,10 @@ class DesktopSession:
             eid.routing_id, tunnel_id, domain_id=eid.tunnel_server_id, base_url=self.relay_url
         )
         self.transcript.tunnel_url = url
-        try:
+        with catalogue_errors(self.operation, closed_early="the tunnel closed early"):
             async with open_tunnel(url, connect_timeout=self.deadlines.tunnel) as tunnel:
                 clock.step("tunnel connected")
                 return await self._over_tunnel(tunnel, plaintext, ctap_request, clock)
-        except RelayUnreachableError as exc:
-            raise self._error(Failure.RELAY_UNREACHABLE, str(exc)) from None
-        except PasskeyError:
-            raise
-        except ProtocolError as exc:
-            raise self._error(Failure.PROTOCOL_ERROR, str(exc)) from None
-        except TunnelClosedError as exc:
-            raise self._error(Failure.PROTOCOL_ERROR, f"the tunnel closed early: {exc}") from None
 
     async def _find_advert(self, eid_key: bytes) -> tuple[bytes, Eid]:
         seen: set[ServiceData] = set()
