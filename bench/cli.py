@@ -36,6 +36,7 @@ from bench.relays import (
     BENCH_DIR,
     REFERENCES,
     RelaySpec,
+    before,
     default_relay_cmd,
     ensure_node_modules,
     ours,
@@ -323,6 +324,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=",".join(REFERENCES),
         help="comma-separated reference relays, or 'none' (default: websockets,node,tcp)",
     )
+    parser.add_argument(
+        "--before",
+        metavar="REV",
+        default=None,
+        help="also measure our relay as it was at git revision REV (column 'before'), to show "
+        "before/after figures from the same run",
+    )
     parser.add_argument("--no-ours", action="store_true", help="measure only the references")
     parser.add_argument(
         "--out", type=Path, default=BENCH_DIR / "results", help="results directory (bench/results)"
@@ -356,6 +364,12 @@ def main(argv: list[str] | None = None) -> int:
     skipped: dict[str, str] = {}
     if not args.no_ours:
         specs.append(ours(args.relay_cmd or default_relay_cmd()))
+    if args.before:
+        try:
+            specs.append(before(args.before, args.out / "tmp"))
+        except ValueError as exc:
+            print(f"bench: {exc}", file=sys.stderr)
+            return 2
     for name in args.references:
         if name == "node":
             why = ensure_node_modules()

@@ -10,10 +10,12 @@ Reference relays (all on 127.0.0.1, ``--port 0``, one ``{"event": "listening"}``
 
 from __future__ import annotations
 
+import io
 import shlex
 import shutil
 import subprocess
 import sys
+import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +48,44 @@ class RelaySpec:
 
 def ours(cmd: str) -> RelaySpec:
     return RelaySpec("ours", shlex.split(cmd), "ws", note="relay under test")
+
+
+def before(rev: str, workdir: Path) -> RelaySpec:
+    """Our relay as it was at git revision ``rev``: the "before" column of the same run.
+
+    The ``relay`` and ``hybrid`` packages of that revision are extracted with ``git archive`` into
+    ``workdir`` and started from there (``python -m`` puts the working directory first on the
+    import path, ahead of the installed checkout).
+    """
+    target = workdir / f"before-{rev}"
+    if not (target / "relay").is_dir():
+        try:
+            archive = subprocess.run(
+                [
+                    "git",
+                    "-C",
+                    str(BENCH_DIR.parent),
+                    "archive",
+                    "--format=tar",
+                    rev,
+                    "relay",
+                    "hybrid",
+                ],
+                capture_output=True,
+                check=True,
+                timeout=60,
+            ).stdout
+        except (OSError, subprocess.SubprocessError) as exc:
+            detail = getattr(exc, "stderr", b"") or b""
+            raise ValueError(
+                f"cannot extract revision {rev!r} with git archive: "
+                f"{detail.decode(errors='replace').strip() or exc}"
+            ) from None
+        target.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+            tar.extractall(target, filter="data")
+    argv = [sys.executable, *shlex.split(OUR_RELAY_ARGS)]
+    return RelaySpec("before", argv, "ws", cwd=str(target), note=f"our relay at {rev}")
 
 
 def ensure_node_modules(log: callable = print) -> str | None:  # type: ignore[valid-type]

@@ -313,6 +313,12 @@ def markdown(data: dict[str, Any]) -> str:
     )
 
 
+def _legend(ax: Any) -> None:
+    """A legend only when something was plotted (a partial run leaves some panels empty)."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
+
+
 def plots(data: dict[str, Any], out: Path) -> list[Path]:
     import matplotlib
 
@@ -347,7 +353,7 @@ def plots(data: dict[str, Any], out: Path) -> list[Path]:
             ax.set_xticks(list(SIZES), [SIZE_LABEL[s] for s in SIZES])
             ax.set_xlabel("message size")
             ax.grid(True, alpha=0.3)
-            ax.legend()
+            _legend(ax)
         for ax in (axes[0][col], axes[1][col]):
             ax.set_yscale("log")
             ax.yaxis.set_major_formatter(plain)
@@ -372,7 +378,7 @@ def plots(data: dict[str, Any], out: Path) -> list[Path]:
         ax.set_ylabel("percentile")
         ax.set_title(title)
         ax.grid(True, alpha=0.3)
-        ax.legend()
+        _legend(ax)
     fig.tight_layout()
     written.append(out / "latency.png")
     fig.savefig(written[-1], dpi=90)
@@ -390,7 +396,7 @@ def plots(data: dict[str, Any], out: Path) -> list[Path]:
     ax.set_ylabel("relay RSS growth (MiB)")
     ax.set_title("memory by waiting tunnels")
     ax.grid(True, alpha=0.3)
-    ax.legend()
+    _legend(ax)
     fig.tight_layout()
     written.append(out / "memory.png")
     fig.savefig(written[-1], dpi=90)

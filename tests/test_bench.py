@@ -14,7 +14,7 @@ import pytest
 from bench import report
 from bench.loadgen import LoadGen, summarize
 from bench.procs import BenchError, RelayProcess, cpu_ns, rss_bytes
-from bench.relays import default_relay_cmd, ensure_node_modules, ours, reference
+from bench.relays import before, default_relay_cmd, ensure_node_modules, ours, reference
 from bench.wire import ws_frame
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,6 +96,47 @@ def test_our_relay_under_the_suite(tmp_path):
     assert result["messages"] > 0, result
     idle = run_on(spec, tmp_path, "idle", levels=[50], probes=3, settle=0.05)
     assert idle["levels"][1]["alive"] == 50
+
+
+def _git_head() -> str | None:
+    done = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True)
+    return done.stdout.decode().strip() if done.returncode == 0 else None
+
+
+def test_before_revision_runs_from_its_own_extracted_tree(tmp_path):
+    head = _git_head()
+    if head is None:
+        pytest.skip("not a git checkout")
+    spec = before(head, tmp_path)
+    assert spec.name == "before" and (Path(spec.cwd) / "relay" / "__main__.py").is_file()
+    result = run_on(
+        spec, tmp_path, "forwarding", tunnels=1, size=64, mode="pingpong", duration=0.2, limit=50
+    )
+    assert result["messages"] > 0, result
+
+
+def test_unknown_before_revision_is_a_clear_error(tmp_path):
+    if _git_head() is None:
+        pytest.skip("not a git checkout")
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "--quick",
+            "--before",
+            "no-such-rev",
+            "--out",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "cannot extract revision 'no-such-rev'" in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 def test_quick_cli_writes_results(tmp_path):
