@@ -192,6 +192,16 @@ class _Tunnel:
             self.initiator_scope.cancel()
 
 
+def _frames(batch: list[bytes]) -> tuple[bytearray, int]:
+    """Server frames for every message of ``batch`` in one buffer (one write), and payload bytes."""
+    out = bytearray()
+    nbytes = 0
+    for data in batch:
+        write_binary(out, data)
+        nbytes += len(data)
+    return out, nbytes
+
+
 def _ended_by(side: str, exc: WebSocketEnded) -> tuple[str, int, int, str]:
     """(reason, code for this side, code for the other side, text) when ``side``'s socket ends."""
     if isinstance(exc, PeerClosed):
@@ -684,11 +694,7 @@ class Relay:
         while pending:
             batch = pending[:]
             pending.clear()
-            out = bytearray()
-            nbytes = 0
-            for data in batch:
-                write_binary(out, data)
-                nbytes += len(data)
+            out, nbytes = _frames(batch)
             try:
                 await initiator.send_frames(out)
             except WebSocketEnded:
@@ -736,11 +742,7 @@ class Relay:
                         )
                         return
                 elif batch:
-                    out = bytearray()
-                    nbytes = 0
-                    for data in batch:
-                        write_binary(out, data)
-                        nbytes += len(data)
+                    out, nbytes = _frames(batch)
                     try:
                         await destination.send_frames(out)
                     except WebSocketEnded:
@@ -778,11 +780,7 @@ class Relay:
                 if over_quota:
                     batch = batch[: max(0, limit - count)]
                 if batch:
-                    out = bytearray()
-                    nbytes = 0
-                    for data in batch:
-                        write_binary(out, data)
-                        nbytes += len(data)
+                    out, nbytes = _frames(batch)
                     try:
                         await destination.send_frames(out)
                     except WebSocketEnded:
