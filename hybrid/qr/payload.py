@@ -37,9 +37,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import cbor2
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from hybrid.keys import InvalidKeyError, load_public_key, public_key_bytes
 from hybrid.qr.digits import url_decode, url_encode
 from hybrid.qr.errors import (
     InvalidPublicKeyError,
@@ -182,8 +182,8 @@ def _canonical_order(keys: list[Any]) -> list[Any]:
 
 def _load_public_key(data: bytes) -> ec.EllipticCurvePublicKey:
     try:
-        return ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), data)
-    except ValueError:
+        return load_public_key(data)
+    except InvalidKeyError:
         raise InvalidPublicKeyError(
             f"{_label(0)} is not a compressed point on the P-256 curve"
         ) from None
@@ -306,17 +306,15 @@ class QrPayload:
             key = public_key
         elif isinstance(public_key, (bytes, bytearray)) and len(public_key) == 65:
             try:
-                key = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), public_key)
-            except ValueError:
+                key = load_public_key(public_key)
+            except InvalidKeyError:
                 raise InvalidPublicKeyError(
                     "public key is not a point on the P-256 curve"
                 ) from None
         else:
             return cls(public_key, qr_secret, tunnel_domains, timestamp, state_assisted,
                        request_type)  # fmt: skip
-        compressed = key.public_bytes(
-            serialization.Encoding.X962, serialization.PublicFormat.CompressedPoint
-        )
+        compressed = public_key_bytes(key, compressed=True)
         return cls(compressed, qr_secret, tunnel_domains, timestamp, state_assisted, request_type)
 
     # ---- views --------------------------------------------------------------------------------
@@ -329,9 +327,7 @@ class QrPayload:
     @property
     def public_key_point(self) -> bytes:
         """The desktop identity key as the 65-byte uncompressed point used on the wire."""
-        return self.identity_key.public_bytes(
-            serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
-        )
+        return public_key_bytes(self.identity_key)
 
     @property
     def known_domain_count(self) -> int:
