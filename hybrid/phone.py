@@ -38,7 +38,7 @@ from hybrid.tunnel.client import (
     open_tunnel,
 )
 from hybrid.tunnel.crypter import Crypter
-from hybrid.tunnel.domains import domain_id_for_desktop
+from hybrid.tunnel.domains import DEFAULT_FALLBACK_DOMAIN_ID, domain_id_for_desktop
 from hybrid.tunnel.messages import (
     MessageType,
     encode_message,
@@ -53,8 +53,6 @@ logger = logging.getLogger(__name__)
 MAKE_CREDENTIAL = 0x01
 GET_ASSERTION = 0x02
 DEFAULT_DOMAIN_ID = 0
-# The hashed domain this phone uses for desktops that do not know assigned id 0 (QR key 2 < 1).
-DEFAULT_FALLBACK_DOMAIN_ID = 0xCAB1
 CTAP2_ERR_USER_ACTION_TIMEOUT = 0x2F
 
 Progress = Callable[[str, float], None]

@@ -16,7 +16,7 @@ from pathlib import Path
 import trio
 
 from hybrid.cli.desktop import DEFAULT_TIMEOUT, add_ble_port, default_data_dir, progress_printer
-from hybrid.phone import DEFAULT_FALLBACK_DOMAIN_ID
+from hybrid.tunnel.domains import DEFAULT_FALLBACK_DOMAIN_ID
 
 _STATUS_NAMES = {
     0x00: "OK",

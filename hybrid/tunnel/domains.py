@@ -65,6 +65,11 @@ def tunnel_domain(domain_id: int) -> str:
     return _hashed_domain(domain_id)
 
 
+# The hashed domain a phone names when the desktop does not know its assigned one (QR key 2 too
+# small); any id >= 256 that the phone's operator also serves would do.
+DEFAULT_FALLBACK_DOMAIN_ID = 0xCAB1
+
+
 def domain_id_for_desktop(own_id: int, fallback_id: int, desktop_known_count: int) -> int:
     """The domain id a phone names in its advert, given what the desktop's QR says it knows.
 
