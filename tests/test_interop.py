@@ -9,7 +9,6 @@ port per test. Every wait is bounded and every child is killed at the end.
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from pathlib import Path
 import cbor2
 import pytest
 import trio
+from conftest import free_udp_port
 from interop import (
     ROUTING_ID_HEADER,
     SUBPROTOCOL,
@@ -40,12 +40,6 @@ from trio_websocket import ConnectionClosed, open_websocket_url, serve_websocket
 
 ROOT = Path(__file__).resolve().parent.parent
 STEP_TIMEOUT = 20
-
-
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
