@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hybrid.errors import HybridError
-from hybrid.tunnel.urls import ROUTING_ID_LEN
+from hybrid.wire import ROUTING_ID_LEN
+from relay.errors import RelayError
 
 
-class ConfigError(HybridError):
+class ConfigError(RelayError):
     """A relay option has a value the relay cannot run with."""
 
     exit_code = 2

@@ -23,7 +23,7 @@ from http import HTTPStatus
 import h11
 import trio
 
-from hybrid.tunnel.urls import SUBPROTOCOL
+from hybrid.wire import SUBPROTOCOL
 from relay.rawio import STREAM_ERRORS, raw_socket, receive_some, send_all
 
 _READ_SIZE = 4096

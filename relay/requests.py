@@ -15,7 +15,7 @@ import binascii
 import re
 from dataclasses import dataclass, field
 
-from hybrid.tunnel.urls import (
+from hybrid.wire import (
     CONNECT_PATH_PREFIX,
     CONTACT_PATH_PREFIX,
     NEW_PATH_PREFIX,

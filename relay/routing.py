@@ -12,14 +12,14 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable, Container
 
-from hybrid.errors import HybridError
-from hybrid.tunnel.urls import ROUTING_ID_LEN
+from hybrid.wire import ROUTING_ID_LEN
+from relay.errors import RelayError
 
 #: Draws before giving up; only reachable when almost every id under the prefix is live.
 MAX_DRAWS = 32
 
 
-class RoutingIdsExhausted(HybridError):
+class RoutingIdsExhausted(RelayError):
     """No unused routing id could be drawn under this node's prefix."""
 
 

@@ -45,7 +45,7 @@ from enum import Enum
 import trio
 from trio.lowlevel import wait_readable
 
-from hybrid.tunnel.urls import ROUTING_ID_HEADER
+from hybrid.wire import ROUTING_ID_HEADER
 from relay.config import RelayConfig
 from relay.http import (
     BadRequest,

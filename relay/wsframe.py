@@ -33,7 +33,7 @@ import struct
 from dataclasses import dataclass
 from typing import Final
 
-from hybrid.errors import ProtocolError
+from relay.errors import RelayProtocolError
 
 try:  # The C helper is ~100x faster; it is an optional accelerator, not a requirement.
     from websockets.speedups import apply_mask as _c_apply_mask
@@ -76,7 +76,7 @@ _CODE = struct.Struct("!H")
 _VIEW_THRESHOLD: Final = 16384
 
 
-class FrameError(ProtocolError):
+class FrameError(RelayProtocolError):
     """A client broke RFC 6455 framing; ``code`` is the close code to answer with."""
 
     def __init__(self, message: str, code: int = CLOSE_PROTOCOL_ERROR) -> None:

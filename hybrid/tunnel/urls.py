@@ -11,18 +11,33 @@ from __future__ import annotations
 import base64
 
 from hybrid.errors import HybridError
+from hybrid.wire import (
+    CLIENT_PAYLOAD_HEADER,
+    CONNECT_PATH_PREFIX,
+    CONTACT_PATH_PREFIX,
+    NEW_PATH_PREFIX,
+    ROUTING_ID_HEADER,
+    ROUTING_ID_LEN,
+    SIGNAL_CONNECTION_HEADER,
+    SUBPROTOCOL,
+    TUNNEL_ID_LEN,
+)
 
-SUBPROTOCOL = "fido.cable"
-ROUTING_ID_HEADER = "X-caBLE-Routing-ID"
-CLIENT_PAYLOAD_HEADER = "X-caBLE-Client-Payload"
-SIGNAL_CONNECTION_HEADER = "X-caBLE-Signal-Connection"
-
-NEW_PATH_PREFIX = "/cable/new/"
-CONNECT_PATH_PREFIX = "/cable/connect/"
-CONTACT_PATH_PREFIX = "/cable/contact/"
-
-TUNNEL_ID_LEN = 16
-ROUTING_ID_LEN = 3
+__all__ = [
+    "CLIENT_PAYLOAD_HEADER",
+    "CONNECT_PATH_PREFIX",
+    "CONTACT_PATH_PREFIX",
+    "NEW_PATH_PREFIX",
+    "ROUTING_ID_HEADER",
+    "ROUTING_ID_LEN",
+    "SIGNAL_CONNECTION_HEADER",
+    "SUBPROTOCOL",
+    "TUNNEL_ID_LEN",
+    "TunnelAddressError",
+    "connect_url",
+    "contact_url",
+    "new_url",
+]
 
 
 class TunnelAddressError(HybridError):
