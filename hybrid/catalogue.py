@@ -7,26 +7,8 @@ relying party and the command line all raise ``PasskeyError`` built by ``passkey
 spell a message themselves. The titles and messages are copied byte for byte from the article
 (including its curly apostrophes and its one message without a final full stop).
 
-Exit codes (distinct per failure, for ``hybrid desktop`` / ``hybrid phone`` / ``hybrid demo``;
-1 stays "generic error", 2 "bad usage", 130 "interrupted"):
-
-====================  ====  ================================================
-Failure               Code  Catalogue title
-====================  ====  ================================================
-RELAY_UNREACHABLE     10    Passkey Unavailable
-USER_DECLINED         11    Passkey Not Found or Canceled / Passkey Set Up Canceled
-TIMEOUT               12    Passkey Request Timed Out
-NO_CREDENTIAL         13    Passkey is not found on this device
-EXCLUDED              14    Passkey already registered for this device
-VERIFICATION_FAILED   15    Verification failed
-NO_BLE_ADAPTER        16    No compatible device found
-PROTOCOL_ERROR        17    Verification couldn’t be completed
-NOT_SUPPORTED         18    Passkeys Not Supported
-SESSION_EXPIRED       19    Session Expired
-LIMIT_REACHED         20    Passkey Limit Reached
-REGISTRATION_FAILED   21    Failed to register the device for passkey
-USER_NOT_VERIFIED     22    We could not verify you
-====================  ====  ================================================
+How a failure becomes a process exit status is the command line's business
+(``hybrid.cli.exit_codes``), not this module's.
 """
 
 from __future__ import annotations
@@ -64,11 +46,10 @@ class Failure(Enum):
 
 @dataclass(frozen=True)
 class CatalogueEntry:
-    """One row of the article: a title and its user message, plus our exit code."""
+    """One row of the article: a title and its user message."""
 
     title: str
     message: str
-    exit_code: int
 
 
 # The article gives "Verification couldn’t be completed" a title and a cause ("Authenticator
@@ -85,87 +66,73 @@ _CATALOGUE: dict[tuple[Failure, Operation | None], CatalogueEntry] = {
         "Passkey Unavailable",
         "Passkey login is temporarily unavailable. You can try again or sign in with your "
         "password instead.",
-        10,
     ),
     (Failure.RELAY_UNREACHABLE, Operation.REGISTER): CatalogueEntry(
         "Passkey Unavailable",
         "We could not complete the passkey setup right now. You can try again or set it up later.",
-        10,
     ),
     (Failure.USER_DECLINED, Operation.SIGN_IN): CatalogueEntry(
         "Passkey Not Found or Canceled",
         "No passkey was detected for this device, or the operation was canceled. Log in with your "
         "password and two-factor authentication (2FA) to proceed. After you are verified, you can "
         "set up a new passkey.",
-        11,
     ),
     (Failure.USER_DECLINED, Operation.REGISTER): CatalogueEntry(
         "Passkey Set Up Canceled",
         "Your passkey setup was canceled. Retry or continue with your password.",
-        11,
     ),
     (Failure.TIMEOUT, Operation.SIGN_IN): CatalogueEntry(
         "Passkey Request Timed Out",
         "You did not respond to the passkey prompt in time. Please try again.",
-        12,
     ),
     (Failure.TIMEOUT, Operation.REGISTER): CatalogueEntry(
         "Passkey Request Timed Out",
         "You did not respond to the passkey prompt in time. Try again or set it up later.",
-        12,
     ),
     (Failure.NO_CREDENTIAL, None): CatalogueEntry(
         "Passkey is not found on this device",
         "No Passkey is set up for this device. To create one, log in with your password and 2FA. "
         "After verification, you can set up a passkey for this device. You can also choose to "
         "sign in with your password for now.",
-        13,
     ),
     (Failure.EXCLUDED, None): CatalogueEntry(
         "Passkey already registered for this device",
         "The passkey already exists for this device. You cannot register the same device twice.",
-        14,
     ),
     (Failure.VERIFICATION_FAILED, None): CatalogueEntry(
         "Verification failed",
         "We could not verify your identity. Use another sign-in method to access your account.",
-        15,
     ),
     (Failure.NO_BLE_ADAPTER, None): CatalogueEntry(
         "No compatible device found",
         "We could not find a compatible device for this action. Connect a supported device or "
         "use another login method.",
-        16,
     ),
     (Failure.PROTOCOL_ERROR, None): CatalogueEntry(
-        "Verification couldn’t be completed", _PROTOCOL_ERROR_MESSAGE, 17
+        "Verification couldn’t be completed", _PROTOCOL_ERROR_MESSAGE
     ),
     # The article's message has no final full stop; kept as written.
     (Failure.NOT_SUPPORTED, None): CatalogueEntry(
         "Passkeys Not Supported",
         "Your browser or device does not support passkeys. You can continue with your password "
         "or use a different device",
-        18,
     ),
     (Failure.SESSION_EXPIRED, None): CatalogueEntry(
-        "Session Expired", "Your session has expired; restart to continue.", 19
+        "Session Expired", "Your session has expired; restart to continue."
     ),
     (Failure.LIMIT_REACHED, None): CatalogueEntry(
         "Passkey Limit Reached",
         "You have reached the maximum number of passkeys. Use your password or remove an "
         "existing passkey to add a new one.",
-        20,
     ),
     (Failure.REGISTRATION_FAILED, None): CatalogueEntry(
         "Failed to register the device for passkey",
         "We were unable to activate this device for passkeys. You can also choose to log in with "
         "your password for now.",
-        21,
     ),
     (Failure.USER_NOT_VERIFIED, None): CatalogueEntry(
         "We could not verify you",
         "We were unable to verify your biometric input. Try again or use another method to log in.",
-        22,
     ),
 }
 
@@ -197,7 +164,6 @@ class PasskeyError(HybridError):
         self.title = entry.title
         self.message = entry.message
         self.detail = detail
-        self.exit_code = entry.exit_code
         super().__init__(str(self))
 
     def __str__(self) -> str:

@@ -18,7 +18,8 @@ from hybrid.catalogue import (
     failure_for_ctap_status,
     passkey_error,
 )
-from hybrid.errors import HybridError
+from hybrid.cli.exit_codes import GENERIC, INTERRUPTED, OK, USAGE, exit_code_for
+from hybrid.errors import EnvironmentalError, HybridError, ProtocolError, UsageError
 
 ARTICLE_DIR = Path(__file__).resolve().parents[2] / "shared" / "seed"
 
@@ -42,17 +43,21 @@ def test_every_failure_has_an_entry_for_both_operations(
 ) -> None:
     entry = catalogue_entry(failure, operation)
     assert entry.title and entry.message
-    assert entry.exit_code not in (0, 1, 2, 130)
+    code = exit_code_for(PasskeyError(failure, operation))
+    assert code not in (OK, GENERIC, USAGE, INTERRUPTED)
 
 
-def test_exit_codes_are_distinct_per_failure() -> None:
-    codes = {f: catalogue_entry(f, Operation.SIGN_IN).exit_code for f in Failure}
+def test_exit_codes_are_distinct_per_failure_and_the_same_for_both_operations() -> None:
+    codes = {f: exit_code_for(PasskeyError(f, Operation.SIGN_IN)) for f in Failure}
     assert len(set(codes.values())) == len(Failure)
     for failure in Failure:
-        assert (
-            catalogue_entry(failure, Operation.REGISTER).exit_code
-            == catalogue_entry(failure, Operation.SIGN_IN).exit_code
-        )
+        assert exit_code_for(PasskeyError(failure, Operation.REGISTER)) == codes[failure]
+
+
+def test_other_errors_exit_1_and_usage_errors_exit_2() -> None:
+    assert exit_code_for(ProtocolError("bad bytes")) == 1
+    assert exit_code_for(EnvironmentalError("no such file")) == 1
+    assert exit_code_for(UsageError("bad option")) == 2
 
 
 @pytest.mark.parametrize(
@@ -119,7 +124,7 @@ def test_passkey_error_text_and_attributes() -> None:
         == "You did not respond to the passkey prompt in time. Try again or set it up later."
     )
     assert err.detail == "no CTAP response after 60 s"
-    assert err.exit_code == 12
+    assert exit_code_for(err) == 12
     assert str(err) == f"{err.title}: {err.message} (no CTAP response after 60 s)"
     plain = passkey_error(Failure.EXCLUDED, Operation.REGISTER)
     assert str(plain) == f"{plain.title}: {plain.message}"

@@ -6,7 +6,8 @@ import re
 
 import pytest
 
-from hybrid.errors import HybridError
+from hybrid.cli.exit_codes import exit_code_for
+from hybrid.errors import UsageError
 from hybrid.tunnel.domains import (
     ASSIGNED_DOMAINS,
     UnknownTunnelDomainError,
@@ -55,8 +56,8 @@ def test_out_of_range_and_non_integer_ids_are_rejected(domain_id: object) -> Non
 
 
 def test_unknown_domain_error_is_a_usage_error() -> None:
-    assert issubclass(UnknownTunnelDomainError, HybridError)
-    assert UnknownTunnelDomainError.exit_code == 2
+    assert issubclass(UnknownTunnelDomainError, UsageError)
+    assert exit_code_for(UnknownTunnelDomainError("id 7 is reserved")) == 2
 
 
 def test_is_known_domain_id() -> None:

@@ -23,14 +23,14 @@ from dataclasses import dataclass
 
 import trio
 
-from hybrid.errors import HybridError
+from hybrid.errors import EnvironmentalError
 
 # Observations are dropped, not queued without bound, when a consumer falls behind: adverts repeat
 # every ~100 ms, so a lost one costs nothing.
 SCAN_BUFFER = 64
 
 
-class NoAdapterError(HybridError):
+class NoAdapterError(EnvironmentalError):
     """No usable BLE adapter (or, for the loopback medium, the medium's port cannot be used)."""
 
 

@@ -2,8 +2,8 @@
 
 Each module in ``COMMAND_MODULES`` exposes ``register(subparsers)``, which adds its sub-command and
 sets ``func`` on the parser defaults; ``func(args)`` returns the process exit code. Every deliberate
-error is a ``HybridError``: it is printed as one line on stderr, never as a traceback. An error may
-carry an ``exit_code`` attribute; otherwise the exit code is 1.
+error is a ``HybridError``: it is printed as one line on stderr, never as a traceback, and
+``hybrid.cli.exit_codes`` alone decides the exit status.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from hybrid.cli.exit_codes import INTERRUPTED, exit_code_for
 from hybrid.errors import HybridError
 
 COMMAND_MODULES = ("qr", "ble", "domain", "demo", "desktop", "phone")
@@ -39,10 +40,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except HybridError as exc:
         print(f"hybrid: error: {exc}", file=sys.stderr)
-        return int(getattr(exc, "exit_code", 1))
+        return exit_code_for(exc)
     except KeyboardInterrupt:
         print("hybrid: interrupted", file=sys.stderr)
-        return 130
+        return INTERRUPTED
     except BrokenPipeError:
         return 1
 

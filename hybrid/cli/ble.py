@@ -19,23 +19,19 @@ from hybrid.ble.eid import (
     decrypt_advert,
     encrypt_advert,
 )
-from hybrid.errors import HybridError
+from hybrid.errors import ProtocolError, UsageError
 from hybrid.tunnel.domains import is_known_domain_id, tunnel_domain
 from hybrid.tunnel.urls import connect_url
 
 QR_SECRET_LEN = 16
 
 
-class BleUsageError(HybridError):
+class BleUsageError(UsageError):
     """A command-line argument is not valid hex or has the wrong length."""
 
-    exit_code = 2
 
-
-class AdvertNotOursError(HybridError):
+class AdvertNotOursError(ProtocolError):
     """The advert does not decrypt under this QR secret (exit code 1, like grep's no match)."""
-
-    exit_code = 1
 
 
 def parse_hex(text: str, what: str) -> bytes:

@@ -32,14 +32,14 @@ import trio
 
 from hybrid.ble.loopback import PORT_ENV_VAR, resolve_port
 from hybrid.cli.desktop import DEFAULT_TIMEOUT, add_ble_port
-from hybrid.errors import HybridError
+from hybrid.errors import EnvironmentalError
 from hybrid.trio_util import single_exceptions
 
 URL_WAIT = 20.0  # the desktop process starting up and printing its URL
 CEREMONY_WAIT = 120.0  # one whole ceremony, both processes
 
 
-class DemoError(HybridError):
+class DemoError(EnvironmentalError):
     """The demo itself could not run (a process died before saying why)."""
 
 

@@ -18,7 +18,7 @@ from types import TracebackType
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from hybrid.errors import HybridError
+from hybrid.errors import EnvironmentalError
 
 STORE_FILENAME = "credentials.sqlite3"
 
@@ -43,7 +43,7 @@ _COLUMNS = (
 )
 
 
-class CredentialStoreError(HybridError):
+class CredentialStoreError(EnvironmentalError):
     """The credential database cannot be opened or is not ours."""
 
 

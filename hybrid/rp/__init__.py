@@ -39,7 +39,7 @@ from fido2.webauthn import (
 )
 
 from hybrid.catalogue import Failure, Operation, PasskeyError, passkey_error
-from hybrid.errors import HybridError
+from hybrid.errors import EnvironmentalError
 
 ACCOUNTS_FILENAME = "relying-party.json"
 MAX_PASSKEYS_PER_USER = 5  # the support article: "a limit of five passkeys per user"
@@ -48,7 +48,7 @@ DEFAULT_TIMEOUT_MS = 60_000  # what the options ask the client to wait for the u
 DEFAULT_SESSION_LIFETIME = 600.0  # seconds a begin/complete pair may be apart ("5-15 minutes")
 
 
-class AccountStoreError(HybridError):
+class AccountStoreError(EnvironmentalError):
     """The relying party's account file cannot be read or written."""
 
 

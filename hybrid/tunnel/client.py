@@ -30,7 +30,7 @@ from trio_websocket import (
     open_websocket_url,
 )
 
-from hybrid.errors import HybridError, ProtocolError
+from hybrid.errors import EnvironmentalError, ProtocolError
 from hybrid.tunnel.urls import ROUTING_ID_HEADER, ROUTING_ID_LEN, SUBPROTOCOL
 
 # Browsers accept up to 1 MiB per message (7.3); so do we.
@@ -40,7 +40,7 @@ CLOSE_TIMEOUT = 1.0
 _ROUTING_ID_RE = re.compile(r"^[0-9a-fA-F]{6}$")
 
 
-class RelayUnreachableError(HybridError):
+class RelayUnreachableError(EnvironmentalError):
     """The relay could not be reached or refused the WebSocket upgrade."""
 
     def __init__(self, message: str, status_code: int | None = None) -> None:
@@ -48,7 +48,7 @@ class RelayUnreachableError(HybridError):
         self.status_code = status_code
 
 
-class TunnelClosedError(HybridError):
+class TunnelClosedError(EnvironmentalError):
     """The tunnel closed (peer hung up or the relay tore it down)."""
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 
-from hybrid.errors import HybridError
+from hybrid.errors import UsageError
 
 ASSIGNED_DOMAINS = ("cable.ua5v.com", "cable.auth.com")
 FIRST_HASHED_ID = 256
@@ -20,10 +20,8 @@ _TLDS = (".com", ".org", ".net", ".info")
 _BASE32 = "abcdefghijklmnopqrstuvwxyz234567"
 
 
-class UnknownTunnelDomainError(HybridError):
+class UnknownTunnelDomainError(UsageError):
     """A domain id that names no relay: reserved 2..255, outside 0..65535, or not an integer."""
-
-    exit_code = 2
 
 
 def is_known_domain_id(domain_id: int) -> bool:

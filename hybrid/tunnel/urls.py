@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import base64
 
-from hybrid.errors import HybridError
+from hybrid.errors import UsageError
 from hybrid.wire import (
     CLIENT_PAYLOAD_HEADER,
     CONNECT_PATH_PREFIX,
@@ -40,7 +40,7 @@ __all__ = [
 ]
 
 
-class TunnelAddressError(HybridError):
+class TunnelAddressError(UsageError):
     """A tunnel id, routing id or base URL cannot form a tunnel URL."""
 
 
