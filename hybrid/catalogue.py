@@ -16,6 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum, StrEnum
 
+from fido2.ctap import CtapError
+
 from hybrid.errors import HybridError
 
 
@@ -179,21 +181,14 @@ def passkey_error(failure: Failure, operation: Operation, detail: str = "") -> P
     return PasskeyError(failure, operation, detail)
 
 
-# CTAP2 status bytes (CTAP 2.2 §8.2) that carry a user-facing meaning over hybrid.
-CTAP2_ERR_CREDENTIAL_EXCLUDED = 0x19
-CTAP2_ERR_UNSUPPORTED_ALGORITHM = 0x26
-CTAP2_ERR_OPERATION_DENIED = 0x27
-CTAP2_ERR_KEEPALIVE_CANCEL = 0x2D
-CTAP2_ERR_NO_CREDENTIALS = 0x2E
-CTAP2_ERR_USER_ACTION_TIMEOUT = 0x2F
-
+# CTAP2 status bytes (python-fido2's names, CTAP 2.2 section 8.2) with a user-facing meaning.
 _CTAP_STATUS_FAILURES: dict[int, Failure] = {
-    CTAP2_ERR_OPERATION_DENIED: Failure.USER_DECLINED,
-    CTAP2_ERR_KEEPALIVE_CANCEL: Failure.USER_DECLINED,
-    CTAP2_ERR_NO_CREDENTIALS: Failure.NO_CREDENTIAL,
-    CTAP2_ERR_CREDENTIAL_EXCLUDED: Failure.EXCLUDED,
-    CTAP2_ERR_USER_ACTION_TIMEOUT: Failure.TIMEOUT,
-    CTAP2_ERR_UNSUPPORTED_ALGORITHM: Failure.NOT_SUPPORTED,
+    CtapError.ERR.OPERATION_DENIED: Failure.USER_DECLINED,
+    CtapError.ERR.KEEPALIVE_CANCEL: Failure.USER_DECLINED,
+    CtapError.ERR.NO_CREDENTIALS: Failure.NO_CREDENTIAL,
+    CtapError.ERR.CREDENTIAL_EXCLUDED: Failure.EXCLUDED,
+    CtapError.ERR.USER_ACTION_TIMEOUT: Failure.TIMEOUT,
+    CtapError.ERR.UNSUPPORTED_ALGORITHM: Failure.NOT_SUPPORTED,
 }
 
 

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from hybrid.errors import ProtocolError
+from hybrid.wire import P256_COMPRESSED_LEN, P256_UNCOMPRESSED_LEN, PSK_LEN, TUNNEL_ID_LEN
 
 EID_KEY_PURPOSE = 1
 TUNNEL_ID_PURPOSE = 2
@@ -29,12 +30,8 @@ IDENTITY_KEY_SEED_PURPOSE = 5
 PER_CONTACT_ID_PURPOSE = 6
 
 EID_KEY_LEN = 64
-TUNNEL_ID_LEN = 16
-PSK_LEN = 32
 SECRET_LEN = 32
 
-UNCOMPRESSED_POINT_LEN = 65
-COMPRESSED_POINT_LEN = 33
 LINKING_SIGNATURE_LEN = 32
 
 PublicKeyLike = ec.EllipticCurvePublicKey | ec.EllipticCurvePrivateKey | bytes
@@ -129,10 +126,10 @@ def public_key_bytes(
 def load_public_key(data: bytes) -> ec.EllipticCurvePublicKey:
     """Parse a 33-byte compressed or 65-byte uncompressed P-256 point; reject anything else."""
     data = bytes(data)
-    if len(data) == UNCOMPRESSED_POINT_LEN:
+    if len(data) == P256_UNCOMPRESSED_LEN:
         if data[0] != 0x04:
             raise InvalidKeyError("uncompressed P-256 public key must start with 0x04")
-    elif len(data) == COMPRESSED_POINT_LEN:
+    elif len(data) == P256_COMPRESSED_LEN:
         if data[0] not in (0x02, 0x03):
             raise InvalidKeyError("compressed P-256 public key must start with 0x02 or 0x03")
     else:

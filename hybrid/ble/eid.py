@@ -19,15 +19,13 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from hybrid.errors import ProtocolError
 from hybrid.keys import EID_KEY_LEN
 from hybrid.tunnel.domains import is_known_domain_id
+from hybrid.wire import FIDO_SERVICE_UUID16, GOOGLE_SERVICE_UUID16, ROUTING_ID_LEN
 
 EID_PLAINTEXT_LEN = 16
 ADVERT_LEN = 20
 NONCE_LEN = 10
-ROUTING_ID_LEN = 3
 TAG_LEN = 4
 
-FIDO_SERVICE_UUID16 = 0xFFF9
-GOOGLE_SERVICE_UUID16 = 0xFDE2
 FIDO_SERVICE_UUID = "0000fff9-0000-1000-8000-00805f9b34fb"
 GOOGLE_SERVICE_UUID = "0000fde2-0000-1000-8000-00805f9b34fb"
 SERVICE_UUIDS = (FIDO_SERVICE_UUID, GOOGLE_SERVICE_UUID)

@@ -22,8 +22,7 @@ from hybrid.ble.eid import (
 from hybrid.errors import ProtocolError, UsageError
 from hybrid.tunnel.domains import is_known_domain_id, tunnel_domain
 from hybrid.tunnel.urls import connect_url
-
-QR_SECRET_LEN = 16
+from hybrid.wire import QR_SECRET_LEN
 
 
 class BleUsageError(UsageError):

@@ -11,7 +11,6 @@ party verified the result; otherwise the catalogue error is printed and its exit
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import os
 import sys
@@ -50,10 +49,6 @@ def add_ble_port(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="UDP port of the loopback BLE medium (default: $HYBRID_BLE_PORT or 47474)",
     )
-
-
-def b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(bytes(data)).rstrip(b"=").decode("ascii")
 
 
 def response_json(response: Any) -> dict[str, Any]:
@@ -112,6 +107,8 @@ def _scanner(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    from fido2.utils import websafe_encode
+
     from hybrid.desktop import Deadlines, DesktopSession, register, sign_in
     from hybrid.rp import RelyingParty
 
@@ -156,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
             "rp_id": args.rp_id,
             "origin": origin,
             "operation": str(operation),
-            "challenge": b64url(result.challenge),
+            "challenge": websafe_encode(result.challenge),
             "response": response_json(result.response),
             "steps": [
                 {"step": name, "seconds": seconds} for name, seconds in result.transcript.steps

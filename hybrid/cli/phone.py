@@ -18,15 +18,6 @@ import trio
 from hybrid.cli.desktop import DEFAULT_TIMEOUT, add_ble_port, default_data_dir, progress_printer
 from hybrid.tunnel.domains import DEFAULT_FALLBACK_DOMAIN_ID
 
-_STATUS_NAMES = {
-    0x00: "OK",
-    0x19: "CREDENTIAL_EXCLUDED",
-    0x26: "UNSUPPORTED_ALGORITHM",
-    0x27: "OPERATION_DENIED",
-    0x2E: "NO_CREDENTIALS",
-    0x2F: "USER_ACTION_TIMEOUT",
-}
-
 
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
@@ -87,6 +78,8 @@ def _advertiser(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    from fido2.ctap2 import Ctap2
+
     from hybrid.phone import (
         CredentialStore,
         SoftwareAuthenticator,
@@ -125,7 +118,19 @@ def run(args: argparse.Namespace) -> int:
         result = trio.run(session.run)
     finally:
         store.close()
-    name = _STATUS_NAMES.get(result.status, f"0x{result.status:02X}")
-    what = "registration" if result.command == 0x01 else "sign-in"
+    what = "registration" if result.command == Ctap2.CMD.MAKE_CREDENTIAL else "sign-in"
+    name = _status_name(result.status)
     print(f"phone: answered the {what} request with status {name}", file=sys.stderr, flush=True)
     return 0
+
+
+def _status_name(status: int) -> str:
+    """python-fido2's name for a CTAP status byte ("OK" for success), or its hex value."""
+    from fido2.ctap import CtapError
+
+    if status == CtapError.ERR.SUCCESS:
+        return "OK"
+    try:
+        return CtapError.ERR(status).name
+    except ValueError:
+        return f"0x{status:02X}"

@@ -20,7 +20,7 @@ from urllib.parse import urlparse
 
 from fido2 import cbor
 from fido2.cose import ES256
-from fido2.ctap2 import AssertionResponse, AttestationResponse
+from fido2.ctap2 import AssertionResponse, AttestationResponse, Ctap2
 from fido2.webauthn import (
     AttestationObject,
     AuthenticationExtensionsClientOutputs,
@@ -37,8 +37,6 @@ from fido2.webauthn import (
 
 from hybrid.catalogue import Failure, PasskeyError
 
-MAKE_CREDENTIAL = 0x01
-GET_ASSERTION = 0x02
 PUBLIC_KEY = "public-key"
 
 ErrorFactory = Callable[[Failure, str], PasskeyError]
@@ -91,7 +89,7 @@ def make_credential_request(
     exclude = _descriptors(options.exclude_credentials)
     if exclude:
         params[5] = exclude
-    return bytes([MAKE_CREDENTIAL]) + cbor.encode(params)
+    return bytes([Ctap2.CMD.MAKE_CREDENTIAL]) + cbor.encode(params)
 
 
 def get_assertion_request(
@@ -109,7 +107,7 @@ def get_assertion_request(
     allow = _descriptors(options.allow_credentials)
     if allow:
         params[3] = allow
-    return bytes([GET_ASSERTION]) + cbor.encode(params)
+    return bytes([Ctap2.CMD.GET_ASSERTION]) + cbor.encode(params)
 
 
 def split_status(response: bytes, error: ErrorFactory) -> tuple[int, bytes]:

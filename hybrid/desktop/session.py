@@ -51,7 +51,7 @@ from hybrid.desktop.ctap import (
     split_status,
 )
 from hybrid.errors import HybridError, ProtocolError
-from hybrid.qr.payload import QrPayload
+from hybrid.qr.payload import GET_ASSERTION, MAKE_CREDENTIAL, QrPayload
 from hybrid.session_errors import catalogue_errors
 from hybrid.tunnel.client import Tunnel, TunnelClosedError, open_tunnel
 from hybrid.tunnel.crypter import Crypter
@@ -64,12 +64,12 @@ from hybrid.tunnel.messages import (
 )
 from hybrid.tunnel.noise import Initiator
 from hybrid.tunnel.urls import connect_url
+from hybrid.wire import HANDSHAKE_MESSAGE_LEN, QR_SECRET_LEN
 
 logger = logging.getLogger(__name__)
 
-NOISE_MESSAGE_LEN = 81
-QR_SECRET_LEN = 16
-REQUEST_TYPES = {Operation.REGISTER: "mc", Operation.SIGN_IN: "ga"}
+# The QR's request-type hint (key 5) for each ceremony.
+_QR_REQUEST_TYPE = {Operation.REGISTER: MAKE_CREDENTIAL, Operation.SIGN_IN: GET_ASSERTION}
 CLIENT_DATA_TYPES = {Operation.REGISTER: "webauthn.create", Operation.SIGN_IN: "webauthn.get"}
 
 Progress = Callable[[str, float], None]
@@ -138,7 +138,7 @@ class DesktopSession:
         self.qr = QrPayload.create(
             keys.public_key_bytes(self._identity, compressed=True),
             self._qr_secret,
-            request_type=REQUEST_TYPES[self.operation],
+            request_type=_QR_REQUEST_TYPE[self.operation],
             timestamp=int(now()),
         )
         self.url = self.qr.to_url()
@@ -229,10 +229,11 @@ class DesktopSession:
         with trio.move_on_after(self.deadlines.handshake) as scope:
             try:
                 message = await tunnel.receive()
-                if len(message) != NOISE_MESSAGE_LEN:
+                if len(message) != HANDSHAKE_MESSAGE_LEN:
                     raise self._error(
                         Failure.PROTOCOL_ERROR,
-                        f"Noise message 2 is {len(message)} bytes, expected {NOISE_MESSAGE_LEN}",
+                        f"Noise message 2 is {len(message)} bytes, "
+                        f"expected {HANDSHAKE_MESSAGE_LEN}",
                     )
                 crypter = Crypter.from_handshake(initiator.read_message(message))
                 clock.step("handshake done")

@@ -15,7 +15,7 @@ from hybrid.phone.approval import (
     declining_approver,
     terminal_approver,
 )
-from hybrid.phone.authenticator import AAGUID, Command, SoftwareAuthenticator, Status
+from hybrid.phone.authenticator import AAGUID, SoftwareAuthenticator
 from hybrid.phone.session import PhoneDeadlines, PhoneResult, PhoneSession
 from hybrid.phone.store import CredentialStore, CredentialStoreError, StoredCredential
 
@@ -24,14 +24,12 @@ __all__ = [
     "Approval",
     "ApprovalRequest",
     "Approver",
-    "Command",
     "CredentialStore",
     "CredentialStoreError",
     "PhoneDeadlines",
     "PhoneResult",
     "PhoneSession",
     "SoftwareAuthenticator",
-    "Status",
     "StoredCredential",
     "auto_approver",
     "declining_approver",

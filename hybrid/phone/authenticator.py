@@ -18,7 +18,6 @@ import logging
 import math
 import os
 from collections.abc import Callable, Mapping
-from enum import IntEnum
 from typing import Any
 
 import trio
@@ -26,6 +25,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from fido2 import cbor
 from fido2.cose import ES256
+from fido2.ctap import CtapError
+from fido2.ctap2 import Ctap2
 from fido2.webauthn import AttestedCredentialData, AuthenticatorData
 
 from hybrid.catalogue import Operation
@@ -42,36 +43,15 @@ CLIENT_DATA_HASH_LEN = 32
 PUBLIC_KEY_TYPE = "public-key"
 
 
-class Command(IntEnum):
-    MAKE_CREDENTIAL = 0x01
-    GET_ASSERTION = 0x02
-    GET_INFO = 0x04
-
-
-class Status(IntEnum):
-    """CTAP status bytes this authenticator can answer with (CTAP 2.2 §8.2)."""
-
-    OK = 0x00
-    INVALID_COMMAND = 0x01
-    INVALID_PARAMETER = 0x02
-    INVALID_LENGTH = 0x03
-    CBOR_UNEXPECTED_TYPE = 0x11
-    INVALID_CBOR = 0x12
-    MISSING_PARAMETER = 0x14
-    CREDENTIAL_EXCLUDED = 0x19
-    UNSUPPORTED_ALGORITHM = 0x26
-    OPERATION_DENIED = 0x27
-    UNSUPPORTED_OPTION = 0x2B
-    INVALID_OPTION = 0x2C
-    NO_CREDENTIALS = 0x2E
-    USER_ACTION_TIMEOUT = 0x2F
-    OTHER = 0x7F
+# CTAP command and status numbers are python-fido2's (CTAP 2.2 sections 6 and 8.2), not ours.
+CMD = Ctap2.CMD
+ERR = CtapError.ERR
 
 
 class _Reject(Exception):
     """Internal: abort the current request with ``status``."""
 
-    def __init__(self, status: Status, why: str) -> None:
+    def __init__(self, status: CtapError.ERR, why: str) -> None:
         super().__init__(why)
         self.status = status
 
@@ -123,22 +103,22 @@ class SoftwareAuthenticator:
         """Answer one CTAP2 request (command byte + CBOR) with status byte + CBOR."""
         try:
             if not request:
-                raise _Reject(Status.INVALID_LENGTH, "empty request")
+                raise _Reject(ERR.INVALID_LENGTH, "empty request")
             command, payload = request[0], bytes(request[1:])
-            if command == Command.GET_INFO:
-                return bytes([Status.OK]) + self.get_info()
-            if command == Command.MAKE_CREDENTIAL:
+            if command == CMD.GET_INFO:
+                return bytes([ERR.SUCCESS]) + self.get_info()
+            if command == CMD.MAKE_CREDENTIAL:
                 return await self._make_credential(_decode_params(payload))
-            if command == Command.GET_ASSERTION:
+            if command == CMD.GET_ASSERTION:
                 return await self._get_assertion(_decode_params(payload))
-            raise _Reject(Status.INVALID_COMMAND, f"unsupported command 0x{command:02x}")
+            raise _Reject(ERR.INVALID_COMMAND, f"unsupported command 0x{command:02x}")
         except _Reject as reject:
             logger.info("CTAP request rejected with 0x%02x: %s", reject.status, reject)
             return bytes([reject.status])
         except Exception:
             # A bug of ours must not take the tunnel down with a traceback: answer "other".
             logger.exception("CTAP request failed unexpectedly")
-            return bytes([Status.OTHER])
+            return bytes([ERR.OTHER])
 
     async def _make_credential(self, params: Mapping[Any, Any]) -> bytes:
         # "none" attestation signs nothing, but the hash is still a required, checked parameter.
@@ -149,7 +129,7 @@ class SoftwareAuthenticator:
         user = _required(params, _MC_USER, dict)
         user_id = _required(user, "id", bytes)
         if not 0 < len(user_id) <= MAX_USER_ID_LEN:
-            raise _Reject(Status.INVALID_PARAMETER, "user.id must be 1 to 64 bytes")
+            raise _Reject(ERR.INVALID_PARAMETER, "user.id must be 1 to 64 bytes")
         user_name = _optional(user, "name", str)
         user_display_name = _optional(user, "displayName", str)
         cred_params = _required(params, _MC_PARAMS, list)
@@ -158,17 +138,17 @@ class SoftwareAuthenticator:
         _refuse_pin_uv_auth(params, _MC_PIN_UV_PARAM, _MC_PIN_UV_PROTOCOL)
 
         if not _offers_es256(cred_params):
-            raise _Reject(Status.UNSUPPORTED_ALGORITHM, "no ES256 in pubKeyCredParams")
+            raise _Reject(ERR.UNSUPPORTED_ALGORITHM, "no ES256 in pubKeyCredParams")
         if options.get("up") is False:
             # CTAP 2.1 §6.1.2 step 7: makeCredential always needs user presence.
-            raise _Reject(Status.INVALID_OPTION, "up=false is not allowed in makeCredential")
+            raise _Reject(ERR.INVALID_OPTION, "up=false is not allowed in makeCredential")
 
         request = ApprovalRequest(Operation.REGISTER, rp_id, rp_name, user_name, user_display_name)
         excluded = exclude and any(c.credential_id in exclude for c in self.store.for_rp(rp_id))
         approval = await self._ask(request)
         if excluded:
             # CTAP asks for presence before revealing that the credential exists.
-            raise _Reject(Status.CREDENTIAL_EXCLUDED, "excludeList matched a stored credential")
+            raise _Reject(ERR.CREDENTIAL_EXCLUDED, "excludeList matched a stored credential")
 
         private_key = self._new_private_key()
         credential_id = self._random_bytes(CREDENTIAL_ID_LEN)
@@ -190,7 +170,7 @@ class SoftwareAuthenticator:
             0,
             attested,
         )
-        return bytes([Status.OK]) + cbor.encode({1: "none", 2: auth_data, 3: {}})
+        return bytes([ERR.SUCCESS]) + cbor.encode({1: "none", 2: auth_data, 3: {}})
 
     async def _get_assertion(self, params: Mapping[Any, Any]) -> bytes:
         rp_id = _required(params, _GA_RP_ID, str)
@@ -199,14 +179,14 @@ class SoftwareAuthenticator:
         options = _options(params, _GA_OPTIONS)
         _refuse_pin_uv_auth(params, _GA_PIN_UV_PARAM, _GA_PIN_UV_PROTOCOL)
         if "rk" in options:
-            raise _Reject(Status.UNSUPPORTED_OPTION, "rk is not a getAssertion option")
+            raise _Reject(ERR.UNSUPPORTED_OPTION, "rk is not a getAssertion option")
 
         candidates = self.store.for_rp(rp_id)
         discoverable = not allow
         if not discoverable:
             candidates = [c for c in candidates if c.credential_id in allow]
         if not candidates:
-            raise _Reject(Status.NO_CREDENTIALS, f"no credential for {rp_id!r}")
+            raise _Reject(ERR.NO_CREDENTIALS, f"no credential for {rp_id!r}")
         # Deployed phones let the user pick an account; with no UI, the newest one wins.
         credential = candidates[0]
 
@@ -232,7 +212,7 @@ class SoftwareAuthenticator:
         }
         if discoverable:
             response[6] = True
-        return bytes([Status.OK]) + cbor.encode(response)
+        return bytes([ERR.SUCCESS]) + cbor.encode(response)
 
     async def _ask(self, request: ApprovalRequest) -> Approval:
         approval: Approval | None = None
@@ -240,32 +220,32 @@ class SoftwareAuthenticator:
         with trio.move_on_after(timeout):
             approval = await self.approver(request)
         if approval is None:
-            raise _Reject(Status.USER_ACTION_TIMEOUT, "no answer from the user in time")
+            raise _Reject(ERR.USER_ACTION_TIMEOUT, "no answer from the user in time")
         if not approval.approved:
-            raise _Reject(Status.OPERATION_DENIED, "the user declined")
+            raise _Reject(ERR.OPERATION_DENIED, "the user declined")
         return approval
 
 
 def _decode_params(payload: bytes) -> Mapping[Any, Any]:
     if not payload:
-        raise _Reject(Status.MISSING_PARAMETER, "no CBOR parameters")
+        raise _Reject(ERR.MISSING_PARAMETER, "no CBOR parameters")
     try:
         params = cbor.decode(payload)
         # fido2's decoder is lenient (it reads null as False, ignores short strings); a
         # re-encoding that differs means the input was not valid CTAP2-canonical CBOR.
         canonical = cbor.encode(params) == payload
     except Exception as exc:
-        raise _Reject(Status.INVALID_CBOR, f"undecodable CBOR: {exc!r}") from None
+        raise _Reject(ERR.INVALID_CBOR, f"undecodable CBOR: {exc!r}") from None
     if not canonical:
-        raise _Reject(Status.INVALID_CBOR, "CBOR is not CTAP2-canonical")
+        raise _Reject(ERR.INVALID_CBOR, "CBOR is not CTAP2-canonical")
     if not isinstance(params, dict):
-        raise _Reject(Status.CBOR_UNEXPECTED_TYPE, "parameters are not a CBOR map")
+        raise _Reject(ERR.CBOR_UNEXPECTED_TYPE, "parameters are not a CBOR map")
     return params
 
 
 def _required(container: Mapping[Any, Any], key: Any, kind: type) -> Any:
     if key not in container:
-        raise _Reject(Status.MISSING_PARAMETER, f"missing parameter {key!r}")
+        raise _Reject(ERR.MISSING_PARAMETER, f"missing parameter {key!r}")
     return _typed(container[key], key, kind)
 
 
@@ -278,14 +258,14 @@ def _optional(container: Mapping[Any, Any], key: Any, kind: type) -> Any:
 def _typed(value: Any, key: Any, kind: type) -> Any:
     # bool is an int in Python, but never a valid CBOR integer parameter.
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise _Reject(Status.CBOR_UNEXPECTED_TYPE, f"parameter {key!r} is not {kind.__name__}")
+        raise _Reject(ERR.CBOR_UNEXPECTED_TYPE, f"parameter {key!r} is not {kind.__name__}")
     return value
 
 
 def _client_data_hash(params: Mapping[Any, Any], key: int) -> bytes:
     value = _required(params, key, bytes)
     if len(value) != CLIENT_DATA_HASH_LEN:
-        raise _Reject(Status.INVALID_PARAMETER, "clientDataHash must be 32 bytes")
+        raise _Reject(ERR.INVALID_PARAMETER, "clientDataHash must be 32 bytes")
     return value
 
 
@@ -323,8 +303,8 @@ def _refuse_pin_uv_auth(params: Mapping[Any, Any], param_key: int, protocol_key:
     """We offer no PIN/UV auth protocol (like deployed phones), so any pinUvAuthParam is refused."""
     if param_key in params:
         if protocol_key not in params:
-            raise _Reject(Status.MISSING_PARAMETER, "pinUvAuthParam without pinUvAuthProtocol")
-        raise _Reject(Status.INVALID_PARAMETER, "no pinUvAuthProtocol is supported")
+            raise _Reject(ERR.MISSING_PARAMETER, "pinUvAuthParam without pinUvAuthProtocol")
+        raise _Reject(ERR.INVALID_PARAMETER, "no pinUvAuthProtocol is supported")
 
 
 def _rp_id_hash(rp_id: str) -> bytes:

@@ -24,13 +24,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import trio
+from fido2.ctap import CtapError
+from fido2.ctap2 import Ctap2
 
 from hybrid import keys
 from hybrid.ble.eid import FIDO_SERVICE_UUID16, Eid, encrypt_advert
 from hybrid.ble.medium import Advertiser
 from hybrid.catalogue import Failure, Operation, PasskeyError
 from hybrid.errors import HybridError
-from hybrid.qr.payload import QrPayload
+from hybrid.qr.payload import MAKE_CREDENTIAL, QrPayload
 from hybrid.session_errors import catalogue_errors
 from hybrid.trio_util import single_exceptions
 from hybrid.tunnel.client import (
@@ -51,10 +53,7 @@ from hybrid.tunnel.urls import new_url
 
 logger = logging.getLogger(__name__)
 
-MAKE_CREDENTIAL = 0x01
-GET_ASSERTION = 0x02
 DEFAULT_DOMAIN_ID = 0
-CTAP2_ERR_USER_ACTION_TIMEOUT = 0x2F
 
 Progress = Callable[[str, float], None]
 
@@ -94,7 +93,7 @@ class PhoneResult:
 
 
 def _operation_for(command: int | str | None) -> Operation:
-    if command in (MAKE_CREDENTIAL, "mc"):
+    if command in (Ctap2.CMD.MAKE_CREDENTIAL, MAKE_CREDENTIAL):
         return Operation.REGISTER
     return Operation.SIGN_IN
 
@@ -229,7 +228,7 @@ class PhoneSession:
         assert deadline.cancelled_caught
         # Tell the desktop why, rather than hanging up (which it would read as "cancelled").
         self._step(f"user did not answer within {self.deadlines.user:g} s")
-        return bytes([CTAP2_ERR_USER_ACTION_TIMEOUT])
+        return bytes([CtapError.ERR.USER_ACTION_TIMEOUT])
 
     async def _linger(self, tunnel: Tunnel, crypter: Crypter) -> None:
         """Give the desktop a moment to send shutdown, so the reply is surely delivered first."""

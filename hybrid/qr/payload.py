@@ -49,6 +49,7 @@ from hybrid.qr.errors import (
     QrCborError,
     QrJsonError,
 )
+from hybrid.wire import P256_COMPRESSED_LEN, QR_SECRET_LEN
 
 PUBLIC_KEY_KEY = 0
 QR_SECRET_KEY = 1
@@ -59,8 +60,6 @@ REQUEST_TYPE_KEY = 5
 KEY6_KEY = 6
 KNOWN_KEYS = (0, 1, 2, 3, 4, 5, 6)
 
-COMPRESSED_PUBLIC_KEY_LEN = 33
-QR_SECRET_LEN = 16
 # ids 0..n-1 of the assigned tunnel domains; deployed desktops send 2
 ASSIGNED_TUNNEL_DOMAINS = 2
 
@@ -205,7 +204,7 @@ class QrPayload:
     key_order: tuple[Any, ...] = ()
 
     def __post_init__(self) -> None:
-        for key, value, length in ((0, self.public_key, COMPRESSED_PUBLIC_KEY_LEN),
+        for key, value, length in ((0, self.public_key, P256_COMPRESSED_LEN),
                                    (1, self.qr_secret, QR_SECRET_LEN)):  # fmt: skip
             if not isinstance(value, (bytes, bytearray)):
                 raise KeyTypeError(

@@ -19,9 +19,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from hybrid.errors import ProtocolError
 from hybrid.tunnel.noise import HandshakeResult
+from hybrid.wire import GCM_TAG_LEN
 
 PADDING_GRANULARITY = 32
-TAG_LEN = 16
 KEY_LEN = 32
 # Browsers refuse to use sequence numbers beyond 2^24 - 1 in either direction.
 MAX_SEQUENCE = (1 << 24) - 1
@@ -139,7 +139,7 @@ class Crypter:
         if self._read_seq > MAX_SEQUENCE:
             raise self._fail("tunnel read sequence number exhausted (2^24 messages)")
         ciphertext = bytes(ciphertext)
-        if len(ciphertext) < TAG_LEN:
+        if len(ciphertext) < GCM_TAG_LEN:
             raise self._fail(f"tunnel message too short ({len(ciphertext)} bytes)")
         return ciphertext
 

@@ -33,14 +33,15 @@ point validation and one typed ``HandshakeError``.
 from __future__ import annotations
 
 import hashlib
-import hmac
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from hybrid.errors import ProtocolError
 from hybrid.keys import (
@@ -51,12 +52,9 @@ from hybrid.keys import (
     load_public_key,
     public_key_bytes,
 )
+from hybrid.wire import GCM_TAG_LEN, HANDSHAKE_MESSAGE_LEN, P256_UNCOMPRESSED_LEN, PSK_LEN
 
 HASH_LEN = 32
-TAG_LEN = 16
-PSK_LEN = 32
-P256_POINT_LEN = 65
-HANDSHAKE_MESSAGE_LEN = P256_POINT_LEN + TAG_LEN  # 81
 
 KN_PROTOCOL_NAME = b"Noise_KNpsk0_P256_AESGCM_SHA256"
 NK_PROTOCOL_NAME = b"Noise_NKpsk0_P256_AESGCM_SHA256"
@@ -98,7 +96,7 @@ class DhFunction(Protocol):
 class P256:
     """Hybrid's DH: SEC1 uncompressed points, X coordinate as the shared secret."""
 
-    public_len = P256_POINT_LEN
+    public_len = P256_UNCOMPRESSED_LEN
 
     def generate(self) -> ec.EllipticCurvePrivateKey:
         return generate_private_key()
@@ -107,27 +105,21 @@ class P256:
         return public_key_bytes(private)
 
     def load_public(self, data: bytes) -> ec.EllipticCurvePublicKey:
-        if len(data) != P256_POINT_LEN:
-            raise InvalidKeyError(f"P-256 point must be {P256_POINT_LEN} bytes, got {len(data)}")
+        if len(data) != P256_UNCOMPRESSED_LEN:
+            raise InvalidKeyError(
+                f"P-256 point must be {P256_UNCOMPRESSED_LEN} bytes, got {len(data)}"
+            )
         return load_public_key(data)
 
     def dh(self, private: ec.EllipticCurvePrivateKey, public: ec.EllipticCurvePublicKey) -> bytes:
         return ecdh(private, public)
 
 
-def _hmac(key: bytes, data: bytes) -> bytes:
-    return hmac.new(key, data, hashlib.sha256).digest()
-
-
 def _hkdf(chaining_key: bytes, ikm: bytes, outputs: int) -> list[bytes]:
-    # Noise's HKDF(ck, ikm, n) is RFC 5869 HKDF with salt=ck and empty info, written out.
-    temp = _hmac(chaining_key, ikm)
-    out: list[bytes] = []
-    previous = b""
-    for i in range(1, outputs + 1):
-        previous = _hmac(temp, previous + bytes([i]))
-        out.append(previous)
-    return out
+    # Noise's HKDF(ck, ikm, n) is RFC 5869 HKDF-SHA256 with salt=ck, empty info, n*32 bytes.
+    okm = HKDF(algorithm=hashes.SHA256(), length=HASH_LEN * outputs, salt=chaining_key, info=b"")
+    material = okm.derive(ikm)
+    return [material[i : i + HASH_LEN] for i in range(0, len(material), HASH_LEN)]
 
 
 class SymmetricState:
@@ -303,7 +295,7 @@ class HandshakeState:
                 self.symmetric.mix_key(re_bytes)
             else:
                 self.symmetric.mix_key(self._dh_token(token))
-        if len(rest) < TAG_LEN:
+        if len(rest) < GCM_TAG_LEN:
             raise HandshakeError("handshake message too short for its authentication tag")
         return self.symmetric.decrypt_and_hash(rest)
 

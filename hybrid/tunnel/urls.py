@@ -8,7 +8,7 @@ for a local relay such as ``ws://127.0.0.1:8080``.
 
 from __future__ import annotations
 
-import base64
+from fido2.utils import websafe_encode
 
 from hybrid.errors import UsageError
 from hybrid.wire import (
@@ -96,5 +96,5 @@ def contact_url(
     """URL the desktop opens to wake a linked phone: ``/cable/contact/<base64url(contact id)>``."""
     if not isinstance(contact_id, bytes | bytearray) or not contact_id:
         raise TunnelAddressError("contact id must be non-empty bytes")
-    encoded = base64.urlsafe_b64encode(contact_id).rstrip(b"=").decode("ascii")
+    encoded = websafe_encode(contact_id)
     return _base(domain_id, base_url) + CONTACT_PATH_PREFIX + encoded
