@@ -64,8 +64,9 @@ def hybrid_service_data(advertisement: Any) -> Iterator[ServiceData]:
 def _default_factory(adapter: str | None) -> ScannerFactory:
     def make(callback: DetectionCallback) -> _BleakScannerLike:
         from bleak import BleakScanner
+        from bleak.args.bluez import BlueZScannerArgs
 
-        bluez: dict[str, Any] = {"adapter": adapter} if adapter else {}
+        bluez: BlueZScannerArgs = {"adapter": adapter} if adapter else {}
         return BleakScanner(detection_callback=callback, scanning_mode="active", bluez=bluez)
 
     return make

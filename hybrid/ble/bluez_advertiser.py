@@ -50,15 +50,15 @@ def _advertisement_interface(uuid16: int, data: bytes) -> Any:
             self.released = True
 
         @dbus_property(access=PropertyAccess.READ)
-        def Type(self) -> "s":  # noqa: F821, N802
+        def Type(self) -> "s":  # type: ignore[name-defined]  # noqa: F821, N802
             return "broadcast"
 
         @dbus_property(access=PropertyAccess.READ)
-        def ServiceUUIDs(self) -> "as":  # noqa: F821, F722, N802
+        def ServiceUUIDs(self) -> "as":  # type: ignore[valid-type]  # noqa: F821, F722, N802
             return [uuid]
 
         @dbus_property(access=PropertyAccess.READ)
-        def ServiceData(self) -> "a{sv}":  # noqa: F821, F722, N802
+        def ServiceData(self) -> "a{sv}":  # type: ignore[valid-type]  # noqa: F821, F722, N802
             return {uuid: Variant("ay", bytes(data))}
 
     return Advertisement()

@@ -17,9 +17,9 @@ found".
 
 from __future__ import annotations
 
-import abc
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import trio
 
@@ -42,17 +42,17 @@ class ServiceData:
     data: bytes
 
 
-class Scanner(abc.ABC):
+@runtime_checkable
+class Scanner(Protocol):
     """Receives service data from nearby advertisers."""
 
-    @abc.abstractmethod
     def scan(self) -> AbstractAsyncContextManager[trio.abc.ReceiveChannel[ServiceData]]:
         """Start scanning; the channel yields every service-data value seen until the exit."""
 
 
-class Advertiser(abc.ABC):
+@runtime_checkable
+class Advertiser(Protocol):
     """Broadcasts one service-data value."""
 
-    @abc.abstractmethod
     def advertise(self, uuid16: int, data: bytes) -> AbstractAsyncContextManager[None]:
         """Advertise ``data`` under the 16-bit service UUID while the context is open."""

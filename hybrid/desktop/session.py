@@ -25,13 +25,15 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 from cryptography.hazmat.primitives.asymmetric import ec
 from fido2.webauthn import (
     AuthenticationResponse,
     CollectedClientData,
+    CredentialCreationOptions,
+    CredentialRequestOptions,
     PublicKeyCredentialCreationOptions,
     PublicKeyCredentialRequestOptions,
     RegistrationResponse,
@@ -325,8 +327,28 @@ def client_data_for(operation: Operation, challenge: bytes, origin: str) -> Coll
     )
 
 
+class RelyingPartyLike(Protocol):
+    """What a ceremony needs from a relying party (``hybrid.rp.RelyingParty`` is one).
+
+    ``begin_*`` return the WebAuthn options and an opaque state that ``complete_*`` verifies the
+    response against; ``complete_*`` raise ``PasskeyError`` when the response does not verify.
+    """
+
+    origin: str
+
+    def begin_registration(self, user_name: str) -> tuple[CredentialCreationOptions, Any]: ...
+
+    def complete_registration(self, state: Any, response: RegistrationResponse) -> object: ...
+
+    def begin_authentication(
+        self, user_name: str | None
+    ) -> tuple[CredentialRequestOptions, Any]: ...
+
+    def complete_authentication(self, state: Any, response: AuthenticationResponse) -> object: ...
+
+
 async def register(
-    rp: Any,
+    rp: RelyingPartyLike,
     user_name: str,
     session: DesktopSession,
     *,
@@ -347,7 +369,7 @@ async def register(
 
 
 async def sign_in(
-    rp: Any,
+    rp: RelyingPartyLike,
     user_name: str | None,
     session: DesktopSession,
     *,

@@ -21,14 +21,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 from fido2.ctap import CtapError
 from fido2.ctap2 import Ctap2
 
 from hybrid import keys
-from hybrid.ble.eid import FIDO_SERVICE_UUID16, Eid, encrypt_advert
+from hybrid.ble.eid import Eid, encrypt_advert
 from hybrid.ble.medium import Advertiser
 from hybrid.catalogue import Failure, Operation, PasskeyError
 from hybrid.errors import HybridError
@@ -50,6 +50,7 @@ from hybrid.tunnel.messages import (
 )
 from hybrid.tunnel.noise import Responder
 from hybrid.tunnel.urls import new_url
+from hybrid.wire import FIDO_SERVICE_UUID16
 
 logger = logging.getLogger(__name__)
 
@@ -58,14 +59,16 @@ DEFAULT_DOMAIN_ID = 0
 Progress = Callable[[str, float], None]
 
 
-class Authenticator:
-    """What the phone needs from an authenticator (``SoftwareAuthenticator`` has both)."""
+class Authenticator(Protocol):
+    """What the phone needs from an authenticator (``SoftwareAuthenticator`` is one).
 
-    def get_info(self) -> bytes:  # pragma: no cover - interface
-        raise NotImplementedError
+    ``get_info`` is the CBOR getInfo response sent in the post-handshake message; ``handle`` takes
+    one CTAP2 request (command byte + CBOR) and returns the reply (status byte + CBOR).
+    """
 
-    async def handle(self, request: bytes) -> bytes:  # pragma: no cover - interface
-        raise NotImplementedError
+    def get_info(self) -> bytes: ...
+
+    async def handle(self, request: bytes) -> bytes: ...
 
 
 @dataclass(frozen=True)
@@ -104,7 +107,7 @@ class PhoneSession:
     def __init__(
         self,
         qr: QrPayload | str,
-        authenticator: Any,
+        authenticator: Authenticator,
         advertiser: Advertiser,
         *,
         relay_url: str | None = None,

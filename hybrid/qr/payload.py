@@ -33,6 +33,7 @@ from __future__ import annotations
 import io
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -216,17 +217,18 @@ class QrPayload:
         object.__setattr__(self, "qr_secret", bytes(self.qr_secret))
         _load_public_key(self.public_key)
 
-        for key, value, ok in (
+        optional: tuple[tuple[int, object, Callable[[object], bool]], ...] = (
             (2, self.tunnel_domains, _is_cbor_int),
             (3, self.timestamp, _is_cbor_int),
             (4, self.state_assisted, lambda v: isinstance(v, bool)),
             (5, self.request_type, lambda v: isinstance(v, str)),
-        ):
-            if value is not None and not ok(value):
-                if ok is _is_cbor_int and _is_int(value):
-                    raise KeyTypeError(f"{_label(key)} {value} does not fit in a CBOR integer")
+        )
+        for key, item, ok in optional:
+            if item is not None and not ok(item):
+                if ok is _is_cbor_int and _is_int(item):
+                    raise KeyTypeError(f"{_label(key)} {item} does not fit in a CBOR integer")
                 raise KeyTypeError(
-                    f"{_label(key)} must be {_EXPECTED[key]}, got {cbor_type_name(value)}"
+                    f"{_label(key)} must be {_EXPECTED[key]}, got {cbor_type_name(item)}"
                 )
         self._check_key6()
 

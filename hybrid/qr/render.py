@@ -113,7 +113,9 @@ def decode_qr_image(path: str | os.PathLike[str]) -> str:
         raise QrImageError(f"cannot read image {target}: {' '.join(reason.split())}") from None
     except Exception as exc:  # PIL raises assorted types (e.g. DecompressionBombError) on junk
         raise QrImageError(f"cannot read image {target}: {type(exc).__name__}") from None
-    results = zxingcpp.read_barcodes(pixels, formats=zxingcpp.BarcodeFormat.QRCode)
+    results = zxingcpp.read_barcodes(
+        pixels, formats=zxingcpp.BarcodeFormats(zxingcpp.BarcodeFormat.QRCode)
+    )
     for result in results:
         if result.valid and result.text:
             return result.text

@@ -73,7 +73,8 @@ class RelyingParty:
             PublicKeyCredentialRpEntity(name=rp_name or rp_id, id=rp_id),
             verify_origin=lambda candidate: candidate == origin,
         )
-        self.server.timeout = timeout_ms
+        # fido2 declares the attribute as None only, but passes it on as the options' timeout.
+        self.server.timeout = timeout_ms  # type: ignore[assignment]
         self.session_lifetime = session_lifetime
         self._clock = clock
         self._random_bytes = random_bytes

@@ -49,7 +49,7 @@ class PostHandshake:
     """The phone's first message: getInfo (CBOR bytes), optional linking map and features."""
 
     get_info: bytes | None
-    linking: dict | None
+    linking: dict[Any, Any] | None
     features: tuple[str, ...]
     legacy_revision0: bool
 
@@ -200,7 +200,7 @@ def encode_update(
     raise FramingError(f"update message does not fit in {plaintext_len} bytes")
 
 
-def parse_update(payload: bytes) -> dict | None:
+def parse_update(payload: bytes) -> dict[Any, Any] | None:
     """The linking-information map of an update payload, or None; unknown keys are ignored."""
     fields = _int_keys(decode_cbor_exact(bytes(payload)), "update message")
     linking = fields.get(UPDATE_LINKING_KEY)

@@ -35,7 +35,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -355,7 +355,10 @@ def _check_message(message: bytes, which: str) -> bytes:
     return message
 
 
-def _guarded(step: Callable[[], Any]) -> Any:
+_T = TypeVar("_T")
+
+
+def _guarded(step: Callable[[], _T]) -> _T:
     try:
         return step()
     except HandshakeError:
@@ -381,7 +384,7 @@ class _Role:
             expected = self._steps[self._step] if self._step < len(self._steps) else "nothing"
             raise HandshakeError(f"{step} called out of turn (expected {expected})")
 
-    def _run(self, step: str, action: Callable[[], Any]) -> Any:
+    def _run(self, step: str, action: Callable[[], _T]) -> _T:
         self._begin(step)
         try:
             out = _guarded(action)
