@@ -26,7 +26,7 @@ REFERENCES = ("websockets", "node", "tcp")
 
 #: Our relay with its per-tunnel and per-address limits lifted: the benchmark pushes thousands of
 #: messages through one tunnel and thousands of sockets from one address, which the defaults
-#: (section 14 of the protocol notes) rightly refuse.
+#: (docs/protocol.md section 14) rightly refuse.
 OUR_RELAY_ARGS = (
     "-m relay --host 127.0.0.1 --port 0 --max-messages 100000000 --max-tunnels 100000 "
     "--max-connections-per-address 100000 --shutdown-grace 0"

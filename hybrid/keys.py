@@ -1,6 +1,6 @@
 """Key material of the hybrid transport: every HKDF derivation and the P-256 helpers.
 
-Protocol notes sections 2, 4 and 12.3. All secrets come from one ``derive`` function
+docs/protocol.md sections 2, 4 and 12.3. All secrets come from one ``derive`` function
 (HKDF-SHA256 with ``info = LE32(purpose)``); each purpose number is defined here once so that the
 desktop, the phone and the tests cannot drift apart. Only purposes 1-3 must match other
 implementations; 4-6 are phone internals that just need to be stable.
@@ -91,7 +91,7 @@ def identity_seed(root_secret: bytes) -> bytes:
 def identity_key_from_seed(seed: bytes) -> ec.EllipticCurvePrivateKey:
     """Map a 32-byte seed to a P-256 private key deterministically.
 
-    Any stable mapping works (protocol notes section 17, item 12); this one hashes the seed with a
+    Any stable mapping works (docs/protocol.md section 17, item 12); this one hashes the seed with a
     counter until the scalar falls in [1, n-1], so it never fails and is uniform.
     """
     order = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
@@ -165,7 +165,7 @@ def linking_signature(
 ) -> bytes:
     """Linking-information key 6: HMAC-SHA256(ECDH(phone identity, desktop QR key), h).
 
-    Protocol notes section 12.3: it binds the phone's identity key to the QR session's handshake.
+    docs/protocol.md section 12.3: it binds the phone's identity key to the QR session's handshake.
     """
     shared = ecdh(phone_identity_private, desktop_qr_public)
     return hmac.new(shared, bytes(handshake_hash), hashlib.sha256).digest()

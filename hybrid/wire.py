@@ -2,8 +2,8 @@
 
 This module has no dependencies (not even on the rest of ``hybrid``), so the relay can import it
 without pulling in the client side. It is the one home of each fact below: the tunnel service's
-paths, header names, subprotocol and close codes (docs/protocol.md section 8), the lengths of the
-ids and keys both roles exchange, and the BLE service UUIDs (section 5). Facts used by a single
+paths, header names, subprotocol and close codes (docs/protocol.md section 7), the lengths of the
+ids and keys both roles exchange, and the BLE service UUIDs (section 6). Facts used by a single
 module stay in that module.
 """
 

@@ -18,7 +18,7 @@ class ConfigError(RelayError):
     exit_code = 2
 
 
-#: The reference relay's defaults (protocol notes section 14) unless noted.
+#: The reference relay's defaults (docs/protocol.md section 14) unless noted.
 DEFAULT_WAIT_TIMEOUT = 120.0
 DEFAULT_TUNNEL_LIFETIME = 180.0
 DEFAULT_MAX_MESSAGE_SIZE = 64 * 1024

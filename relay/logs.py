@@ -2,7 +2,7 @@
 
 The relay logs through the ``relay`` stdlib logger with the event name as the message and the
 fields in ``extra={"fields": ...}``; ``JsonFormatter`` renders one JSON object per line. Tunnel ids
-are bearer tokens (protocol notes section 14), so only ``tunnel_tag`` (their first 6 hex digits)
+are bearer tokens (docs/protocol.md section 14), so only ``tunnel_tag`` (their first 6 hex digits)
 is ever logged.
 """
 

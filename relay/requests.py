@@ -2,7 +2,7 @@
 
 Given the method, target and headers of one request, ``decide`` returns either a ``Refusal``
 (status code, metric reason, one-line message) or what to serve: a plain endpoint (``/healthz``,
-``/metrics``) or a WebSocket upgrade for one of the tunnel paths of protocol notes section 7.1.
+``/metrics``) or a WebSocket upgrade for one of the tunnel paths of docs/protocol.md section 7.1.
 No sockets, no clocks: everything here is a pure function of its arguments, so it is fuzzed
 directly. Pairing decisions that depend on live state (404 unknown tunnel, 409 duplicate, 503 full)
 are made by the server afterwards.

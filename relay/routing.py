@@ -1,4 +1,4 @@
-"""Routing ids: the 3-byte label a node hands out at ``/cable/new`` (protocol notes section 14).
+"""Routing ids: the 3-byte label a node hands out at ``/cable/new`` (docs/protocol.md section 14).
 
 A routing id is this node's fixed prefix (0 to 2 bytes, ``--node-prefix``) followed by random
 bytes from ``secrets``. A load balancer in front of several nodes routes

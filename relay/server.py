@@ -12,7 +12,7 @@ all of that in one deadline-scoped function, and after the 101 the tunnel runs o
 messages forwarded with one write, no per-message queue, log line or task hand-off. Any RFC 6455
 client (trio-websocket, websockets, browsers) can talk to it.
 
-Life of a tunnel (protocol notes sections 7 and 14):
+Life of a tunnel (docs/protocol.md sections 7 and 14):
 
 * ``/cable/new/<tid>`` registers the tunnel id at once (a concurrent duplicate gets 409), answers
   101 with ``X-caBLE-Routing-ID``, and the authenticator's connection task becomes the tunnel's

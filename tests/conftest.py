@@ -7,10 +7,26 @@ the loopback BLE port is found by binding UDP port 0 and releasing it, and is al
 
 from __future__ import annotations
 
+import os
 import socket
 from pathlib import Path
 
 import pytest
+
+IN_CI = os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+def skip_unless_ci_must_have(present: bool, what: str) -> None:
+    """Skip when ``what`` is missing on a developer machine; fail when it is missing in CI.
+
+    CI (``CI=true``, see ``.ci/run``) installs everything the tests need, so a missing piece there
+    is a broken setup, never a reason to skip silently.
+    """
+    if present:
+        return
+    if IN_CI:
+        pytest.fail(f"{what} is missing in CI (CI=true): the CI setup must provide it")
+    pytest.skip(f"{what} is missing (outside CI this test is skipped)")
 
 
 def free_udp_port() -> int:

@@ -2,8 +2,8 @@
 
 ``running_relay(**config)`` starts ``relay.server.serve`` in its own nursery and yields the running
 ``Relay``; ``open_tunnel(relay)`` opens a paired tunnel with trio-websocket clients exactly as the
-protocol notes prescribe; ``raw_http`` sends arbitrary bytes and parses the HTTP response, for the
-requests a WebSocket client library refuses to send.
+protocol reference (docs/protocol.md) prescribes; ``raw_http`` sends arbitrary bytes and parses
+the HTTP response, for the requests a WebSocket client library refuses to send.
 """
 
 from __future__ import annotations

@@ -16,11 +16,10 @@ from collections.abc import Iterator
 
 import pytest
 import trio
+from conftest import skip_unless_ci_must_have
 
 from hybrid.ble.bluez_advertiser import ADVERTISEMENT, BluezAdvertiser, uuid128
 from hybrid.ble.medium import NoAdapterError
-
-pytestmark = pytest.mark.skipif(shutil.which("dbus-daemon") is None, reason="needs dbus-daemon")
 
 ADAPTER = "/org/bluez/hci0"
 ADVERT = bytes(range(20))
@@ -28,6 +27,8 @@ ADVERT = bytes(range(20))
 
 @pytest.fixture
 def bus_address() -> Iterator[str]:
+    # .ci/apt.d/ble.txt installs dbus-daemon in CI.
+    skip_unless_ci_must_have(shutil.which("dbus-daemon") is not None, "dbus-daemon")
     daemon = subprocess.Popen(
         ["dbus-daemon", "--session", "--nofork", "--print-address=1"],
         stdout=subprocess.PIPE,

@@ -1,4 +1,4 @@
-"""The post-handshake Crypter (protocol notes section 9)."""
+"""The post-handshake Crypter (docs/protocol.md section 9)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tunnel-server domain names for 16-bit domain ids (protocol notes section 5)."""
+"""Tunnel-server domain names for 16-bit domain ids (docs/protocol.md section 5)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""BLE EID plaintext and advert encryption (protocol notes section 6)."""
+"""BLE EID plaintext and advert encryption (docs/protocol.md section 6)."""
 
 from __future__ import annotations
 

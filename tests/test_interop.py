@@ -1,9 +1,9 @@
 """Interoperability: our desktop, phone and relay against independent peers (tests/interop).
 
-The peers are written only from the protocol notes, so a misreading shared by our desktop and phone
-(which share one protocol core) fails here. Everything runs on 127.0.0.1: a real relay process,
-our CLI processes, the independent peers as trio tasks, and the loopback BLE medium on a free UDP
-port per test. Every wait is bounded and every child is killed at the end.
+The peers are written only from the protocol reference (docs/protocol.md), so a misreading shared by
+our desktop and phone (which share one protocol core) fails here. Everything runs on 127.0.0.1: a
+real relay process, our CLI processes, the independent peers as trio tasks, and the loopback BLE
+medium on a free UDP port per test. Every wait is bounded and every child is killed at the end.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Key derivation (protocol notes sections 2.1 and 4) and the P-256 helpers."""
+"""Key derivation (docs/protocol.md sections 2.1 and 4) and the P-256 helpers."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Post-handshake map and message framing (protocol notes section 10)."""
+"""Post-handshake map and message framing (docs/protocol.md section 10)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tunnel URL builders (protocol notes section 7.1)."""
+"""Tunnel URL builders (docs/protocol.md section 7.1)."""
 
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ worker thread and hands each detection back to trio through the trio token (a th
 Detections go through ``BleakAdvertScanner.on_detection``, bleak's ordinary detection callback,
 which keeps only service data under the two hybrid UUIDs (``FFF9`` and ``FDE2``; bleak reports
 service data keyed by the 128-bit UUID string). Scanning is unfiltered on purpose: BlueZ may not
-deliver service data reliably with a UUID filter (protocol notes 6.3).
+deliver service data reliably with a UUID filter (docs/protocol.md section 6.3).
 
 If bleak cannot start (no adapter, Bluetooth off, no BlueZ/D-Bus), entering ``scan()`` raises
 ``NoAdapterError``, which the desktop reports as "No compatible device found".

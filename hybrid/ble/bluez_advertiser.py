@@ -1,10 +1,10 @@
 """Advertising the phone's EID from Linux through BlueZ's D-Bus API (``LEAdvertisingManager1``).
 
-The phone role on a Linux machine advertises like the deployed Android authenticator (protocol
-notes 6.3): a non-connectable ("broadcast") advert carrying the 20-byte service data under the
-16-bit UUID ``FFF9``, which is also listed in the service-UUID list. BlueZ reads the advert from an
-``org.bluez.LEAdvertisement1`` object we export on the system bus, then we ask the adapter's
-``LEAdvertisingManager1`` to register it; leaving the context unregisters it.
+The phone role on a Linux machine advertises like the deployed Android authenticator
+(docs/protocol.md section 6.3): a non-connectable ("broadcast") advert carrying the 20-byte service
+data under the 16-bit UUID ``FFF9``, which is also listed in the service-UUID list. BlueZ reads the
+advert from an ``org.bluez.LEAdvertisement1`` object we export on the system bus, then we ask the
+adapter's ``LEAdvertisingManager1`` to register it; leaving the context unregisters it.
 
 dbus-fast (already a bleak dependency) is asyncio-only, so this runs through
 ``hybrid.ble.asyncio_bridge``. No BlueZ, no adapter or no permission becomes ``NoAdapterError``.

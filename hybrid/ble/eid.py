@@ -1,10 +1,10 @@
 """The BLE advert: EID plaintext layout, advert encryption and trial decryption.
 
-Protocol notes section 6. The phone packs a 16-byte EID plaintext (reserved byte, connection nonce,
-routing id, little-endian tunnel-domain id), encrypts it as one raw AES-256 block and appends the
-first 4 bytes of HMAC-SHA256 over the ciphertext. The desktop checks the tag first (constant time),
-only then decrypts, and treats every mismatch as "not ours" (``None``): scanning sees adverts from
-every phone nearby, so a foreign advert is normal traffic, not an error.
+docs/protocol.md section 6. The phone packs a 16-byte EID plaintext (reserved byte, connection
+nonce, routing id, little-endian tunnel-domain id), encrypts it as one raw AES-256 block and appends
+the first 4 bytes of HMAC-SHA256 over the ciphertext. The desktop checks the tag first (constant
+time), only then decrypts, and treats every mismatch as "not ours" (``None``): scanning sees adverts
+from every phone nearby, so a foreign advert is normal traffic, not an error.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The BLE seam: what the desktop needs from a scanner and the phone from an advertiser.
 
 The hybrid transport only uses BLE to carry one 20-byte service-data value from the phone to the
-desktop (protocol notes section 6). Everything above that is radio-independent, so both roles talk
+desktop (docs/protocol.md section 6). Everything above that is radio-independent, so both roles talk
 to two small interfaces and the backends (bleak on a real desktop, the loopback medium between two
 processes on one machine, an in-memory medium in unit tests) plug in underneath:
 

@@ -1,7 +1,7 @@
 """`hybrid ble`: inspect BLE adverts offline (trial-decrypt with a QR secret, or build one).
 
 ``hybrid ble decrypt --qr-secret HEX ADVERT_HEX [--json]`` does what a desktop does with each
-received service-data value (protocol notes section 6.2) and prints where the phone waits: domain,
+received service-data value (docs/protocol.md section 6.2) and prints where the phone waits: domain,
 routing id, tunnel id and the ``/cable/connect`` URL. An advert for another secret is not an error
 of the tool but a "no match", reported with exit code 1.
 """

@@ -1,6 +1,6 @@
 """`hybrid domain ID`: the relay host name a 16-bit tunnel-server domain id stands for.
 
-Ids 0 and 1 are the assigned relays, 256..65535 hashed names (protocol notes section 5); anything
+Ids 0 and 1 are the assigned relays, 256..65535 hashed names (docs/protocol.md section 5); anything
 else is refused with exit code 2.
 """
 

@@ -1,4 +1,4 @@
-"""`hybrid qr`: decode, encode, draw and read ``FIDO:/`` QR codes (protocol notes section 3).
+"""`hybrid qr`: decode, encode, draw and read ``FIDO:/`` QR codes (docs/protocol.md section 3).
 
 ``hybrid qr decode URL [--json]``
     Validates the URL the way a phone does and prints every key. ``--json`` prints exactly one

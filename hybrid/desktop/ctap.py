@@ -1,7 +1,7 @@
 """CTAP2 requests a desktop sends over hybrid, and the WebAuthn responses built from the replies.
 
-Pure functions, no I/O. Requests follow what deployed phones accept (protocol notes 11.1): CTAP2
-canonical CBOR (``fido2.cbor``), complete ``rp`` and ``user`` entities, ES256 only, options
+Pure functions, no I/O. Requests follow what deployed phones accept (docs/protocol.md section 11.1):
+CTAP2 canonical CBOR (``fido2.cbor``), complete ``rp`` and ``user`` entities, ES256 only, options
 ``{"rk": true, "uv": true}`` for makeCredential and ``{"uv": true}`` for getAssertion, and never a
 PIN/UV auth parameter (the phone verifies the user itself). Replies are parsed with python-fido2's
 ``AttestationResponse`` / ``AssertionResponse`` and returned as its ``RegistrationResponse`` /
@@ -76,7 +76,7 @@ def make_credential_request(
     user_name = user.name or ""
     params: dict[int, Any] = {
         1: bytes(client_data_hash),
-        # At least one deployed phone requires every name field (protocol notes 11.1).
+        # At least one deployed phone requires every name field (docs/protocol.md section 11.1).
         2: {"id": rp_id, "name": options.rp.name or rp_id},
         3: {
             "id": bytes(user.id),

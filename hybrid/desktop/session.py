@@ -1,7 +1,7 @@
 """The desktop (initiator) side of a QR-initiated hybrid transaction, on trio.
 
 ``DesktopSession`` owns one QR code: it makes the per-QR identity key and QR secret, gives the
-``FIDO:/`` URL to show, then runs the transaction (protocol notes 1.1 and 15):
+``FIDO:/`` URL to show, then runs the transaction (docs/protocol.md section 1.1 and 15):
 
 1. scan for adverts under ``FFF9``/``FDE2`` through a ``Scanner``, skipping identical repeats, and
    trial-decrypt each with the EID key; the first match wins;
@@ -79,7 +79,7 @@ Progress = Callable[[str, float], None]
 
 @dataclass(frozen=True)
 class Deadlines:
-    """Seconds allowed for each wait of the desktop (protocol notes 6.4; the article's 60 s)."""
+    """Seconds allowed for each wait of the desktop (docs/protocol.md 6.4; the article's 60 s)."""
 
     advert: float = 60.0  # QR shown -> the phone's advert is seen
     tunnel: float = 10.0  # TCP + WebSocket upgrade to the relay
@@ -255,7 +255,7 @@ class DesktopSession:
         revision0 = post.legacy_revision0
 
         def frame(kind: MessageType, payload: bytes = b"") -> bytes:
-            # Revision 0 phones use bare CTAP messages and no shutdown (protocol notes 10.4).
+            # Revision 0 phones: bare CTAP messages, no shutdown (docs/protocol.md section 10.4).
             return payload if revision0 else encode_message(kind, payload)
 
         await tunnel.send(crypter.encrypt(frame(MessageType.CTAP, ctap_request)))

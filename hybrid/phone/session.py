@@ -1,7 +1,7 @@
 """The phone (authenticator) side of a QR-initiated hybrid transaction, on trio.
 
 ``PhoneSession`` takes a scanned ``FIDO:/`` payload and serves exactly one CTAP2 request
-(protocol notes 1.1 and 15):
+(docs/protocol.md section 1.1 and 15):
 
 1. connect to ``/cable/new/<tunnel id>`` on its relay and read ``X-caBLE-Routing-ID``;
 2. build the EID (fresh nonce, routing id, tunnel-domain id), encrypt it and advertise it under
@@ -78,7 +78,7 @@ class PhoneDeadlines:
     tunnel: float = 10.0  # TCP + WebSocket upgrade to the relay
     desktop: float = 60.0  # advertising -> the desktop's Noise message arrives
     request: float = 10.0  # post-handshake sent -> the CTAP request arrives
-    user: float = 60.0  # the person approving (the platform's 60 s, protocol notes 6.4)
+    user: float = 60.0  # the person approving (the platform's 60 s, docs/protocol.md section 6.4)
     linger: float = 1.0  # after the reply: wait for the desktop's shutdown before closing
 
 
@@ -116,7 +116,7 @@ class PhoneSession:
         deadlines: PhoneDeadlines | None = None,
         progress: Progress | None = None,
     ) -> None:
-        # Strict validation first: a bad QR must not open any tunnel (protocol notes 3.5).
+        # Strict validation first: a bad QR must not open any tunnel (docs/protocol.md section 3.5).
         self.qr = QrPayload.from_url(qr) if isinstance(qr, str) else qr
         self.authenticator = authenticator
         self.advertiser = advertiser

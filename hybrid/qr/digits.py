@@ -1,4 +1,4 @@
-"""The ``FIDO:/`` digit encoding of the QR payload (protocol notes section 3.3).
+"""The ``FIDO:/`` digit encoding of the QR payload (docs/protocol.md section 3.3).
 
 CBOR bytes are cut into 7-byte chunks; each chunk, read as a little-endian integer, is written in
 decimal zero-padded to a width that depends only on the chunk length. The widths are the digit

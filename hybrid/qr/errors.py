@@ -1,6 +1,6 @@
 """Typed errors for everything that can be wrong with a ``FIDO:/`` QR code.
 
-Each malformed-input class of the protocol notes (section 3.5) has its own ``QrError`` subclass so
+Each malformed-input class of the docs/protocol.md (section 3.5) has its own ``QrError`` subclass so
 callers and tests can tell them apart; every message is one line that says what is wrong.
 """
 

@@ -1,4 +1,4 @@
-"""The hybrid QR payload: a CBOR map carried as ``FIDO:/<digits>`` (protocol notes section 3).
+"""The hybrid QR payload: a CBOR map carried as ``FIDO:/<digits>`` (docs/protocol.md section 3).
 
 ``QrPayload`` is a frozen value with one field per key the protocol knows:
 

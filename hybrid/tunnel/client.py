@@ -1,4 +1,4 @@
-"""The WebSocket tunnel client both roles use to reach a relay (protocol notes section 7).
+"""The WebSocket tunnel client both roles use to reach a relay (docs/protocol.md section 7).
 
 ``open_tunnel(url)`` is an async context manager around trio-websocket: it offers the ``fido.cable``
 subprotocol and insists the relay echoes it, exposes the ``X-caBLE-Routing-ID`` response header for

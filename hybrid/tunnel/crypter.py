@@ -1,6 +1,6 @@
 """The post-handshake "Crypter": AES-256-GCM with padding and implicit per-direction counters.
 
-Protocol notes section 9. Each plaintext is padded to a multiple of 32 bytes, the last byte saying
+docs/protocol.md section 9. Each plaintext is padded to a multiple of 32 bytes, the last byte saying
 how many zero bytes precede it, then sealed with a nonce built from the direction's sequence number.
 There is no replay window and no reordering: the counter is implicit, so a lost, repeated or
 reordered message fails authentication, and after any failure the Crypter refuses to continue

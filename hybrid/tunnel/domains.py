@@ -1,6 +1,6 @@
 """Tunnel-server (relay) host names for the 16-bit domain id carried in adverts.
 
-Protocol notes section 5. Ids 0 and 1 are the two assigned relays, 2..255 are reserved (invalid
+docs/protocol.md section 5. Ids 0 and 1 are the two assigned relays, 2..255 are reserved (invalid
 today), and every id from 256 up names a host derived by hashing the id, which is how a new vendor
 gets a relay without a registry.
 """
@@ -73,7 +73,7 @@ def domain_id_for_desktop(own_id: int, fallback_id: int, desktop_known_count: in
 
     A desktop knows assigned ids ``0 .. key2 - 1`` (key 2 absent means none) and every hashed id.
     A phone whose own id is an assigned one the desktop does not know falls back to a hashed id it
-    also operates (protocol notes section 5, "phone rule").
+    also operates (docs/protocol.md section 5, "phone rule").
     """
     if own_id >= FIRST_HASHED_ID or own_id < desktop_known_count:
         return own_id

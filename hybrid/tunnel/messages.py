@@ -1,6 +1,6 @@
 """Tunnel plaintexts after the handshake: the post-handshake map and per-message framing.
 
-Protocol notes section 10. The phone's first Crypter message is a bare CBOR map (key 1 getInfo
+docs/protocol.md section 10. The phone's first Crypter message is a bare CBOR map (key 1 getInfo
 bytes, key 2 legacy linking map, key 3 feature strings). Every later message (protocol revision 1)
 is one type byte followed by its payload: shutdown, CTAP, update or JSON. Revision 0 phones pad the
 post-handshake map with zeros and a trailing 16-bit (or, older still, 8-bit) count and send later

@@ -1,6 +1,6 @@
 """The Noise handshake of the hybrid tunnel: ``KNpsk0`` (QR flow) and ``NKpsk0`` (linked flow).
 
-Protocol notes section 8. The handshake is standard Noise (revision 34) with a P-256 DH function:
+docs/protocol.md section 8. The handshake is standard Noise (revision 34) with a P-256 DH function:
 65-byte uncompressed points on the wire and in ``mix_hash``, DH output = the 32-byte X coordinate,
 AES-256-GCM and SHA-256, a one-byte prologue (``0x01`` QR, ``0x00`` linked), empty payloads and
 81-byte messages. This module is sans-IO: objects take and return bytes, and ephemeral keys can be

@@ -1,7 +1,7 @@
 """WebSocket tunnel addressing: paths, header names, subprotocol and URL builders.
 
 The relay and both clients import these names, so the wire vocabulary of the tunnel service is
-defined once (protocol notes section 7). Deployed browsers write tunnel and routing ids in
+defined once (docs/protocol.md section 7). Deployed browsers write tunnel and routing ids in
 upper-case hex; relays accept either case. ``base_url`` replaces ``wss://<tunnel-server domain>``
 for a local relay such as ``ws://127.0.0.1:8080``.
 """

@@ -1,4 +1,4 @@
-"""Independent hybrid desktop (initiator), built only from the protocol notes.
+"""Independent hybrid desktop (initiator), built only from docs/protocol.md.
 
 Shows a Chrome-shaped QR (§3.2), scans the loopback BLE medium (UDP, README), connects
 ``/cable/connect/<RID>/<TID>`` (§7), runs KNpsk0 (§8), reads the post-handshake map (§10.1), sends

@@ -1,4 +1,4 @@
-"""Independent hybrid phone (authenticator), built only from the protocol notes.
+"""Independent hybrid phone (authenticator), built only from docs/protocol.md.
 
 Validates a FIDO:/ URL (§3.5), opens ``/cable/new/<TID>`` (§7), reads the routing id, advertises
 ``FF F9`` + advert on the loopback BLE medium every 100 ms until the first WebSocket message
