@@ -310,7 +310,8 @@ class DesktopSession:
         self, tunnel: Tunnel, conn: DesktopConnection, ctap_request: bytes, clock: _Clock
     ) -> bytes:
         await tunnel.send(conn.send_handshake())
-        with trio.move_on_after(self.deadlines.handshake) as scope:
+        post: PostHandshakeReceived | None = None
+        with trio.move_on_after(self.deadlines.handshake):
             event = await self._receive(tunnel, conn)
             if isinstance(event, HandshakeComplete):
                 clock.step("handshake done")
@@ -320,15 +321,16 @@ class DesktopSession:
                     Failure.PROTOCOL_ERROR, "phone closed the tunnel during the handshake"
                 )
             assert isinstance(event, PostHandshakeReceived)
-        if scope.cancelled_caught:
+            post = event
+        if post is None:
             raise self._error(
                 Failure.TIMEOUT, f"no handshake answer within {self.deadlines.handshake:g} s"
             )
-        self.transcript.post_handshake = event.post_handshake
+        self.transcript.post_handshake = post.post_handshake
         clock.step("getInfo received")
         self._emit(events.SecureChannelEstablished(conn.features, conn.revision))
-        if event.linking is not None:
-            self.transcript.linking.append(event.linking)
+        if post.linking is not None:
+            self.transcript.linking.append(post.linking)
         if "ctap" not in conn.features:
             raise self._error(Failure.NOT_SUPPORTED, "the phone does not offer CTAP")
 
