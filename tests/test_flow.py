@@ -172,8 +172,10 @@ async def test_phone_that_never_answers_hits_the_desktop_deadline(
     assert failure_of(desktop) is Failure.TIMEOUT
     assert desktop.title == "Passkey Request Timed Out"
     assert trio.current_time() - start < 5
-    # The desktop hung up, so the phone abandons the prompt instead of waiting for its own deadline.
-    assert failure_of(phone) in (Failure.USER_DECLINED, Failure.TIMEOUT)
+    # The desktop sent shutdown as it gave up, so the phone abandons the prompt at once.
+    assert failure_of(phone) is Failure.SESSION_EXPIRED
+    assert phone.title == "Session Expired"
+    assert "it sent shutdown while you were deciding" in phone.detail
     await wait_for_relay_to_drain(relay)
 
 

@@ -273,14 +273,20 @@ async def test_our_desktop_reports_phone_outcomes(
         with trio.fail_after(STEP_TIMEOUT):
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(drain, proc.stdout)
+                outcome = None
                 try:
-                    await run_phone(url, relay_url, port, tmp_path / "p.json", **phone_kwargs)
+                    outcome = await run_phone(
+                        url, relay_url, port, tmp_path / "p.json", **phone_kwargs
+                    )
                 except ConnectionClosed:
                     pass  # the desktop gave up on this phone first, as it should
                 rc = await proc.wait()
     finally:
         await stop(proc)
     assert rc == exit_code, log.read_text()
+    if "features" in phone_kwargs:
+        # Giving up after the handshake, the desktop says so with shutdown (§11.1 cancellation).
+        assert outcome is not None and outcome.messages_after == [b"\x00"]
 
 
 # --- 2. independent desktop + our phone --------------------------------------------------------

@@ -9,8 +9,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hybrid.errors import ProtocolError
+from hybrid.tunnel.crypter import Crypter
 from hybrid.tunnel.messages import (
-    UPDATE_PLAINTEXT_LEN,
+    UPDATE_CIPHERTEXT_LEN,
+    UPDATE_MESSAGE_LEN,
     FramingError,
     MessageType,
     PostHandshake,
@@ -103,6 +105,8 @@ def test_revision0_padding_is_detected_and_stripped(count_bytes: int, total: int
         cbor.encode({1: GET_INFO, 2: b"not a map"}),
         cbor.encode({True: GET_INFO}),  # a CBOR true key is not key 1
         cbor.encode({1: GET_INFO}) + b"\x01\x02\x03",  # trailing bytes that are not padding
+        b"\xa1\x01\x58\x20abc",  # truncated getInfo string (fido2's decoder accepts it)
+        b"\xa2\x03\x81\x64ctap\x01" + cbor.encode(GET_INFO),  # keys out of canonical order
     ],
 )
 def test_malformed_post_handshake_messages_are_rejected(plaintext: bytes) -> None:
@@ -137,11 +141,13 @@ def test_empty_message_is_rejected() -> None:
     assert issubclass(FramingError, ProtocolError)
 
 
-def test_update_message_is_padded_to_512_bytes() -> None:
+def test_update_message_encrypts_to_528_bytes_as_chromium_checks() -> None:
     linking = {1: b"contact-id", 2: b"\x01" * 8, 3: b"\x02" * 32, 4: b"\x04" * 65, 5: "Phone"}
     for value in (linking, None):
         message = encode_update(value)
-        assert len(message) == UPDATE_PLAINTEXT_LEN
+        assert len(message) == UPDATE_MESSAGE_LEN
+        crypter = Crypter(bytes(32), bytes(range(32)))
+        assert len(crypter.encrypt(message)) == UPDATE_CIPHERTEXT_LEN == 528
         kind, payload = parse_message(message)
         assert kind is MessageType.UPDATE
         assert parse_update(payload) == value

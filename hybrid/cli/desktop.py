@@ -14,12 +14,16 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
 from hybrid.catalogue import Operation
+
+if TYPE_CHECKING:
+    from hybrid.events import Event
 
 DEFAULT_TIMEOUT = 60.0
 DATA_DIR_ENV = "HYBRID_DATA_DIR"
@@ -37,6 +41,36 @@ def progress_printer(role: str):
 
     def report(step: str, seconds: float) -> None:
         print(f"{role}: {step} ({seconds:.3f} s)", file=sys.stderr, flush=True)
+
+    return report
+
+
+def instruction_printer(role: str) -> Callable[[Event], None]:
+    """An ``on_event`` callback printing the instructions a person acts on, to stderr.
+
+    The step-by-step timings stay with ``progress_printer``; this prints only what the user
+    should do or know ("Scan this QR code with your phone's camera", "Approve on your phone",
+    "The computer stopped waiting"). Failures are printed once, by the command itself.
+    """
+    from hybrid import events
+
+    shown = (
+        events.QrShown,
+        events.AdvertForAnotherQrSeen,
+        events.WaitingForUser,
+        events.DesktopStoppedWaiting,
+    )
+
+    def report(event: Event) -> None:
+        if not isinstance(event, shown):
+            return
+        text = event.message
+        if isinstance(event, events.QrShown):
+            text = f"{text} (waiting up to {event.timeout:g} s)"
+        if isinstance(event, events.DesktopStoppedWaiting):
+            # The terminal prompt may still be on its line: end it, then say why it went away.
+            text = f"\n{text}: request dismissed"
+        print(f"{role}: {text}", file=sys.stderr, flush=True)
 
     return report
 
@@ -127,6 +161,7 @@ def run(args: argparse.Namespace) -> int:
         relay_url=args.relay,
         deadlines=deadlines,
         progress=progress_printer("desktop"),
+        on_event=instruction_printer("desktop"),
     )
 
     def show(url: str) -> None:

@@ -15,7 +15,13 @@ from pathlib import Path
 
 import trio
 
-from hybrid.cli.desktop import DEFAULT_TIMEOUT, add_ble_port, default_data_dir, progress_printer
+from hybrid.cli.desktop import (
+    DEFAULT_TIMEOUT,
+    add_ble_port,
+    default_data_dir,
+    instruction_printer,
+    progress_printer,
+)
 from hybrid.tunnel.domains import DEFAULT_FALLBACK_DOMAIN_ID
 
 
@@ -114,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
             fallback_domain_id=args.fallback_domain_id,
             deadlines=PhoneDeadlines(desktop=args.timeout, user=args.timeout),
             progress=progress_printer("phone"),
+            on_event=instruction_printer("phone"),
         )
         result = trio.run(session.run)
     finally:

@@ -23,7 +23,8 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -39,7 +40,7 @@ from fido2.webauthn import (
     RegistrationResponse,
 )
 
-from hybrid import keys
+from hybrid import events, keys
 from hybrid.ble.eid import Eid, decrypt_advert
 from hybrid.ble.medium import NoAdapterError, Scanner, ServiceData
 from hybrid.catalogue import Failure, Operation, PasskeyError, error_for_ctap_status
@@ -50,28 +51,34 @@ from hybrid.desktop.ctap import (
     parse_assertion,
     parse_attestation,
     rp_id_for,
-    split_status,
 )
 from hybrid.errors import HybridError, ProtocolError
+from hybrid.events import EventHandler
 from hybrid.qr.payload import GET_ASSERTION, MAKE_CREDENTIAL, QrPayload
 from hybrid.session_errors import catalogue_errors
 from hybrid.tunnel.client import Tunnel, TunnelClosedError, open_tunnel
-from hybrid.tunnel.crypter import Crypter
-from hybrid.tunnel.messages import (
-    MessageType,
-    PostHandshake,
-    encode_message,
-    parse_message,
-    parse_post_handshake,
+from hybrid.tunnel.client import _redact as redact_url
+from hybrid.tunnel.connection import (
+    NEED_DATA,
+    ConnectionEvent,
+    CtapResponse,
+    DesktopConnection,
+    HandshakeComplete,
+    PostHandshakeReceived,
+    TunnelClosed,
+    UpdateReceived,
 )
-from hybrid.tunnel.noise import Initiator
+from hybrid.tunnel.linking import LinkingInfo
+from hybrid.tunnel.messages import PostHandshake
 from hybrid.tunnel.urls import connect_url
-from hybrid.wire import HANDSHAKE_MESSAGE_LEN, QR_SECRET_LEN
+from hybrid.wire import QR_SECRET_LEN
 
 logger = logging.getLogger(__name__)
 
 # The QR's request-type hint (key 5) for each ceremony.
 _QR_REQUEST_TYPE = {Operation.REGISTER: MAKE_CREDENTIAL, Operation.SIGN_IN: GET_ASSERTION}
+# How long a desktop that gives up may spend telling the phone (one WebSocket send).
+GIVE_UP_TIMEOUT = 1.0
 CLIENT_DATA_TYPES = {Operation.REGISTER: "webauthn.create", Operation.SIGN_IN: "webauthn.get"}
 
 Progress = Callable[[str, float], None]
@@ -99,6 +106,8 @@ class Transcript:
     tunnel_url: str | None = None
     post_handshake: PostHandshake | None = None
     updates: int = 0
+    other_adverts: int = 0  # distinct adverts seen that were for another QR code
+    linking: list[LinkingInfo] = field(default_factory=list)
 
 
 class _Clock:
@@ -116,7 +125,19 @@ class _Clock:
 
 
 class DesktopSession:
-    """One QR code and the single CTAP transaction it leads to."""
+    """One QR code and the single CTAP transaction it leads to.
+
+    ``operation`` is the ceremony the QR code announces (register or sign in); ``scanner`` the BLE
+    medium to find the phone's advert on (``hybrid.ble``). ``relay_url`` (``ws://host:port``)
+    replaces the relay the advert names for every tunnel path. ``deadlines`` bounds each wait.
+    ``on_event`` receives the typed progress events of ``hybrid.events`` (QR shown, phone found,
+    ..., failed); ``progress`` is the older ``(step name, seconds)`` callback, still called.
+    ``identity_key``, ``qr_secret`` and ``now`` exist for reproducible tests: by default a fresh
+    key and secret and the wall clock's time for the QR timestamp.
+
+    The ``FIDO:/`` URL to show is ``url`` as soon as the object exists; ``make_credential`` /
+    ``get_assertion`` (or ``transact`` with raw CTAP bytes) then run the one transaction.
+    """
 
     def __init__(
         self,
@@ -126,6 +147,7 @@ class DesktopSession:
         relay_url: str | None = None,
         deadlines: Deadlines | None = None,
         progress: Progress | None = None,
+        on_event: EventHandler | None = None,
         identity_key: ec.EllipticCurvePrivateKey | None = None,
         qr_secret: bytes | None = None,
         now: Callable[[], float] = time.time,
@@ -135,6 +157,7 @@ class DesktopSession:
         self.relay_url = relay_url
         self.deadlines = deadlines or Deadlines()
         self.progress = progress
+        self.on_event = on_event
         self._identity = identity_key or keys.generate_private_key()
         self._qr_secret = os.urandom(QR_SECRET_LEN) if qr_secret is None else bytes(qr_secret)
         self.qr = QrPayload.create(
@@ -146,6 +169,7 @@ class DesktopSession:
         self.url = self.qr.to_url()
         self.transcript = Transcript()
         self._used = False
+        self._reported: PasskeyError | None = None
 
     # ---- high level: one WebAuthn ceremony ----------------------------------------------------
 
@@ -153,40 +177,66 @@ class DesktopSession:
         self, options: PublicKeyCredentialCreationOptions, client_data: CollectedClientData
     ) -> RegistrationResponse:
         """Register: send authenticatorMakeCredential and return the WebAuthn response."""
-        rp_id = rp_id_for(options, client_data.origin)
-        request = make_credential_request(client_data.hash, options, self._error, rp_id=rp_id)
-        body = await self.transact(request)
-        return parse_attestation(body, client_data, self._error)
+        with self._reporting_failure():
+            rp_id = rp_id_for(options, client_data.origin)
+            request = make_credential_request(client_data.hash, options, self._error, rp_id=rp_id)
+            body = await self.transact(request)
+            return parse_attestation(body, client_data, self._error)
 
     async def get_assertion(
         self, options: PublicKeyCredentialRequestOptions, client_data: CollectedClientData
     ) -> AuthenticationResponse:
         """Sign in: send authenticatorGetAssertion and return the WebAuthn response."""
-        rp_id = rp_id_for(options, client_data.origin)
-        request = get_assertion_request(client_data.hash, options, self._error, rp_id=rp_id)
-        body = await self.transact(request)
-        assertion = parse_assertion(body, self._error, options)
-        return authentication_response(assertion, client_data, self._error)
+        with self._reporting_failure():
+            rp_id = rp_id_for(options, client_data.origin)
+            request = get_assertion_request(client_data.hash, options, self._error, rp_id=rp_id)
+            body = await self.transact(request)
+            assertion = parse_assertion(body, self._error, options)
+            return authentication_response(assertion, client_data, self._error)
 
     # ---- the transaction ----------------------------------------------------------------------
 
     def _error(self, failure: Failure, detail: str = "") -> PasskeyError:
         return PasskeyError(failure, self.operation, detail)
 
+    def _emit(self, event: events.Event) -> None:
+        if isinstance(event, events.Failed):
+            if event.error is self._reported:
+                return  # already reported by an inner layer
+            self._reported = event.error
+        if self.on_event is not None:
+            self.on_event(event)
+
+    @contextmanager
+    def _reporting_failure(self) -> Iterator[None]:
+        try:
+            yield
+        except PasskeyError as exc:
+            self._emit(events.Failed(exc))
+            raise
+
     async def transact(self, ctap_request: bytes) -> bytes:
         """Run the whole hybrid transaction for one CTAP request; the CBOR of a CTAP2_OK reply.
 
-        Raises ``PasskeyError`` for every failure (including a non-zero CTAP status).
+        Raises ``PasskeyError`` for every failure (including a non-zero CTAP status), after
+        reporting it as an ``events.Failed`` event.
         """
         if self._used:
             raise HybridError("a DesktopSession (one QR code) serves exactly one request")
         self._used = True
+        with self._reporting_failure():
+            return await self._transact(ctap_request)
+
+    async def _transact(self, ctap_request: bytes) -> bytes:
         clock = _Clock(self.progress, self.transcript)
         eid_key = keys.eid_key(self._qr_secret)
         tunnel_id = keys.tunnel_id(self._qr_secret)
 
+        self._emit(events.QrShown(self.url, self.operation, self.deadlines.advert))
         plaintext, eid = await self._find_advert(eid_key)
         clock.step("advert found")
+        assert self.transcript.uuid16 is not None
+        self._emit(events.PhoneFound(self.transcript.uuid16, eid.tunnel_server_id))
         url = connect_url(
             eid.routing_id, tunnel_id, domain_id=eid.tunnel_server_id, base_url=self.relay_url
         )
@@ -194,6 +244,7 @@ class DesktopSession:
         with catalogue_errors(self.operation, closed_early="the tunnel closed early"):
             async with open_tunnel(url, connect_timeout=self.deadlines.tunnel) as tunnel:
                 clock.step("tunnel connected")
+                self._emit(events.TunnelConnected(redact_url(url)))
                 return await self._over_tunnel(tunnel, plaintext, ctap_request, clock)
 
     async def _find_advert(self, eid_key: bytes) -> tuple[bytes, Eid]:
@@ -208,6 +259,9 @@ class DesktopSession:
                         seen.add(observed)
                         plaintext = decrypt_advert(eid_key, observed.data)
                         if plaintext is None:
+                            if self.transcript.other_adverts == 0:
+                                self._emit(events.AdvertForAnotherQrSeen(observed.uuid16))
+                            self.transcript.other_adverts += 1
                             continue
                         self.transcript.uuid16 = observed.uuid16
                         eid = Eid.parse(plaintext)
@@ -225,86 +279,123 @@ class DesktopSession:
     async def _over_tunnel(
         self, tunnel: Tunnel, eid_plaintext: bytes, ctap_request: bytes, clock: _Clock
     ) -> bytes:
-        psk = keys.psk(self._qr_secret, eid_plaintext)
-        initiator = Initiator.qr(self._identity, psk)
-        await tunnel.send(initiator.write_message())
-        with trio.move_on_after(self.deadlines.handshake) as scope:
+        """Move bytes between the tunnel and a ``DesktopConnection``; deadlines live here.
+
+        Whatever ends this early after the handshake (a deadline, the caller's cancellation,
+        Ctrl-C, an error) first tells the phone with a shutdown message, so it can dismiss its
+        prompt at once instead of waiting for its own timeout.
+        """
+        conn = DesktopConnection(
+            self._identity, keys.psk(self._qr_secret, eid_plaintext), keys.generate_private_key()
+        )
+        try:
+            return await self._converse(tunnel, conn, ctap_request, clock)
+        except BaseException:
+            if conn.may_send_shutdown:
+                await _give_up(tunnel, conn)
+            raise
+
+    async def _receive(self, tunnel: Tunnel, conn: DesktopConnection) -> ConnectionEvent:
+        """The next event: from what is queued, else from the next tunnel message."""
+        while True:
+            event = conn.next_event()
+            if event is not NEED_DATA:
+                assert isinstance(event, ConnectionEvent)
+                return event
             try:
                 message = await tunnel.receive()
-                if len(message) != HANDSHAKE_MESSAGE_LEN:
-                    raise self._error(
-                        Failure.PROTOCOL_ERROR,
-                        f"Noise message 2 is {len(message)} bytes, "
-                        f"expected {HANDSHAKE_MESSAGE_LEN}",
-                    )
-                crypter = Crypter.from_handshake(initiator.read_message(message))
+            except TunnelClosedError:
+                conn.receive_close()
+                continue
+            conn.receive_data(message)
+
+    async def _converse(
+        self, tunnel: Tunnel, conn: DesktopConnection, ctap_request: bytes, clock: _Clock
+    ) -> bytes:
+        await tunnel.send(conn.send_handshake())
+        post: PostHandshakeReceived | None = None
+        with trio.move_on_after(self.deadlines.handshake):
+            event = await self._receive(tunnel, conn)
+            if isinstance(event, HandshakeComplete):
                 clock.step("handshake done")
-                post = parse_post_handshake(crypter.decrypt_first(await tunnel.receive()))
-            except TunnelClosedError as exc:
+                event = await self._receive(tunnel, conn)
+            if isinstance(event, TunnelClosed):
                 raise self._error(
-                    Failure.PROTOCOL_ERROR, f"phone closed the tunnel during the handshake: {exc}"
-                ) from None
-        if scope.cancelled_caught:
+                    Failure.PROTOCOL_ERROR, "phone closed the tunnel during the handshake"
+                )
+            assert isinstance(event, PostHandshakeReceived)
+            post = event
+        if post is None:
             raise self._error(
                 Failure.TIMEOUT, f"no handshake answer within {self.deadlines.handshake:g} s"
             )
-        self.transcript.post_handshake = post
+        self.transcript.post_handshake = post.post_handshake
         clock.step("getInfo received")
-        if "ctap" not in post.features:
+        self._emit(events.SecureChannelEstablished(conn.features, conn.revision))
+        if post.linking is not None:
+            self.transcript.linking.append(post.linking)
+        if "ctap" not in conn.features:
             raise self._error(Failure.NOT_SUPPORTED, "the phone does not offer CTAP")
-        revision0 = post.legacy_revision0
 
-        def frame(kind: MessageType, payload: bytes = b"") -> bytes:
-            # Revision 0 phones: bare CTAP messages, no shutdown (docs/protocol.md section 10.4).
-            return payload if revision0 else encode_message(kind, payload)
-
-        await tunnel.send(crypter.encrypt(frame(MessageType.CTAP, ctap_request)))
+        await tunnel.send(conn.send_request(ctap_request))
         clock.step("request sent")
-        response: bytes | None = None
+        self._emit(events.WaitingForUser(self.operation, self.deadlines.user))
+        response: CtapResponse | None = None
         with trio.move_on_after(self.deadlines.user) as scope:
-            try:
-                while response is None:
-                    plaintext = crypter.decrypt(await tunnel.receive())
-                    if revision0:
-                        response = plaintext
-                        break
-                    kind, payload = parse_message(plaintext)
-                    if kind == MessageType.CTAP:
-                        response = payload
-                    elif kind == MessageType.UPDATE:
-                        self.transcript.updates += 1
-                    else:
-                        raise self._error(
-                            Failure.PROTOCOL_ERROR, f"phone sent a {kind.name} message"
-                        )
-            except TunnelClosedError:
-                # Phones hang up without a CTAP answer when the user dismisses the sheet (11.2).
-                raise self._error(
-                    Failure.USER_DECLINED, "the phone closed the tunnel without answering"
-                ) from None
+            while response is None:
+                event = await self._receive(tunnel, conn)
+                if isinstance(event, UpdateReceived):
+                    self._update(event)
+                elif isinstance(event, TunnelClosed):
+                    # Phones hang up without a CTAP answer when the user dismisses the sheet (11.2).
+                    raise self._error(
+                        Failure.USER_DECLINED, "the phone closed the tunnel without answering"
+                    )
+                else:
+                    assert isinstance(event, CtapResponse)
+                    response = event
         if response is None:
             assert scope.cancelled_caught
             raise self._error(Failure.TIMEOUT, f"no answer within {self.deadlines.user:g} s")
         clock.step("response received")
-        if not revision0:
-            await self._shutdown(tunnel, crypter, frame(MessageType.SHUTDOWN))
-        status, body = split_status(response, self._error)
-        if status != 0:
-            raise error_for_ctap_status(status, self.operation)
-        return body
+        self._emit(events.ResponseReceived(response.status))
+        await self._shutdown(tunnel, conn)
+        if response.status != 0:
+            raise error_for_ctap_status(response.status, self.operation)
+        return response.body
 
-    async def _shutdown(self, tunnel: Tunnel, crypter: Crypter, shutdown: bytes) -> None:
+    def _update(self, event: UpdateReceived) -> None:
+        self.transcript.updates += 1
+        if event.linking is not None:
+            self.transcript.linking.append(event.linking)
+
+    async def _shutdown(self, tunnel: Tunnel, conn: DesktopConnection) -> None:
         """Say "no more requests", then accept late update messages until the phone closes."""
         try:
-            await tunnel.send(crypter.encrypt(shutdown))
+            shutdown = conn.send_shutdown()
+            if shutdown:  # revision 0 has no shutdown message (protocol notes 10.4)
+                await tunnel.send(shutdown)
             with trio.move_on_after(self.deadlines.linger):
                 while True:
-                    kind, _ = parse_message(crypter.decrypt(await tunnel.receive()))
-                    if kind == MessageType.UPDATE:
-                        self.transcript.updates += 1
+                    event = await self._receive(tunnel, conn)
+                    if isinstance(event, TunnelClosed):
+                        return
+                    if isinstance(event, UpdateReceived):
+                        self._update(event)
         except (TunnelClosedError, ProtocolError) as exc:
             # The transaction is complete; a messy ending after it changes nothing.
             logger.debug("tunnel ended after the response: %s", exc)
+
+
+async def _give_up(tunnel: Tunnel, conn: DesktopConnection) -> None:
+    """Send shutdown on the way out of a transaction that is being abandoned (even if cancelled)."""
+    with trio.CancelScope(shield=True), trio.move_on_after(GIVE_UP_TIMEOUT):
+        try:
+            shutdown = conn.send_shutdown()
+            if shutdown:
+                await tunnel.send(shutdown)
+        except (HybridError, OSError) as exc:
+            logger.debug("could not tell the phone the desktop gave up: %s", exc)
 
 
 # ---- whole ceremonies against a relying party -------------------------------------------------
@@ -363,7 +454,7 @@ async def register(
         on_url(session.url)
     response = await session.make_credential(options, client_data)
     started = time.perf_counter()
-    rp.complete_registration(state, response)
+    _verify(session, lambda: rp.complete_registration(state, response), rp)
     _step(session, "relying party verified the registration", time.perf_counter() - started)
     return CeremonyResult(Operation.REGISTER, options.challenge, response, session.transcript)
 
@@ -384,9 +475,16 @@ async def sign_in(
         on_url(session.url)
     response = await session.get_assertion(options, client_data)
     started = time.perf_counter()
-    rp.complete_authentication(state, response)
+    _verify(session, lambda: rp.complete_authentication(state, response), rp)
     _step(session, "relying party verified the assertion", time.perf_counter() - started)
     return CeremonyResult(Operation.SIGN_IN, options.challenge, response, session.transcript)
+
+
+def _verify(session: DesktopSession, verify: Callable[[], object], rp: Any) -> None:
+    """Run the relying party's check, reporting ``VerifiedByRelyingParty`` or ``Failed``."""
+    with session._reporting_failure():
+        verify()
+    session._emit(events.VerifiedByRelyingParty(session.operation, str(rp.rp_id)))
 
 
 def _step(session: DesktopSession, name: str, elapsed: float) -> None:

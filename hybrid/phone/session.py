@@ -12,8 +12,13 @@
 
 With a relay override (``relay_url``) every tunnel path goes to that base URL and the domain id in
 the advert is only informational (0 by default); without it the phone uses the relay of the domain
-it operates (``domain_id``). Every wait has a deadline; a desktop that hangs up while the user is
-still deciding cancels the prompt.
+it operates (``domain_id``). Every wait has a deadline.
+
+The transaction rules (which message may come when) are ``hybrid.tunnel.connection``'s
+``PhoneConnection``; this module only moves bytes, deadlines and the prompt around it. A desktop
+that stops waiting (it sends shutdown, or the tunnel closes) before the reply is sent dismisses the
+prompt at once (the authenticator, and so its ``Approver``, is cancelled), nothing more is
+answered, and the run ends with the catalogue's "Session Expired".
 """
 
 from __future__ import annotations
@@ -27,11 +32,12 @@ import trio
 from fido2.ctap import CtapError
 from fido2.ctap2 import Ctap2
 
-from hybrid import keys
+from hybrid import events, keys
 from hybrid.ble.eid import Eid, encrypt_advert
 from hybrid.ble.medium import Advertiser
 from hybrid.catalogue import Failure, Operation, PasskeyError
 from hybrid.errors import HybridError
+from hybrid.events import EventHandler
 from hybrid.qr.payload import MAKE_CREDENTIAL, QrPayload
 from hybrid.session_errors import catalogue_errors
 from hybrid.trio_util import single_exceptions
@@ -40,15 +46,15 @@ from hybrid.tunnel.client import (
     TunnelClosedError,
     open_tunnel,
 )
-from hybrid.tunnel.crypter import Crypter
-from hybrid.tunnel.domains import DEFAULT_FALLBACK_DOMAIN_ID, domain_id_for_desktop
-from hybrid.tunnel.messages import (
-    MessageType,
-    encode_message,
-    encode_post_handshake,
-    parse_message,
+from hybrid.tunnel.connection import (
+    NEED_DATA,
+    ConnectionEvent,
+    CtapRequest,
+    PhoneConnection,
+    ShutdownReceived,
+    TunnelClosed,
 )
-from hybrid.tunnel.noise import Responder
+from hybrid.tunnel.domains import DEFAULT_FALLBACK_DOMAIN_ID, domain_id_for_desktop
 from hybrid.tunnel.urls import new_url
 from hybrid.wire import FIDO_SERVICE_UUID16
 
@@ -102,7 +108,17 @@ def _operation_for(command: int | str | None) -> Operation:
 
 
 class PhoneSession:
-    """One scanned QR code and the one request it is used for."""
+    """One scanned QR code and the one request it is used for.
+
+    ``qr`` is the desktop's ``FIDO:/`` URL or its parsed ``QrPayload`` (validated strictly before
+    anything touches the network); ``authenticator`` answers the CTAP request (for example
+    ``SoftwareAuthenticator``, which asks its ``Approver``); ``advertiser`` puts the encrypted EID
+    on the BLE medium. ``relay_url`` replaces the relay of ``domain_id`` for every tunnel path;
+    ``fallback_domain_id`` is advertised instead when the QR says the desktop does not know
+    ``domain_id``. ``deadlines`` bounds each wait. ``on_event`` receives the typed progress
+    events of ``hybrid.events`` (QR read, ..., answered, desktop stopped waiting, failed);
+    ``progress`` is the older ``(step name, seconds)`` callback, still called.
+    """
 
     def __init__(
         self,
@@ -115,6 +131,7 @@ class PhoneSession:
         fallback_domain_id: int = DEFAULT_FALLBACK_DOMAIN_ID,
         deadlines: PhoneDeadlines | None = None,
         progress: Progress | None = None,
+        on_event: EventHandler | None = None,
     ) -> None:
         # Strict validation first: a bad QR must not open any tunnel (docs/protocol.md section 3.5).
         self.qr = QrPayload.from_url(qr) if isinstance(qr, str) else qr
@@ -126,6 +143,7 @@ class PhoneSession:
         )
         self.deadlines = deadlines or PhoneDeadlines()
         self.progress = progress
+        self.on_event = on_event
         self.steps: list[tuple[str, float]] = []
         self._operation = _operation_for(self.qr.effective_request_type)
         self._last = 0.0
@@ -140,106 +158,159 @@ class PhoneSession:
     def _error(self, failure: Failure, detail: str) -> PasskeyError:
         return PasskeyError(failure, self._operation, detail)
 
+    def _emit(self, event: events.Event) -> None:
+        if self.on_event is not None:
+            self.on_event(event)
+
     async def run(self) -> PhoneResult:
-        """Serve the one request; ``PasskeyError`` on any failure before the reply was sent."""
+        """Serve the one request; ``PasskeyError`` on any failure before the reply was sent.
+
+        A desktop that stops waiting (shutdown, or the tunnel closes) before the reply is sent
+        dismisses the prompt at once and ends the run with "Session Expired".
+        """
         self._last = trio.current_time()
-        tunnel_id = keys.tunnel_id(self.qr.qr_secret)
-        url = new_url(tunnel_id, domain_id=self.domain_id, base_url=self.relay_url)
-        with catalogue_errors(self._operation, closed_early="the desktop went away"):
-            async with open_tunnel(url, connect_timeout=self.deadlines.tunnel) as tunnel:
-                self._step("tunnel opened")
-                return await self._serve(tunnel)
+        self._emit(events.QrRead(self._operation))
+        try:
+            tunnel_id = keys.tunnel_id(self.qr.qr_secret)
+            url = new_url(tunnel_id, domain_id=self.domain_id, base_url=self.relay_url)
+            with catalogue_errors(self._operation, closed_early="the desktop went away"):
+                async with open_tunnel(url, connect_timeout=self.deadlines.tunnel) as tunnel:
+                    self._step("tunnel opened")
+                    return await self._serve(tunnel)
+        except PasskeyError as exc:
+            self._emit(events.Failed(exc))
+            raise
+
+    async def _next(self, tunnel: Tunnel, conn: PhoneConnection) -> ConnectionEvent:
+        """The next connection event: queued, else from the next tunnel message (or its close)."""
+        while True:
+            event = conn.next_event()
+            if event is not NEED_DATA:
+                assert isinstance(event, ConnectionEvent)
+                return event
+            try:
+                message = await tunnel.receive()
+            except TunnelClosedError:
+                conn.receive_close()
+                continue
+            conn.receive_data(message)
+
+    def _stopped_waiting(self, reason: str) -> PasskeyError:
+        self._step(f"the desktop stopped waiting ({reason})")
+        self._emit(events.DesktopStoppedWaiting(reason))
+        return self._error(Failure.SESSION_EXPIRED, f"the computer stopped waiting: {reason}")
 
     async def _serve(self, tunnel: Tunnel) -> PhoneResult:
         eid = Eid.create(tunnel.routing_id, self.domain_id)
+        self._emit(events.TunnelOpened(tunnel.routing_id))
         plaintext = eid.pack()
         advert = encrypt_advert(keys.eid_key(self.qr.qr_secret), plaintext)
+        conn = PhoneConnection(
+            self.qr.public_key_point,
+            keys.psk(self.qr.qr_secret, plaintext),
+            keys.generate_private_key(),
+        )
         message1: bytes | None = None
         async with self.advertiser.advertise(FIDO_SERVICE_UUID16, advert):
             self._step("advertising")
+            self._emit(events.Advertising(self.domain_id, self.deadlines.desktop))
             with trio.move_on_after(self.deadlines.desktop):
                 message1 = await tunnel.receive()
         if message1 is None:
             raise self._error(
                 Failure.TIMEOUT, f"no desktop connected within {self.deadlines.desktop:g} s"
             )
-        responder = Responder.qr(self.qr.public_key_point, keys.psk(self.qr.qr_secret, plaintext))
-        responder.read_message(message1)
-        message2, result = responder.write_message()
-        await tunnel.send(message2)
-        crypter = Crypter.from_handshake(result)
+        conn.receive_data(message1)
+        await tunnel.send(conn.send_handshake())
         self._step("handshake done")
-        await tunnel.send(crypter.encrypt(encode_post_handshake(self.authenticator.get_info())))
+        self._emit(events.DesktopConnected())
+        await tunnel.send(conn.send_post_handshake(self.authenticator.get_info()))
 
-        request = await self._receive_request(tunnel, crypter)
+        request = await self._receive_request(tunnel, conn)
         self._step("request received")
-        command = request[0] if request else 0
-        self._operation = _operation_for(command)
-        response = await self._answer(tunnel, crypter, request)
-        await tunnel.send(crypter.encrypt(encode_message(MessageType.CTAP, response)))
+        self._operation = _operation_for(request.command)
+        self._emit(events.RequestReceived(self._operation, request.command))
+        response = await self._answer(tunnel, conn, request)
+        await tunnel.send(conn.send_response(response))
         self._step("response sent")
-        status = response[0] if response else 0xFF
-        await self._linger(tunnel, crypter)
-        return PhoneResult(command, status, list(self.steps))
+        status = response[0]
+        self._emit(events.Answered(status))
+        await self._linger(tunnel, conn)
+        return PhoneResult(request.command, status, list(self.steps))
 
-    async def _receive_request(self, tunnel: Tunnel, crypter: Crypter) -> bytes:
+    async def _receive_request(self, tunnel: Tunnel, conn: PhoneConnection) -> CtapRequest:
         with trio.move_on_after(self.deadlines.request):
             while True:
-                kind, payload = parse_message(crypter.decrypt(await tunnel.receive()))
-                if kind == MessageType.CTAP:
-                    return payload
-                if kind == MessageType.SHUTDOWN:
-                    raise self._error(
-                        Failure.USER_DECLINED, "the desktop ended the session without a request"
-                    )
-                if kind == MessageType.JSON:
-                    raise self._error(
-                        Failure.NOT_SUPPORTED, "digital-credential requests are not supported"
-                    )
-                # UPDATE from a desktop: valid, carries nothing for us.
+                event = await self._next(tunnel, conn)
+                if isinstance(event, CtapRequest):
+                    return event
+                if isinstance(event, ShutdownReceived):
+                    raise self._stopped_waiting("it ended the session without a request")
+                if isinstance(event, TunnelClosed):
+                    raise self._stopped_waiting("it closed the tunnel before sending a request")
+                # UpdateReceived from a desktop: valid, carries nothing for us. JSON requests
+                # cannot arrive: this phone does not offer "dc".
         raise self._error(
             Failure.TIMEOUT, f"no request within {self.deadlines.request:g} s of the handshake"
         )
 
-    async def _answer(self, tunnel: Tunnel, crypter: Crypter, request: bytes) -> bytes:
-        """Run the authenticator; give up if the desktop hangs up, send 0x2F after the deadline."""
+    async def _answer(self, tunnel: Tunnel, conn: PhoneConnection, request: CtapRequest) -> bytes:
+        """Run the authenticator while watching the tunnel; 0x2F after the user deadline.
+
+        The desktop's shutdown (or a closed tunnel) cancels the authenticator, which dismisses
+        whatever prompt it shows (``Approver`` callbacks are cancelled), and nothing is answered.
+        """
+        if request.cbor_error is not None:
+            # Not strict CTAP2-canonical CBOR: answer as CTAP authenticators do, without asking.
+            logger.info("CTAP request rejected with 0x12: %s", request.cbor_error)
+            return bytes([CtapError.ERR.INVALID_CBOR])
         outcome: dict[str, Any] = {}
 
         async def authenticate(cancel: trio.CancelScope) -> None:
-            outcome["response"] = await self.authenticator.handle(request)
+            outcome["response"] = await self.authenticator.handle(request.data)
             cancel.cancel()
 
         async def watch_tunnel(cancel: trio.CancelScope) -> None:
-            # Update messages may arrive at any time; only a hang-up abandons the prompt.
+            # Update messages may arrive at any time; only shutdown or a hang-up ends the prompt.
             try:
                 while True:
-                    parse_message(crypter.decrypt(await tunnel.receive()))
-            except TunnelClosedError:
-                outcome["gone"] = "the desktop closed the tunnel while the user was deciding"
+                    event = await self._next(tunnel, conn)
+                    if isinstance(event, ShutdownReceived):
+                        outcome["gone"] = "it sent shutdown while you were deciding"
+                        break
+                    if isinstance(event, TunnelClosed):
+                        outcome["gone"] = "it closed the tunnel while you were deciding"
+                        break
             except HybridError as exc:
-                outcome["gone"] = f"the desktop broke the tunnel: {exc}"
+                outcome["broken"] = exc
             cancel.cancel()
 
+        self._emit(events.AskingUser(self._operation, self.deadlines.user))
         with trio.move_on_after(self.deadlines.user) as deadline, single_exceptions():
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(authenticate, nursery.cancel_scope)
                 nursery.start_soon(watch_tunnel, nursery.cancel_scope)
         if "response" in outcome:
-            return outcome["response"]
+            response: bytes = outcome["response"]
+            return response if response else bytes([CtapError.ERR.OTHER])
         if "gone" in outcome:
-            raise self._error(Failure.USER_DECLINED, outcome["gone"])
+            raise self._stopped_waiting(outcome["gone"])
+        if "broken" in outcome:
+            raise self._error(
+                Failure.PROTOCOL_ERROR, f"the desktop broke the tunnel: {outcome['broken']}"
+            )
         assert deadline.cancelled_caught
         # Tell the desktop why, rather than hanging up (which it would read as "cancelled").
         self._step(f"user did not answer within {self.deadlines.user:g} s")
         return bytes([CtapError.ERR.USER_ACTION_TIMEOUT])
 
-    async def _linger(self, tunnel: Tunnel, crypter: Crypter) -> None:
+    async def _linger(self, tunnel: Tunnel, conn: PhoneConnection) -> None:
         """Give the desktop a moment to send shutdown, so the reply is surely delivered first."""
         with trio.move_on_after(self.deadlines.linger):
             try:
                 while True:
-                    kind, _ = parse_message(crypter.decrypt(await tunnel.receive()))
-                    if kind == MessageType.SHUTDOWN:
+                    event = await self._next(tunnel, conn)
+                    if isinstance(event, ShutdownReceived | TunnelClosed):
                         return
             except (TunnelClosedError, HybridError) as exc:
                 logger.debug("tunnel ended after the reply: %s", exc)

@@ -6,21 +6,22 @@ is one type byte followed by its payload: shutdown, CTAP, update or JSON. Revisi
 post-handshake map with zeros and a trailing 16-bit (or, older still, 8-bit) count and send later
 messages without a type byte; ``parse_post_handshake`` detects that by the trailing bytes.
 
-Everything sent here is CTAP2-canonical CBOR (``fido2.cbor``); decoding uses ``cbor2`` with an
-explicit check for trailing bytes, because revision detection depends on it.
+Everything sent here is CTAP2-canonical CBOR (``fido2.cbor``); everything received is decoded by
+the strict decoder ``hybrid.cbor``, which refuses trailing bytes (revision detection depends on it),
+non-canonical encodings and truncated strings.
 """
 
 from __future__ import annotations
 
-import io
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
-import cbor2
 from fido2 import cbor
 
+from hybrid import cbor as strict_cbor
+from hybrid.cbor import CborError
 from hybrid.errors import ProtocolError
 
 GET_INFO_KEY = 1
@@ -29,8 +30,11 @@ FEATURES_KEY = 3
 UPDATE_PADDING_KEY = 0
 UPDATE_LINKING_KEY = 1
 DEFAULT_FEATURES = ("ctap",)
-# The Chrome-based phone pads every update message to this plaintext length.
-UPDATE_PLAINTEXT_LEN = 512
+# The Chrome-based phone pads every update message (type byte + CBOR) to about 498 bytes, so that
+# the Crypter's own padding makes 512 and the ciphertext 528 bytes, the length Chromium's desktop
+# checks (kPaddingTarget + 16). Any message length from 481 to 511 gives that ciphertext.
+UPDATE_MESSAGE_LEN = 498
+UPDATE_CIPHERTEXT_LEN = 528
 
 
 class MessageType(IntEnum):
@@ -54,32 +58,20 @@ class PostHandshake:
     legacy_revision0: bool
 
 
-_DECODE_ERRORS = (
-    cbor2.CBORDecodeError,
-    ValueError,
-    TypeError,
-    LookupError,
-    OverflowError,
-    RecursionError,
-)
-
-
-def decode_cbor_prefix(data: bytes) -> tuple[Any, int]:
-    """Decode the first CBOR item of ``data``; returns it and the number of bytes consumed."""
-    fp = io.BytesIO(data)
+def decode_cbor_prefix(data: bytes, what: str = "tunnel message") -> tuple[Any, int]:
+    """Decode the first strict CBOR item of ``data``; returns it and how many bytes it took."""
     try:
-        value = cbor2.CBORDecoder(fp).decode()
-    except _DECODE_ERRORS as exc:
-        raise FramingError(f"malformed CBOR: {exc}") from None
-    return value, fp.tell()
+        return strict_cbor.decode_prefix(data)
+    except CborError as exc:
+        raise FramingError(f"{what}: {exc}") from None
 
 
-def decode_cbor_exact(data: bytes) -> Any:
-    """Decode exactly one CBOR item; trailing bytes are an error."""
-    value, used = decode_cbor_prefix(data)
-    if used != len(data):
-        raise FramingError(f"{len(data) - used} trailing bytes after the CBOR item")
-    return value
+def decode_cbor_exact(data: bytes, what: str = "tunnel message") -> Any:
+    """Decode exactly one strict CBOR item (``hybrid.cbor``); trailing bytes are an error."""
+    try:
+        return strict_cbor.decode(data)
+    except CborError as exc:
+        raise FramingError(f"{what}: {exc}") from None
 
 
 def _int_keys(value: Any, what: str) -> dict[int, Any]:
@@ -114,7 +106,7 @@ def _strip_revision0_padding(plaintext: bytes) -> Any:
         if end <= 0:
             continue
         try:
-            return decode_cbor_exact(plaintext[:end])
+            return decode_cbor_exact(plaintext[:end], "post-handshake message")
         except FramingError:
             continue
     raise FramingError("post-handshake message is neither one CBOR map nor a padded revision-0 map")
@@ -127,9 +119,12 @@ def parse_post_handshake(plaintext: bytes) -> PostHandshake:
         raise FramingError("post-handshake message is empty")
     legacy = False
     try:
-        value = decode_cbor_exact(plaintext)
-    except FramingError:
-        value = _strip_revision0_padding(plaintext)
+        value = decode_cbor_exact(plaintext, "post-handshake message")
+    except FramingError as exact_error:
+        try:
+            value = _strip_revision0_padding(plaintext)
+        except FramingError:
+            raise FramingError(f"{exact_error} (nor is it a padded revision-0 map)") from None
         legacy = True
     fields = _int_keys(value, "post-handshake message")
 
@@ -178,11 +173,13 @@ def parse_message(plaintext: bytes) -> tuple[MessageType, bytes]:
 
 
 def encode_update(
-    linking: Mapping[int, Any] | None = None, *, plaintext_len: int | None = UPDATE_PLAINTEXT_LEN
+    linking: Mapping[int, Any] | None = None, *, plaintext_len: int | None = UPDATE_MESSAGE_LEN
 ) -> bytes:
-    """A whole update plaintext (type byte included), zero-padded at key 0 like deployed phones.
+    """A whole update message (type byte included), zero-padded at key 0 like deployed phones.
 
-    With ``plaintext_len=None`` no padding key is added.
+    ``plaintext_len`` is the length before the Crypter's padding: the default makes the encrypted
+    message ``UPDATE_CIPHERTEXT_LEN`` (528) bytes. With ``plaintext_len=None`` no padding key is
+    added.
     """
     body: dict[int, Any] = {}
     if linking is not None:
@@ -202,7 +199,7 @@ def encode_update(
 
 def parse_update(payload: bytes) -> dict[Any, Any] | None:
     """The linking-information map of an update payload, or None; unknown keys are ignored."""
-    fields = _int_keys(decode_cbor_exact(bytes(payload)), "update message")
+    fields = _int_keys(decode_cbor_exact(bytes(payload), "update message"), "update message")
     linking = fields.get(UPDATE_LINKING_KEY)
     if linking is not None and not isinstance(linking, dict):
         raise FramingError("update key 1 (linking information) must be a map")

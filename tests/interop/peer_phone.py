@@ -273,6 +273,9 @@ async def run_phone(
             if plaintext[:1] == b"\x02":
                 cbor_decode_one(plaintext[1:])
                 continue
+            if plaintext == b"\x00":
+                # §11.1: the desktop gave up before sending a request; nothing to answer.
+                return PhoneResult(qr.raw, -1, {}, -1, False, [plaintext])
             if plaintext[:1] != b"\x01" or len(plaintext) < 2:
                 raise PeerError(f"expected a CTAP message, got {plaintext[:2].hex()}")
             break
