@@ -29,6 +29,7 @@ from typing import Any
 
 import trio
 from cryptography.hazmat.primitives.asymmetric import ec
+from fido2.ctap2 import Info
 from fido2.webauthn import (
     AuthenticationResponse,
     CollectedClientData,
@@ -42,13 +43,16 @@ from hybrid.ble.eid import Eid, decrypt_advert
 from hybrid.ble.medium import NoAdapterError, Scanner, ServiceData
 from hybrid.catalogue import Failure, Operation, PasskeyError, error_for_ctap_status
 from hybrid.desktop.ctap import (
+    assertion_extension_results,
     authentication_response,
     get_assertion_request,
     make_credential_request,
     parse_assertion,
     parse_attestation,
+    parse_info,
     rp_id_for,
     split_status,
+    unsigned_assertion_outputs,
 )
 from hybrid.errors import HybridError, ProtocolError
 from hybrid.qr.payload import QrPayload
@@ -73,6 +77,9 @@ REQUEST_TYPES = {Operation.REGISTER: "mc", Operation.SIGN_IN: "ga"}
 CLIENT_DATA_TYPES = {Operation.REGISTER: "webauthn.create", Operation.SIGN_IN: "webauthn.get"}
 
 Progress = Callable[[str, float], None]
+# A CTAP request, or a function building it from the phone's getInfo (``None`` if it sent none):
+# what a request asks for (rk, uv, extensions) can depend on what the phone supports.
+CtapRequest = bytes | Callable[[Info | None], bytes]
 
 
 @dataclass(frozen=True)
@@ -143,6 +150,7 @@ class DesktopSession:
         )
         self.url = self.qr.to_url()
         self.transcript = Transcript()
+        self.phone_info: Info | None = None  # the phone's getInfo, once the handshake is done
         self._used = False
 
     # ---- high level: one WebAuthn ceremony ----------------------------------------------------
@@ -152,27 +160,45 @@ class DesktopSession:
     ) -> RegistrationResponse:
         """Register: send authenticatorMakeCredential and return the WebAuthn response."""
         rp_id = rp_id_for(options, client_data.origin)
-        request = make_credential_request(client_data.hash, options, self._error, rp_id=rp_id)
+
+        def request(info: Info | None) -> bytes:
+            return make_credential_request(
+                client_data.hash, options, self._error, rp_id=rp_id, info=info
+            )
+
         body = await self.transact(request)
-        return parse_attestation(body, client_data, self._error)
+        return parse_attestation(
+            body, client_data, self._error, options=options, info=self.phone_info
+        )
 
     async def get_assertion(
         self, options: PublicKeyCredentialRequestOptions, client_data: CollectedClientData
     ) -> AuthenticationResponse:
         """Sign in: send authenticatorGetAssertion and return the WebAuthn response."""
         rp_id = rp_id_for(options, client_data.origin)
-        request = get_assertion_request(client_data.hash, options, self._error, rp_id=rp_id)
+
+        def request(info: Info | None) -> bytes:
+            return get_assertion_request(
+                client_data.hash, options, self._error, rp_id=rp_id, info=info
+            )
+
         body = await self.transact(request)
         assertion = parse_assertion(body, self._error, options)
-        return authentication_response(assertion, client_data, self._error)
+        extensions = assertion_extension_results(
+            options, unsigned_assertion_outputs(body, self._error), self._error
+        )
+        return authentication_response(assertion, client_data, self._error, extensions)
 
     # ---- the transaction ----------------------------------------------------------------------
 
     def _error(self, failure: Failure, detail: str = "") -> PasskeyError:
         return PasskeyError(failure, self.operation, detail)
 
-    async def transact(self, ctap_request: bytes) -> bytes:
+    async def transact(self, ctap_request: CtapRequest) -> bytes:
         """Run the whole hybrid transaction for one CTAP request; the CBOR of a CTAP2_OK reply.
+
+        ``ctap_request`` is the request (command byte + CBOR), or a function that builds it from
+        the phone's getInfo once the post-handshake message has arrived.
 
         Raises ``PasskeyError`` for every failure (including a non-zero CTAP status).
         """
@@ -221,7 +247,7 @@ class DesktopSession:
         raise self._error(Failure.NO_BLE_ADAPTER, "the BLE scanner stopped")
 
     async def _over_tunnel(
-        self, tunnel: Tunnel, eid_plaintext: bytes, ctap_request: bytes, clock: _Clock
+        self, tunnel: Tunnel, eid_plaintext: bytes, ctap_request: CtapRequest, clock: _Clock
     ) -> bytes:
         psk = keys.psk(self._qr_secret, eid_plaintext)
         initiator = Initiator.qr(self._identity, psk)
@@ -250,6 +276,9 @@ class DesktopSession:
         if "ctap" not in post.features:
             raise self._error(Failure.NOT_SUPPORTED, "the phone does not offer CTAP")
         revision0 = post.legacy_revision0
+        self.phone_info = parse_info(post.get_info, self._error)
+        if callable(ctap_request):
+            ctap_request = ctap_request(self.phone_info)
 
         def frame(kind: MessageType, payload: bytes = b"") -> bytes:
             # Revision 0 phones use bare CTAP messages and no shutdown (protocol notes 10.4).
