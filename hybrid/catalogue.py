@@ -217,17 +217,37 @@ def passkey_error(failure: Failure, operation: Operation, detail: str = "") -> P
 CTAP2_ERR_CREDENTIAL_EXCLUDED = 0x19
 CTAP2_ERR_UNSUPPORTED_ALGORITHM = 0x26
 CTAP2_ERR_OPERATION_DENIED = 0x27
+CTAP2_ERR_UNSUPPORTED_OPTION = 0x2B
+CTAP2_ERR_INVALID_OPTION = 0x2C
 CTAP2_ERR_KEEPALIVE_CANCEL = 0x2D
 CTAP2_ERR_NO_CREDENTIALS = 0x2E
 CTAP2_ERR_USER_ACTION_TIMEOUT = 0x2F
+CTAP2_ERR_UV_INVALID = 0x3F
 
-_CTAP_STATUS_FAILURES: dict[int, Failure] = {
-    CTAP2_ERR_OPERATION_DENIED: Failure.USER_DECLINED,
-    CTAP2_ERR_KEEPALIVE_CANCEL: Failure.USER_DECLINED,
-    CTAP2_ERR_NO_CREDENTIALS: Failure.NO_CREDENTIAL,
-    CTAP2_ERR_CREDENTIAL_EXCLUDED: Failure.EXCLUDED,
-    CTAP2_ERR_USER_ACTION_TIMEOUT: Failure.TIMEOUT,
-    CTAP2_ERR_UNSUPPORTED_ALGORITHM: Failure.NOT_SUPPORTED,
+# status -> (failure, what it means, for the detail)
+_CTAP_STATUS_FAILURES: dict[int, tuple[Failure, str]] = {
+    CTAP2_ERR_OPERATION_DENIED: (Failure.USER_DECLINED, "the user declined on the phone"),
+    CTAP2_ERR_KEEPALIVE_CANCEL: (Failure.USER_DECLINED, "the request was cancelled on the phone"),
+    CTAP2_ERR_NO_CREDENTIALS: (Failure.NO_CREDENTIAL, "the phone has no passkey for this site"),
+    CTAP2_ERR_CREDENTIAL_EXCLUDED: (
+        Failure.EXCLUDED,
+        "the phone already holds a passkey on the exclude list",
+    ),
+    CTAP2_ERR_USER_ACTION_TIMEOUT: (Failure.TIMEOUT, "nobody answered the prompt on the phone"),
+    CTAP2_ERR_UNSUPPORTED_ALGORITHM: (
+        Failure.NOT_SUPPORTED,
+        "the phone supports none of the site's algorithms",
+    ),
+    # A phone with no way to verify its user refuses uv (CTAP 2.1: INVALID_OPTION; 2.0: 0x2B).
+    CTAP2_ERR_INVALID_OPTION: (
+        Failure.NOT_SUPPORTED,
+        "the phone cannot do what the site asked (for example verify the user)",
+    ),
+    CTAP2_ERR_UNSUPPORTED_OPTION: (
+        Failure.NOT_SUPPORTED,
+        "the phone does not support an option the site asked for",
+    ),
+    CTAP2_ERR_UV_INVALID: (Failure.USER_NOT_VERIFIED, "the phone could not verify the user"),
 }
 
 
@@ -238,10 +258,13 @@ def failure_for_ctap_status(status: int, operation: Operation) -> Failure:
     operation (the wording differs, which ``passkey_error`` handles).
     """
     del operation
-    return _CTAP_STATUS_FAILURES.get(status, Failure.PROTOCOL_ERROR)
+    return _CTAP_STATUS_FAILURES.get(status, (Failure.PROTOCOL_ERROR, ""))[0]
 
 
 def error_for_ctap_status(status: int, operation: Operation) -> PasskeyError:
-    """Shortcut: the ``PasskeyError`` for a non-zero CTAP status, with the status as detail."""
-    failure = failure_for_ctap_status(status, operation)
-    return PasskeyError(failure, operation, f"CTAP status 0x{status:02X}")
+    """Shortcut: the ``PasskeyError`` for a non-zero CTAP status; the detail says what the
+    status means and gives it in hex."""
+    failure, meaning = _CTAP_STATUS_FAILURES.get(
+        status, (Failure.PROTOCOL_ERROR, "the phone answered with an error")
+    )
+    return PasskeyError(failure, operation, f"{meaning} (CTAP status 0x{status:02X})")

@@ -7,6 +7,12 @@ Each call shows a ``FIDO:/`` QR code through ``on_url``, runs one ``DesktopSessi
 (synchronously, like every python-fido2 client) and returns python-fido2's usual
 ``RegistrationResponse`` / ``AssertionSelection``.
 
+The request carries what the options ask for (``hybrid.desktop.ctap``): every algorithm, ``rk`` and
+``uv`` as ``residentKey`` / ``userVerification`` and the phone's getInfo resolve them, and the
+``credProps`` and ``prf`` extensions, whose results land in ``client_extension_results`` exactly
+where ``Fido2Client`` puts them (``response.client_extension_results.prf.results.first``;
+``selection.get_response(0).client_extension_results`` for a sign-in).
+
 Errors follow python-fido2's conventions: a ``ClientError`` whose code mirrors what ``Fido2Client``
 raises for the same CTAP outcome, with the catalogue's ``PasskeyError`` as its ``cause``. The
 optional ``threading.Event`` cancels the request like it does for ``Fido2Client``; the options'
@@ -27,6 +33,7 @@ from fido2.client import (
     DefaultClientDataCollector,
     WebAuthnClient,
 )
+from fido2.ctap2 import Info
 from fido2.webauthn import (
     PublicKeyCredentialCreationOptions,
     PublicKeyCredentialRequestOptions,
@@ -36,15 +43,19 @@ from fido2.webauthn import (
 from hybrid.ble.medium import Scanner
 from hybrid.catalogue import Failure, Operation, PasskeyError
 from hybrid.desktop.ctap import (
+    assertion_extension_results,
     get_assertion_request,
     make_credential_request,
     parse_assertion,
     parse_attestation,
+    unsigned_assertion_outputs,
 )
-from hybrid.desktop.session import Deadlines, DesktopSession, Progress
+from hybrid.desktop.session import CtapRequest, Deadlines, DesktopSession, Progress
 from hybrid.trio_util import single_exceptions
 
 EVENT_POLL = 0.05
+# A phone supporting every option and extension we send: validates a request before the QR.
+_ALL = Info(versions=["FIDO_2_0"], extensions=["prf"], options={"rk": True, "uv": True})
 
 _CLIENT_ERRORS = {
     Failure.NO_CREDENTIAL: ClientError.ERR.DEVICE_INELIGIBLE,
@@ -102,7 +113,9 @@ class HybridWebAuthnClient(WebAuthnClient):
             progress=self._progress,
         )
 
-    def _run(self, session: DesktopSession, request: bytes, event: threading.Event | None) -> bytes:
+    def _run(
+        self, session: DesktopSession, request: CtapRequest, event: threading.Event | None
+    ) -> bytes:
         async def main() -> bytes | None:
             result: list[bytes] = []
             with single_exceptions():
@@ -140,15 +153,24 @@ class HybridWebAuthnClient(WebAuthnClient):
         options = PublicKeyCredentialCreationOptions.from_dict(options)
         client_data, rp_id = self._collector.collect_client_data(options)
         session = self._session(Operation.REGISTER, options.timeout)
+        # Validate the options before any QR is shown; the real request waits for getInfo.
         try:
-            request = make_credential_request(
-                client_data.hash, options, session._error, rp_id=rp_id
+            make_credential_request(
+                client_data.hash, options, session._error, rp_id=rp_id, info=_ALL
             )
         except PasskeyError as exc:
             raise client_error(exc) from exc
+
+        def request(info: Info | None) -> bytes:
+            return make_credential_request(
+                client_data.hash, options, session._error, rp_id=rp_id, info=info
+            )
+
         body = self._run(session, request, event)
         try:
-            return parse_attestation(body, client_data, session._error)
+            return parse_attestation(
+                body, client_data, session._error, options=options, info=session.phone_info
+            )
         except PasskeyError as exc:
             raise client_error(exc) from exc
 
@@ -161,13 +183,22 @@ class HybridWebAuthnClient(WebAuthnClient):
         options = PublicKeyCredentialRequestOptions.from_dict(options)
         client_data, rp_id = self._collector.collect_client_data(options)
         session = self._session(Operation.SIGN_IN, options.timeout)
+        # Validate the options (prf evalByCredential keys...) before any QR is shown.
         try:
-            request = get_assertion_request(client_data.hash, options, session._error, rp_id=rp_id)
+            get_assertion_request(client_data.hash, options, session._error, rp_id=rp_id, info=_ALL)
         except PasskeyError as exc:
             raise client_error(exc) from exc
+
+        def request(info: Info | None) -> bytes:
+            return get_assertion_request(
+                client_data.hash, options, session._error, rp_id=rp_id, info=info
+            )
+
         body = self._run(session, request, event)
         try:
             assertion = parse_assertion(body, session._error, options)
+            unsigned = unsigned_assertion_outputs(body, session._error)
+            extensions = assertion_extension_results(options, unsigned, session._error)
         except PasskeyError as exc:
             raise client_error(exc) from exc
-        return AssertionSelection(client_data, [assertion])
+        return AssertionSelection(client_data, [assertion], extensions)
