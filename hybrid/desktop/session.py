@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -56,7 +57,7 @@ from hybrid.desktop.ctap import (
 )
 from hybrid.errors import HybridError, ProtocolError
 from hybrid.qr.payload import QrPayload
-from hybrid.session_errors import catalogue_errors
+from hybrid.session_errors import advert_timeout_error, catalogue_errors
 from hybrid.tunnel.client import Tunnel, TunnelClosedError, open_tunnel
 from hybrid.tunnel.crypter import Crypter
 from hybrid.tunnel.messages import (
@@ -104,6 +105,7 @@ class Transcript:
     tunnel_url: str | None = None
     post_handshake: PostHandshake | None = None
     updates: int = 0
+    other_adverts: int = 0  # distinct adverts seen that were for another QR code
 
 
 class _Clock:
@@ -134,10 +136,12 @@ class DesktopSession:
         identity_key: ec.EllipticCurvePrivateKey | None = None,
         qr_secret: bytes | None = None,
         now: Callable[[], float] = time.time,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.operation = Operation(operation)
         self.scanner = scanner
         self.relay_url = relay_url
+        self.ssl_context = ssl_context  # for a wss:// relay (None: the system's trust store)
         self.deadlines = deadlines or Deadlines()
         self.progress = progress
         self._identity = identity_key or keys.generate_private_key()
@@ -216,7 +220,9 @@ class DesktopSession:
         )
         self.transcript.tunnel_url = url
         with catalogue_errors(self.operation, closed_early="the tunnel closed early"):
-            async with open_tunnel(url, connect_timeout=self.deadlines.tunnel) as tunnel:
+            async with open_tunnel(
+                url, connect_timeout=self.deadlines.tunnel, ssl_context=self.ssl_context
+            ) as tunnel:
                 clock.step("tunnel connected")
                 return await self._over_tunnel(tunnel, plaintext, ctap_request, clock)
 
@@ -232,6 +238,7 @@ class DesktopSession:
                         seen.add(observed)
                         plaintext = decrypt_advert(eid_key, observed.data)
                         if plaintext is None:
+                            self.transcript.other_adverts += 1
                             continue
                         self.transcript.uuid16 = observed.uuid16
                         eid = Eid.parse(plaintext)
@@ -241,8 +248,8 @@ class DesktopSession:
         except NoAdapterError as exc:
             raise self._error(Failure.NO_BLE_ADAPTER, str(exc)) from None
         if scope.cancelled_caught:
-            raise self._error(
-                Failure.TIMEOUT, f"no phone advert within {self.deadlines.advert:g} s"
+            raise advert_timeout_error(
+                self.operation, self.deadlines.advert, self.transcript.other_adverts
             )
         raise self._error(Failure.NO_BLE_ADAPTER, "the BLE scanner stopped")
 

@@ -21,6 +21,7 @@ optional ``threading.Event`` cancels the request like it does for ``Fido2Client`
 
 from __future__ import annotations
 
+import ssl
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -50,8 +51,10 @@ from hybrid.desktop.ctap import (
     parse_attestation,
     unsigned_assertion_outputs,
 )
+from hybrid.desktop.prepare import prepared_scanner
 from hybrid.desktop.session import CtapRequest, Deadlines, DesktopSession, Progress
 from hybrid.trio_util import single_exceptions
+from hybrid.tunnel.relay_url import validate_relay_url
 
 EVENT_POLL = 0.05
 # A phone supporting every option and extension we send: validates a request before the QR.
@@ -83,12 +86,20 @@ class HybridWebAuthnClient(WebAuthnClient):
         on_url: Callable[[str], None] = print,
         deadlines: Deadlines | None = None,
         progress: Progress | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
+        """``client_data_collector`` is python-fido2's collector or simply the origin;
+        ``scanner`` a ``Scanner`` (or a factory making one per ceremony). ``relay_url`` replaces
+        the relay the phone's advert names (``ws://host:port``; checked now, ``RelayUrlError``, a
+        ``ValueError``, if unusable); ``ssl_context`` trusts a private ``wss://`` relay. ``on_url``
+        shows the ``FIDO:/`` URL as a QR code: it is called only once the scanner is running.
+        """
         if isinstance(client_data_collector, str):
             client_data_collector = DefaultClientDataCollector(client_data_collector)
         self._collector = client_data_collector
         self._scanner = scanner
-        self._relay_url = relay_url
+        self._relay_url = validate_relay_url(relay_url) if relay_url is not None else None
+        self._ssl_context = ssl_context
         self._on_url = on_url
         self._deadlines = deadlines or Deadlines()
         self._progress = progress
@@ -111,6 +122,7 @@ class HybridWebAuthnClient(WebAuthnClient):
             relay_url=self._relay_url,
             deadlines=deadlines,
             progress=self._progress,
+            ssl_context=self._ssl_context,
         )
 
     def _run(
@@ -118,6 +130,14 @@ class HybridWebAuthnClient(WebAuthnClient):
     ) -> bytes:
         async def main() -> bytes | None:
             result: list[bytes] = []
+            # The QR is shown only once the scanner runs: a flow that cannot work shows none.
+            async with prepared_scanner(session.scanner, session.operation) as opened:
+                session.scanner = opened
+                self._on_url(session.url)
+                await transact_until_event(result)
+            return result[0] if result else None
+
+        async def transact_until_event(result: list[bytes]) -> None:
             with single_exceptions():
                 async with trio.open_nursery() as nursery:
 
@@ -133,9 +153,7 @@ class HybridWebAuthnClient(WebAuthnClient):
                     if event is not None:
                         nursery.start_soon(watch_event)
                     nursery.start_soon(transact)
-            return result[0] if result else None
 
-        self._on_url(session.url)
         try:
             body = trio.run(main)
         except PasskeyError as exc:
