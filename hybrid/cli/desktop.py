@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import dataclasses
 import json
 import os
 import ssl
@@ -159,6 +160,26 @@ def _add_common(parser: argparse.ArgumentParser, action: str) -> None:
     parser.add_argument(
         "--no-qr", action="store_true", help="print the URL but no QR code (default: draw it)"
     )
+    if action == "register":
+        parser.add_argument(
+            "--cred-props",
+            action="store_true",
+            help="ask for the credProps extension: the result says whether the passkey is "
+            "discoverable (default: not asked)",
+        )
+        parser.add_argument(
+            "--prf",
+            action="store_true",
+            help="ask for the prf extension: the result says whether the passkey supports it "
+            "(default: not asked)",
+        )
+    else:
+        parser.add_argument(
+            "--prf",
+            metavar="SALT",
+            help="evaluate the prf extension with this text (UTF-8) as its first input; the "
+            "32-byte output is in clientExtensionResults and printed in hex (default: none)",
+        )
     parser.set_defaults(func=run, action=action)
 
 
@@ -197,6 +218,45 @@ def check_origin(rp_id: str, origin: str) -> None:
         )
 
 
+def requested_extensions(args: argparse.Namespace) -> dict[str, Any]:
+    """The WebAuthn extensions the relying party asks for, from the command line."""
+    extensions: dict[str, Any] = {}
+    if args.action == "register":
+        if args.cred_props:
+            extensions["credProps"] = True
+        if args.prf:
+            extensions["prf"] = {}
+    elif args.prf is not None:
+        extensions["prf"] = {"eval": {"first": args.prf.encode("utf-8")}}
+    return extensions
+
+
+class _AskingExtensions:
+    """The relying party, with ``extensions`` added to the options it issues."""
+
+    def __init__(self, rp: Any, extensions: dict[str, Any]) -> None:
+        self._rp = rp
+        self._extensions = extensions
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._rp, name)
+
+    def _extend(self, options: Any) -> Any:
+        public_key = dataclasses.replace(
+            options.public_key,
+            extensions={**(options.public_key.extensions or {}), **self._extensions},
+        )
+        return dataclasses.replace(options, public_key=public_key)
+
+    def begin_registration(self, user_name: str) -> tuple[Any, dict]:
+        options, state = self._rp.begin_registration(user_name)
+        return self._extend(options), state
+
+    def begin_authentication(self, user_name: str | None) -> tuple[Any, dict]:
+        options, state = self._rp.begin_authentication(user_name)
+        return self._extend(options), state
+
+
 def run(args: argparse.Namespace) -> int:
     from hybrid.desktop import Deadlines, DesktopSession, register, sign_in
     from hybrid.desktop.prepare import prepared_scanner
@@ -208,7 +268,10 @@ def run(args: argparse.Namespace) -> int:
     ssl_context = ssl_context_for(ca_file_from(args))
     data_dir = args.data_dir or default_data_dir("desktop")
     data_dir.mkdir(parents=True, exist_ok=True)
-    rp = RelyingParty(args.rp_id, origin, data_dir)
+    rp: Any = RelyingParty(args.rp_id, origin, data_dir)
+    extensions = requested_extensions(args)
+    if extensions:
+        rp = _AskingExtensions(rp, extensions)
     deadlines = Deadlines(advert=args.timeout, user=args.timeout)
 
     def show(url: str) -> None:
@@ -255,4 +318,10 @@ def run(args: argparse.Namespace) -> int:
         args.json.write_text(json.dumps(document, indent=2) + "\n")
     what = "registration" if operation is Operation.REGISTER else "assertion"
     print(f"verified: the relying party {args.rp_id} accepted the {what}", flush=True)
+    results = result.response.client_extension_results
+    if results:
+        print(f"extensions: {json.dumps(dict(results), sort_keys=True)}", flush=True)
+    prf = results.prf if results else None
+    if prf is not None and prf.results is not None:
+        print(f"prf: {bytes(prf.results.first).hex()}", flush=True)
     return 0

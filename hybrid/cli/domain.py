@@ -81,7 +81,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--of",
         metavar="HOST",
-        help="print the domain id of this relay host name (or wss:// URL) instead",
+        help="print the domain id of this relay host name (or wss:// URL) instead "
+        "(default: none, print the host of ID)",
     )
     parser.add_argument(
         "--json",
