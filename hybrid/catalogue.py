@@ -181,14 +181,34 @@ def passkey_error(failure: Failure, operation: Operation, detail: str = "") -> P
     return PasskeyError(failure, operation, detail)
 
 
-# CTAP2 status bytes (python-fido2's names, CTAP 2.2 section 8.2) with a user-facing meaning.
-_CTAP_STATUS_FAILURES: dict[int, Failure] = {
-    CtapError.ERR.OPERATION_DENIED: Failure.USER_DECLINED,
-    CtapError.ERR.KEEPALIVE_CANCEL: Failure.USER_DECLINED,
-    CtapError.ERR.NO_CREDENTIALS: Failure.NO_CREDENTIAL,
-    CtapError.ERR.CREDENTIAL_EXCLUDED: Failure.EXCLUDED,
-    CtapError.ERR.USER_ACTION_TIMEOUT: Failure.TIMEOUT,
-    CtapError.ERR.UNSUPPORTED_ALGORITHM: Failure.NOT_SUPPORTED,
+# CTAP2 status bytes (python-fido2's names, CTAP 2.2 section 8.2) with a user-facing meaning:
+# status -> (failure, what it means, for the detail)
+_CTAP_STATUS_FAILURES: dict[int, tuple[Failure, str]] = {
+    CtapError.ERR.OPERATION_DENIED: (Failure.USER_DECLINED, "the user declined on the phone"),
+    CtapError.ERR.KEEPALIVE_CANCEL: (
+        Failure.USER_DECLINED,
+        "the request was cancelled on the phone",
+    ),
+    CtapError.ERR.NO_CREDENTIALS: (Failure.NO_CREDENTIAL, "the phone has no passkey for this site"),
+    CtapError.ERR.CREDENTIAL_EXCLUDED: (
+        Failure.EXCLUDED,
+        "the phone already holds a passkey on the exclude list",
+    ),
+    CtapError.ERR.USER_ACTION_TIMEOUT: (Failure.TIMEOUT, "nobody answered the prompt on the phone"),
+    CtapError.ERR.UNSUPPORTED_ALGORITHM: (
+        Failure.NOT_SUPPORTED,
+        "the phone supports none of the site's algorithms",
+    ),
+    # A phone with no way to verify its user refuses uv (CTAP 2.1: INVALID_OPTION; 2.0: 0x2B).
+    CtapError.ERR.INVALID_OPTION: (
+        Failure.NOT_SUPPORTED,
+        "the phone cannot do what the site asked (for example verify the user)",
+    ),
+    CtapError.ERR.UNSUPPORTED_OPTION: (
+        Failure.NOT_SUPPORTED,
+        "the phone does not support an option the site asked for",
+    ),
+    CtapError.ERR.UV_INVALID: (Failure.USER_NOT_VERIFIED, "the phone could not verify the user"),
 }
 
 
@@ -199,10 +219,13 @@ def failure_for_ctap_status(status: int, operation: Operation) -> Failure:
     operation (the wording differs, which ``passkey_error`` handles).
     """
     del operation
-    return _CTAP_STATUS_FAILURES.get(status, Failure.PROTOCOL_ERROR)
+    return _CTAP_STATUS_FAILURES.get(status, (Failure.PROTOCOL_ERROR, ""))[0]
 
 
 def error_for_ctap_status(status: int, operation: Operation) -> PasskeyError:
-    """Shortcut: the ``PasskeyError`` for a non-zero CTAP status, with the status as detail."""
-    failure = failure_for_ctap_status(status, operation)
-    return PasskeyError(failure, operation, f"CTAP status 0x{status:02X}")
+    """Shortcut: the ``PasskeyError`` for a non-zero CTAP status; the detail says what the
+    status means and gives it in hex."""
+    failure, meaning = _CTAP_STATUS_FAILURES.get(
+        status, (Failure.PROTOCOL_ERROR, "the phone answered with an error")
+    )
+    return PasskeyError(failure, operation, f"{meaning} (CTAP status 0x{status:02X})")

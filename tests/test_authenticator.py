@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from hybrid.catalogue import Operation
 from hybrid.phone import (
     AAGUID,
+    Account,
     Approval,
     ApprovalRequest,
     CredentialStore,
@@ -43,25 +44,39 @@ def make_credential_request(
     algs: tuple[int, ...] = (-7,),
     exclude: list[bytes] | None = None,
     client_data_hash: bytes = CDH,
+    rk: bool = True,
+    uv: bool = True,
+    extensions: dict | None = None,
 ) -> bytes:
     params: dict = {
         1: client_data_hash,
         2: {"id": rp_id, "name": "Example"},
         3: {"id": user_id, "name": user_name, "displayName": user_name.title()},
         4: [{"alg": alg, "type": "public-key"} for alg in algs],
-        7: {"rk": True, "uv": True},
+        7: {"rk": rk, **({"uv": True} if uv else {})},
     }
     if exclude is not None:
         params[5] = [{"id": cid, "type": "public-key"} for cid in exclude]
+    if extensions is not None:
+        params[6] = extensions
     return b"\x01" + cbor.encode(params)
 
 
 def get_assertion_request(
-    *, rp_id: str = RP_ID, allow: list[bytes] | None = None, client_data_hash: bytes = CDH
+    *,
+    rp_id: str = RP_ID,
+    allow: list[bytes] | None = None,
+    client_data_hash: bytes = CDH,
+    uv: bool = False,
+    extensions: dict | None = None,
 ) -> bytes:
     params: dict = {1: rp_id, 2: client_data_hash}
     if allow is not None:
         params[3] = [{"id": cid, "type": "public-key"} for cid in allow]
+    if extensions is not None:
+        params[4] = extensions
+    if uv:
+        params[5] = {"uv": True}
     return b"\x02" + cbor.encode(params)
 
 
@@ -107,6 +122,7 @@ async def test_get_info_describes_a_hybrid_phone(authenticator: SoftwareAuthenti
     assert _canonical(raw)
     info = Info.from_dict(cbor.decode(raw))
     assert info.versions == ["FIDO_2_0", "FIDO_2_1"]
+    assert info.extensions == ["prf"]
     assert info.aaguid == AAGUID == bytes(16)
     assert info.options == {"rk": True, "uv": True, "up": True, "plat": False}
     assert info.transports == ["hybrid", "internal"]
@@ -179,17 +195,54 @@ def test_unusable_store_is_a_typed_error(tmp_path: Path) -> None:
         CredentialStore(tmp_path / "junk")
 
 
-async def test_discoverable_assertion_picks_newest_credential_and_names_the_user(
+async def test_discoverable_assertion_without_a_choice_takes_the_newest_credential(
     authenticator: SoftwareAuthenticator,
 ) -> None:
     await register(authenticator, user_id=b"u-old", user_name="old")
     newest = (await register(authenticator, user_id=b"u-new", user_name="new")).auth_data
     await register(authenticator, rp_id="other.example", user_id=b"u-x", user_name="x")
-    ga = await assert_(authenticator)
+    ga = await assert_(authenticator, uv=True)
     assert ga.credential["id"] == newest.credential_data.credential_id
     assert ga.user == {"id": b"u-new", "name": "new", "displayName": "New"}
-    assert ga.user_selected is True
+    assert ga.user_selected is None  # nobody chose: the response does not claim a choice
     assert ga.number_of_credentials is None
+
+
+async def test_the_approver_chooses_among_several_accounts(store: CredentialStore) -> None:
+    offered: list[tuple[str | None, ...]] = []
+
+    def choose_old(accounts) -> int:
+        offered.append(tuple(a.user_name for a in accounts))
+        return [a.user_name for a in accounts].index("old")
+
+    auth = SoftwareAuthenticator(store, auto_approver(choose_account=choose_old))
+    old = (await register(auth, user_id=b"u-old", user_name="old")).auth_data
+    await register(auth, user_id=b"u-new", user_name="new")
+    ga = await assert_(auth, uv=True)
+    assert offered == [("new", "old")]  # newest first
+    assert ga.credential["id"] == old.credential_data.credential_id
+    assert ga.user["id"] == b"u-old"
+    assert ga.user_selected is True
+    # one credential: nothing to choose, no userSelected
+    other = SoftwareAuthenticator(store, auto_approver(choose_account=choose_old))
+    await register(other, rp_id="solo.example")
+    assert (await assert_(other, rp_id="solo.example")).user_selected is None
+    assert len(offered) == 1
+
+
+async def test_non_discoverable_credentials_need_the_allow_list(
+    authenticator: SoftwareAuthenticator,
+) -> None:
+    att = await register(authenticator, rk=False)
+    cred_id = att.auth_data.credential_data.credential_id
+    assert authenticator.store.get(cred_id).discoverable is False
+    assert await authenticator.handle(get_assertion_request()) == b"\x2e"
+    ga = await assert_(authenticator, allow=[cred_id])
+    assert ga.credential["id"] == cred_id
+    # a non-discoverable credential never replaces a discoverable one for the same user
+    resident = (await register(authenticator)).auth_data.credential_data.credential_id
+    await register(authenticator, rk=False)
+    assert (await assert_(authenticator)).credential["id"] == resident
 
 
 async def test_same_user_on_same_rp_replaces_the_old_credential(
@@ -250,17 +303,95 @@ async def test_declining_user_gets_operation_denied_and_nothing_changes(
     assert store.get(cred_id).sign_count == 0
 
 
-async def test_uv_flag_follows_the_approver(store: CredentialStore) -> None:
-    approver = RecordingApprover(Approval(approved=True, user_verified=False))
-    auth = SoftwareAuthenticator(store, approver)
-    att = await register(auth)
+async def test_uv_is_performed_and_flagged_only_when_asked(store: CredentialStore) -> None:
+    auth = SoftwareAuthenticator(store, auto_approver())
+    att = await register(auth, uv=False)
     assert att.auth_data.is_user_present() and not att.auth_data.is_user_verified()
-    ga = await assert_(auth)
+    att = await register(auth, user_id=b"u2", uv=True)
+    assert att.auth_data.is_user_verified()
+    ga = await assert_(auth, allow=[att.auth_data.credential_data.credential_id])
     assert ga.auth_data.flags == AuthenticatorData.FLAG.UP
-    assert ga.user == {"id": b"user-1"}  # no names without verification
-    request = approver.requests[-1]
-    assert request == ApprovalRequest(Operation.SIGN_IN, RP_ID, "Example", "alice", "Alice")
-    assert approver.requests[0].operation is Operation.REGISTER
+    assert ga.user == {"id": b"u2"}  # no names without verification
+    ga = await assert_(auth, allow=[att.auth_data.credential_data.credential_id], uv=True)
+    assert ga.auth_data.flags == AuthenticatorData.FLAG.UP | AuthenticatorData.FLAG.UV
+
+
+async def test_approver_that_cannot_verify_refuses_uv_requests(store: CredentialStore) -> None:
+    auth = SoftwareAuthenticator(store, auto_approver(user_verified=False))
+    assert Info.from_dict(cbor.decode(auth.get_info())).options["uv"] is False
+    assert await auth.handle(make_credential_request(uv=True)) == b"\x2c"  # INVALID_OPTION
+    await register(auth, uv=False)
+    assert await auth.handle(get_assertion_request(uv=True)) == b"\x2c"
+    # an approver that tries and fails to verify: UV_INVALID, nothing signed
+    failing = RecordingApprover(Approval(approved=True, user_verified=False))
+    auth = SoftwareAuthenticator(store, failing)
+    assert await auth.handle(get_assertion_request(uv=True)) == b"\x3f"
+    assert failing.requests[-1] == ApprovalRequest(
+        Operation.SIGN_IN, RP_ID, "Example", "alice", "Alice", user_verification=True
+    )
+    assert store.all()[0].sign_count == 0
+
+
+async def test_prf_is_an_hmac_of_the_hashed_salt_with_a_per_credential_secret(
+    authenticator: SoftwareAuthenticator,
+) -> None:
+    import hmac
+
+    att_response = await authenticator.handle(make_credential_request(extensions={"prf": {}}))
+    fields = cbor.decode(att_response[1:])
+    assert fields[6] == {"prf": {"enabled": True}}
+    cred_a = AttestationResponse.from_dict(fields).auth_data.credential_data.credential_id
+    cred_b = (await register(authenticator, user_id=b"b")).auth_data.credential_data.credential_id
+    salt1, salt2 = hashlib.sha256(b"1").digest(), hashlib.sha256(b"2").digest()
+
+    async def prf(allow, extension) -> dict:
+        response = await authenticator.handle(
+            get_assertion_request(allow=allow, extensions={"prf": extension})
+        )
+        assert response[0] == 0
+        return cbor.decode(response[1:])[8]["prf"]["results"]
+
+    first = await prf([cred_a], {"eval": {"first": salt1, "second": salt2}})
+    secret = authenticator.store.get(cred_a).prf_secret
+    assert first == {
+        "first": hmac.digest(secret, salt1, "sha256"),
+        "second": hmac.digest(secret, salt2, "sha256"),
+    }
+    assert (await prf([cred_a], {"eval": {"first": salt1}})) == {"first": first["first"]}
+    other = await prf([cred_b], {"eval": {"first": salt1}})
+    assert other["first"] != first["first"]  # the secret is per credential
+    by_cred = await prf(
+        [cred_b], {"eval": {"first": salt1}, "evalByCredential": {cred_b: {"first": salt2}}}
+    )
+    assert by_cred["first"] == hmac.digest(
+        authenticator.store.get(cred_b).prf_secret, salt2, "sha256"
+    )
+    short = get_assertion_request(allow=[cred_a], extensions={"prf": {"eval": {"first": b"x"}}})
+    assert await authenticator.handle(short) == b"\x02"
+
+
+def test_store_upgrades_an_old_database(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / STORE_FILENAME
+    old = sqlite3.connect(path)
+    old.executescript(
+        "CREATE TABLE credentials (seq INTEGER PRIMARY KEY AUTOINCREMENT, credential_id BLOB "
+        "NOT NULL UNIQUE, rp_id TEXT NOT NULL, rp_name TEXT, user_id BLOB NOT NULL, user_name "
+        "TEXT, user_display_name TEXT, private_key BLOB NOT NULL, sign_count INTEGER NOT NULL "
+        "DEFAULT 0);"
+    )
+    old.execute(
+        "INSERT INTO credentials (credential_id, rp_id, user_id, private_key) VALUES (?,?,?,?)",
+        (b"c" * 32, RP_ID, b"u", b"k"),
+    )
+    old.commit()
+    old.close()
+    with CredentialStore(tmp_path) as store:
+        (credential,) = store.for_rp(RP_ID, discoverable_only=True)
+        assert credential.discoverable and credential.prf_secret is None
+        secret = store.prf_secret(credential.credential_id)
+        assert len(secret) == 32 and store.prf_secret(credential.credential_id) == secret
 
 
 async def test_unanswered_prompt_times_out(store: CredentialStore) -> None:
@@ -340,9 +471,14 @@ async def test_terminal_approver_shows_the_request_and_reads_the_answer() -> Non
 
         return read
 
-    request = ApprovalRequest(Operation.REGISTER, RP_ID, "Example", "alice", "Alice A")
+    request = ApprovalRequest(
+        Operation.REGISTER, RP_ID, "Example", "alice", "Alice A", user_verification=True
+    )
     yes = await terminal_approver(read_line=answer(" Y "), output=out)(request)
     assert yes == Approval(approved=True, user_verified=True)
+    plain = ApprovalRequest(Operation.REGISTER, RP_ID, "Example", "alice", "Alice A")
+    yes = await terminal_approver(read_line=answer("y"), output=out)(plain)
+    assert yes == Approval(approved=True, user_verified=False)  # not asked: not verified
     no = await terminal_approver(read_line=answer(""), output=out)(request)
     assert no == Approval(approved=False, user_verified=False)
     text = out.getvalue()
@@ -353,6 +489,31 @@ async def test_terminal_approver_shows_the_request_and_reads_the_answer() -> Non
         raise EOFError
 
     assert not (await terminal_approver(read_line=eof, output=out)(request)).approved
+
+
+async def test_terminal_approver_lists_accounts_by_number() -> None:
+    out = io.StringIO()
+    accounts = (Account("new", "New One"), Account("old", None))
+    request = ApprovalRequest(Operation.SIGN_IN, RP_ID, "Example", accounts=accounts)
+
+    async def answered(answer: str) -> Approval:
+        # the answer arrives on a descriptor of our own, as it would on the terminal's fd 0
+        read_end, write_end = os.pipe()
+        try:
+            os.write(write_end, answer.encode() + b"\n")
+            return await terminal_approver(output=out, input_fd=read_end)(request)
+        finally:
+            os.close(read_end)
+            os.close(write_end)
+
+    chosen = await answered("2")
+    assert chosen == Approval(approved=True, user_verified=False, account=1)
+    text = out.getvalue()
+    # the prompt is printed on the same stream as the request it describes
+    assert "  1. new (New One)\n  2. old\n" in text
+    assert text.rstrip().endswith("which account? [1-2, empty cancels]")
+    for answer in ("", "3", "0", "x"):
+        assert not (await answered(answer)).approved
 
 
 async def test_terminal_approver_is_abandoned_on_cancel() -> None:

@@ -118,7 +118,7 @@ def test_domain_prints_the_host_or_rejects_with_exit_code_2() -> None:
         else:
             assert result.returncode == 2, domain_id
             assert result.stdout == ""
-            assert result.stderr.startswith("hybrid: error: tunnel-server domain id")
+            assert result.stderr.startswith("hybrid domain: error: tunnel-server domain id")
             assert len(result.stderr.strip().splitlines()) == 1
 
 

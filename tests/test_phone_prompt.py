@@ -1,6 +1,7 @@
-"""`hybrid phone`'s terminal prompt, abandoned while stdin is a pipe (issue 12, point 6).
+"""`hybrid phone`'s terminal prompt, abandoned while nobody answers it (issue 12, point 6).
 
-The phone asks "[y/N]" on the terminal; here its stdin is a pipe nobody writes to. When the prompt
+The phone asks "[y/N]" on the terminal; here its stdin is a pseudo-terminal nobody types on (with
+stdin a plain pipe the phone declines at once: nobody can approve). When the prompt
 is abandoned (the desktop hangs up, or the user deadline passes) the process must exit with its
 catalogue code: no ``Fatal Python error`` about stdin's lock and no SIGABRT, which a reader thread
 left blocked in ``input()`` caused.
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import io
 import os
+import pty
 import subprocess
 import sys
 
@@ -44,13 +46,19 @@ async def _prompting_phone(relay_url: str, ble_port: int, tmp_path, timeout: str
     line = bytearray()
     await _read_until(desktop.stdout, b"\n", line)
     url = bytes(line).split(b"\n", 1)[0].decode().strip()
+    _TERMINALS.append(pty.openpty())
+    terminal = _TERMINALS[-1][1]
     phone = await trio.lowlevel.open_process(
         [*HYBRID, "phone", "--data-dir", str(tmp_path / "p"), "--timeout", timeout, *common, url],
-        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        stdin=terminal, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
     err = bytearray()
     await _read_until(phone.stderr, b"Passkey request:", err)
     return desktop, phone, err
+
+
+# pseudo-terminals opened for the phones of this module, closed when each test stops them
+_TERMINALS: list[tuple[int, int]] = []
 
 
 async def _stop(*processes) -> None:
@@ -58,6 +66,9 @@ async def _stop(*processes) -> None:
         if process.returncode is None:
             process.kill()
             await process.wait()
+    while _TERMINALS:
+        for fd in _TERMINALS.pop():
+            os.close(fd)
 
 
 async def test_phone_exits_cleanly_when_the_desktop_hangs_up_during_the_prompt(
@@ -75,8 +86,9 @@ async def test_phone_exits_cleanly_when_the_desktop_hangs_up_during_the_prompt(
         await _stop(*(p for p in (desktop, phone) if p is not None))
     text = err.decode()
     assert "Fatal Python error" not in text and "Traceback" not in text, text
-    assert code == 11, (code, text)
-    assert "while the user was deciding" in text, text
+    # the desktop went away: on the phone that is "Session Expired" (exit 19), said plainly
+    assert code == 19, (code, text)
+    assert "the computer stopped waiting: it closed the tunnel while you were deciding" in text
 
 
 async def test_phone_exits_cleanly_when_the_user_deadline_passes(relay, ble_port, tmp_path) -> None:

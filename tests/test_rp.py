@@ -52,6 +52,7 @@ async def client_register(
     *,
     origin: str = ORIGIN,
     challenge: bytes | None = None,
+    uv: bool = True,
 ) -> RegistrationResponse:
     pk = options.public_key
     client_data = CollectedClientData.create(
@@ -64,7 +65,7 @@ async def client_register(
         2: {"id": pk.rp.id, "name": pk.rp.name},
         3: {"id": pk.user.id, "name": pk.user.name, "displayName": pk.user.display_name},
         4: [{"alg": p.alg, "type": p.type.value} for p in pk.pub_key_cred_params],
-        7: {"rk": True, "uv": True},
+        7: {"rk": True, "uv": True} if uv else {"rk": True},
     }
     if pk.exclude_credentials:
         params[5] = [{"id": d.id, "type": d.type.value} for d in pk.exclude_credentials]
@@ -300,7 +301,8 @@ async def test_user_not_verified_still_registers_and_signs_in_with_preferred_uv(
     rp = RelyingParty(RP_ID, ORIGIN, tmp_path / "desktop")
     auth = phone(tmp_path / "phone", auto_approver(user_verified=False))
     options, state = rp.begin_registration("alice")
-    response = await client_register(auth, options)
+    # "preferred" and a phone whose getInfo lacks uv: a client sends no uv (WebAuthn)
+    response = await client_register(auth, options, uv=False)
     assert not response.response.attestation_object.auth_data.is_user_verified()
     rp.complete_registration(state, response)
     assert await login(rp, auth, "alice") == "alice"

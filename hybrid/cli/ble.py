@@ -127,7 +127,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--json",
         action="store_true",
         help="print one JSON object: tunnel_server_id, domain, routing_id, nonce, tunnel_id, "
-        "connect_url",
+        "connect_url (default: one field per line)",
     )
     decrypt.set_defaults(func=_decrypt)
 
@@ -142,7 +142,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--routing-id", required=True, metavar="HEX", help="3-byte routing id from the relay"
     )
     encrypt.add_argument(
-        "--domain-id", type=int, default=0, metavar="N", help="tunnel-server domain id (default 0)"
+        "--domain-id",
+        type=int,
+        default=0,
+        metavar="N",
+        help="tunnel-server domain id (default: 0)",
     )
     encrypt.add_argument("--nonce", metavar="HEX", help="10-byte nonce (default: random)")
     encrypt.set_defaults(func=_encrypt)

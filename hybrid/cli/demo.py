@@ -31,6 +31,7 @@ from typing import Any
 import trio
 
 from hybrid.ble.loopback import PORT_ENV_VAR, resolve_port
+from hybrid.cli.args import seconds_arg
 from hybrid.cli.desktop import DEFAULT_TIMEOUT, add_ble_port
 from hybrid.errors import EnvironmentalError
 from hybrid.trio_util import single_exceptions
@@ -76,24 +77,29 @@ class CeremonyOutcome:
 class DemoReport:
     relay_url: str
     ceremonies: list[CeremonyOutcome] = field(default_factory=list)
+    reused_passkey: bool = False  # --data-dir already held the passkey: no registration ran
 
     @property
     def verified(self) -> bool:
-        return len(self.ceremonies) == 2 and all(c.verified for c in self.ceremonies)
+        wanted = ("login",) if self.reused_passkey else ("register", "login")
+        return tuple(c.action for c in self.ceremonies) == wanted and all(
+            c.verified for c in self.ceremonies
+        )
 
     def to_json(self, rp_id: str, origin: str) -> dict[str, Any]:
-        registration, authentication = (c.document or {} for c in self.ceremonies)
+        documents = {c.action: c.document or {} for c in self.ceremonies}
+
+        def part(action: str) -> dict[str, Any] | None:
+            if action not in documents:
+                return None  # a reused passkey: this run registered nothing
+            document = documents[action]
+            return {"challenge": document.get("challenge"), "response": document.get("response")}
+
         return {
             "rp_id": rp_id,
             "origin": origin,
-            "registration": {
-                "challenge": registration.get("challenge"),
-                "response": registration.get("response"),
-            },
-            "authentication": {
-                "challenge": authentication.get("challenge"),
-                "response": authentication.get("response"),
-            },
+            "registration": part("register"),
+            "authentication": part("login"),
         }
 
 
@@ -262,7 +268,15 @@ async def run_demo(config: DemoConfig, say: Say = _say_to_stdout) -> DemoReport:
             report = DemoReport(relay.base_url)
             say(f"relay listening on {relay.base_url} ({time.perf_counter() - started:.3f} s)")
             say(f"loopback BLE medium on udp://127.0.0.1:{port}; data in {data_dir}")
-            for action, title in (("register", "Register a passkey"), ("login", "Sign in")):
+            ceremonies = [("register", "Register a passkey"), ("login", "Sign in")]
+            if _has_passkey(config, data_dir):
+                report.reused_passkey = True
+                ceremonies = ceremonies[1:]
+                say(
+                    f"{config.user} already has a passkey for {config.rp_id} in {data_dir}: "
+                    "reusing it (no registration)"
+                )
+            for action, title in ceremonies:
                 say("")
                 say(f"== {title} for {config.user} at {config.rp_id} ==")
                 outcome = await _ceremony(action, relay.base_url, config, data_dir, port, say)
@@ -273,6 +287,22 @@ async def run_demo(config: DemoConfig, say: Say = _say_to_stdout) -> DemoReport:
                     break
             nursery.cancel_scope.cancel()
     return report
+
+
+def _has_passkey(config: DemoConfig, data_dir: Path) -> bool:
+    """Whether an earlier run left a registered passkey for the user in ``data_dir``."""
+    from hybrid.catalogue import PasskeyError
+    from hybrid.rp import RelyingParty
+
+    if not (data_dir / "desktop").is_dir():
+        return False
+    try:
+        RelyingParty(config.rp_id, config.origin, data_dir / "desktop").begin_authentication(
+            config.user
+        )
+    except PasskeyError:
+        return False
+    return True
 
 
 def _port_is_free(port: int) -> bool:
@@ -301,9 +331,14 @@ def _demo_port(requested: int | None, say: Say) -> int:
 def conclusion(report: DemoReport, config: DemoConfig) -> str:
     """The demo's last sentence."""
     if report.verified:
+        how = (
+            "signed in with the passkey registered in an earlier run"
+            if report.reused_passkey
+            else "registered a passkey on the phone and signed in with it"
+        )
         return (
             f"RESULT: the relying party {config.rp_id} verified the assertion: {config.user} "
-            "registered a passkey on the phone and signed in with it over hybrid."
+            f"{how} over hybrid."
         )
     failed = next((c for c in report.ceremonies if not c.verified), None)
     why = ""
@@ -319,22 +354,39 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Start a relay on 127.0.0.1, then a desktop and a phone as two processes "
         "that find each other over the loopback BLE medium; register a passkey and sign in.",
     )
-    parser.add_argument("--rp-id", default="example.com", metavar="ID", help="relying party ID")
-    parser.add_argument("--user", default="alice", metavar="NAME", help="account name")
+    parser.add_argument(
+        "--rp-id",
+        default="example.com",
+        metavar="ID",
+        help="relying party ID (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--user", default="alice", metavar="NAME", help="account name (default: %(default)s)"
+    )
     parser.add_argument(
         "--data-dir",
         type=Path,
         metavar="DIR",
-        help="keep desktop and phone state here (default: a fresh temporary directory)",
+        help="keep desktop and phone state here; a second run with the same DIR reuses the "
+        "passkey and only signs in (default: a fresh temporary directory)",
     )
     add_ble_port(parser)
     parser.add_argument(
-        "--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="S", help="per-wait deadline"
+        "--timeout",
+        type=seconds_arg,
+        default=DEFAULT_TIMEOUT,
+        metavar="S",
+        help=f"per-wait deadline in seconds (default: {DEFAULT_TIMEOUT:g})",
     )
     parser.add_argument(
-        "--json", type=Path, metavar="FILE", help="write both verified responses as JSON"
+        "--json",
+        type=Path,
+        metavar="FILE",
+        help="write both verified responses as JSON (default: none)",
     )
-    parser.add_argument("--no-qr", action="store_true", help="do not draw the QR code")
+    parser.add_argument(
+        "--no-qr", action="store_true", help="do not draw the QR code (default: draw it)"
+    )
     parser.set_defaults(func=run)
 
 
@@ -348,7 +400,8 @@ def run(args: argparse.Namespace) -> int:
         json_path=args.json,
         show_qr=not args.no_qr,
     )
-    report = trio.run(run_demo, config)
+    with single_exceptions():
+        report = trio.run(run_demo, config)
     print()
     print(conclusion(report, config), flush=True)
     if args.json is not None and report.verified:

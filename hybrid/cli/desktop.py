@@ -11,8 +11,10 @@ party verified the result; otherwise the catalogue error is printed and its exit
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
+import ssl
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +23,15 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from hybrid.catalogue import Operation
+from hybrid.cli.args import (
+    UsageError,
+    add_ca_file,
+    ca_file_from,
+    port_arg,
+    relay_url_arg,
+    seconds_arg,
+)
+from hybrid.trio_util import single_exceptions
 
 if TYPE_CHECKING:
     from hybrid.events import Event
@@ -78,11 +89,33 @@ def instruction_printer(role: str) -> Callable[[Event], None]:
 def add_ble_port(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--ble-port",
-        type=int,
+        type=port_arg,
         default=None,
         metavar="N",
         help="UDP port of the loopback BLE medium (default: $HYBRID_BLE_PORT or 47474)",
     )
+
+
+def add_timeout(parser: argparse.ArgumentParser, waits_for: str) -> None:
+    parser.add_argument(
+        "--timeout",
+        type=seconds_arg,
+        default=DEFAULT_TIMEOUT,
+        metavar="S",
+        help=f"seconds to wait for {waits_for} and for the user (default: {DEFAULT_TIMEOUT:g})",
+    )
+
+
+def ssl_context_for(ca_file: Path | None) -> ssl.SSLContext | None:
+    """The system's trust store plus ``ca_file`` (a private relay CA), or ``None`` for defaults."""
+    if ca_file is None:
+        return None
+    context = ssl.create_default_context()
+    try:
+        context.load_verify_locations(cafile=str(ca_file))
+    except (OSError, ssl.SSLError) as exc:
+        raise UsageError(f"--ca-file {ca_file}: not a PEM CA certificate file ({exc})") from None
+    return context
 
 
 def response_json(response: Any) -> dict[str, Any]:
@@ -90,44 +123,107 @@ def response_json(response: Any) -> dict[str, Any]:
     return json.loads(json.dumps(dict(response)))
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser(
-        "desktop",
-        help="run the desktop side: show a FIDO:/ QR code and register or sign in",
-        description="Show a FIDO:/ QR code, wait for a phone over BLE and the relay, send one "
-        "CTAP2 request and verify the answer with the relying party.",
-    )
-    parser.add_argument("action", choices=("register", "login"))
+_ACTIONS = {
+    "register": (
+        "register a passkey for --user on the phone",
+        "Show a FIDO:/ QR code, wait for a phone over BLE and the relay, ask it to create a "
+        "passkey for --user at --rp-id (authenticatorMakeCredential) and store the credential "
+        "once the relying party has verified the attestation. Exit status 0 only if it did.",
+    ),
+    "login": (
+        "sign in with a passkey on the phone",
+        "Show a FIDO:/ QR code, wait for a phone over BLE and the relay, ask it for an assertion "
+        "(authenticatorGetAssertion) and verify it with the relying party: with --user only that "
+        "account's passkeys are allowed, without it the phone chooses (discoverable sign-in). "
+        "Exit status 0 only if the relying party verified the assertion.",
+    ),
+}
+
+
+def _add_common(parser: argparse.ArgumentParser, action: str) -> None:
     parser.add_argument(
         "--relay",
+        type=relay_url_arg,
         metavar="URL",
-        help="relay base URL (ws://host:port) used for every tunnel, whatever the advert says",
+        help="relay base URL (ws://host:port or wss://host:port, no path) used for every tunnel, "
+        "whatever domain the phone's advert names (default: the relay the advert names)",
     )
-    parser.add_argument("--rp-id", required=True, metavar="ID", help="relying party ID")
-    parser.add_argument("--origin", metavar="ORIGIN", help="web origin (default: https://<rp-id>)")
+    parser.add_argument("--rp-id", required=True, metavar="ID", help="relying party ID (required)")
     parser.add_argument(
-        "--user", metavar="NAME", help="account name (login without it is discoverable)"
+        "--origin",
+        metavar="ORIGIN",
+        help="web origin; must be https://<rp-id> or a subdomain of it (default: https://<rp-id>)",
     )
-    parser.add_argument("--data-dir", type=Path, metavar="DIR", help="relying-party state")
+    if action == "register":
+        parser.add_argument(
+            "--user", required=True, metavar="NAME", help="account name to register (required)"
+        )
+    else:
+        parser.add_argument(
+            "--user",
+            metavar="NAME",
+            help="account to sign in (default: none, a discoverable sign-in: the phone chooses)",
+        )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        metavar="DIR",
+        help=f"relying-party state (default: ${DATA_DIR_ENV}/desktop, else "
+        "~/.local/share/hybrid/desktop)",
+    )
     add_ble_port(parser)
     parser.add_argument(
         "--ble",
         choices=("loopback", "bleak"),
         default="loopback",
-        help="BLE backend: the loopback medium (default) or a real adapter through bleak",
+        help="BLE backend: the loopback medium or a real adapter through bleak (default: loopback)",
+    )
+    add_timeout(parser, "the phone")
+    add_ca_file(parser)
+    parser.add_argument(
+        "--json",
+        type=Path,
+        metavar="FILE",
+        help="also write the verified response as JSON (default: none; shape in the README)",
     )
     parser.add_argument(
-        "--timeout",
-        type=float,
-        default=DEFAULT_TIMEOUT,
-        metavar="S",
-        help="seconds to wait for the phone and for the user (default 60)",
+        "--no-qr", action="store_true", help="print the URL but no QR code (default: draw it)"
     )
-    parser.add_argument(
-        "--json", type=Path, metavar="FILE", help="also write the verified response as JSON"
+    if action == "register":
+        parser.add_argument(
+            "--cred-props",
+            action="store_true",
+            help="ask for the credProps extension: the result says whether the passkey is "
+            "discoverable (default: not asked)",
+        )
+        parser.add_argument(
+            "--prf",
+            action="store_true",
+            help="ask for the prf extension: the result says whether the passkey supports it "
+            "(default: not asked)",
+        )
+    else:
+        parser.add_argument(
+            "--prf",
+            metavar="SALT",
+            help="evaluate the prf extension with this text (UTF-8) as its first input; the "
+            "32-byte output is in clientExtensionResults and printed in hex (default: none)",
+        )
+    parser.set_defaults(func=run, action=action)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "desktop",
+        help="run the desktop side: show a FIDO:/ QR code and register or sign in",
+        description="Show a FIDO:/ QR code, wait for a phone over BLE and the relay, send one "
+        "CTAP2 request and verify the answer with the relying party. "
+        "See 'hybrid desktop register --help' and 'hybrid desktop login --help'.",
     )
-    parser.add_argument("--no-qr", action="store_true", help="print the URL but no QR code")
-    parser.set_defaults(func=run)
+    actions = parser.add_subparsers(dest="desktop_action", metavar="ACTION")
+    actions.required = True
+    for action, (summary, description) in _ACTIONS.items():
+        _add_common(actions.add_parser(action, help=summary, description=description), action)
 
 
 def _scanner(args: argparse.Namespace):
@@ -140,29 +236,74 @@ def _scanner(args: argparse.Namespace):
     return LoopbackScanner(args.ble_port)
 
 
+def check_origin(rp_id: str, origin: str) -> None:
+    """Browsers refuse an RP ID the origin is not within; so do we (a usage error)."""
+    from fido2.rpid import verify_rp_id
+
+    if not verify_rp_id(rp_id, origin):
+        raise UsageError(
+            f"--origin {origin} is not within --rp-id {rp_id}: the origin must be https:// "
+            f"(or http://localhost) and its host {rp_id} or a subdomain of it"
+        )
+
+
+def requested_extensions(args: argparse.Namespace) -> dict[str, Any]:
+    """The WebAuthn extensions the relying party asks for, from the command line."""
+    extensions: dict[str, Any] = {}
+    if args.action == "register":
+        if args.cred_props:
+            extensions["credProps"] = True
+        if args.prf:
+            extensions["prf"] = {}
+    elif args.prf is not None:
+        extensions["prf"] = {"eval": {"first": args.prf.encode("utf-8")}}
+    return extensions
+
+
+class _AskingExtensions:
+    """The relying party, with ``extensions`` added to the options it issues."""
+
+    def __init__(self, rp: Any, extensions: dict[str, Any]) -> None:
+        self._rp = rp
+        self._extensions = extensions
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._rp, name)
+
+    def _extend(self, options: Any) -> Any:
+        public_key = dataclasses.replace(
+            options.public_key,
+            extensions={**(options.public_key.extensions or {}), **self._extensions},
+        )
+        return dataclasses.replace(options, public_key=public_key)
+
+    def begin_registration(self, user_name: str) -> tuple[Any, dict]:
+        options, state = self._rp.begin_registration(user_name)
+        return self._extend(options), state
+
+    def begin_authentication(self, user_name: str | None) -> tuple[Any, dict]:
+        options, state = self._rp.begin_authentication(user_name)
+        return self._extend(options), state
+
+
 def run(args: argparse.Namespace) -> int:
     from fido2.utils import websafe_encode
 
     from hybrid.desktop import Deadlines, DesktopSession, register, sign_in
+    from hybrid.desktop.prepare import prepared_scanner
     from hybrid.rp import RelyingParty
 
-    if args.action == "register" and not args.user:
-        print("hybrid desktop register: --user is required", file=sys.stderr)
-        return 2
     operation = Operation.REGISTER if args.action == "register" else Operation.SIGN_IN
     origin = args.origin or f"https://{args.rp_id}"
+    check_origin(args.rp_id, origin)
+    ssl_context = ssl_context_for(ca_file_from(args))
     data_dir = args.data_dir or default_data_dir("desktop")
     data_dir.mkdir(parents=True, exist_ok=True)
-    rp = RelyingParty(args.rp_id, origin, data_dir)
+    rp: Any = RelyingParty(args.rp_id, origin, data_dir)
+    extensions = requested_extensions(args)
+    if extensions:
+        rp = _AskingExtensions(rp, extensions)
     deadlines = Deadlines(advert=args.timeout, user=args.timeout)
-    session = DesktopSession(
-        operation,
-        _scanner(args),
-        relay_url=args.relay,
-        deadlines=deadlines,
-        progress=progress_printer("desktop"),
-        on_event=instruction_printer("desktop"),
-    )
 
     def show(url: str) -> None:
         sys.stdout.write(url + "\n")
@@ -178,11 +319,23 @@ def run(args: argparse.Namespace) -> int:
             sys.stdout.flush()
 
     async def main():
-        if operation is Operation.REGISTER:
-            return await register(rp, args.user, session, on_url=show)
-        return await sign_in(rp, args.user, session, on_url=show)
+        # The scanner is open (loopback port bound, adapter started) before the QR is shown.
+        async with prepared_scanner(_scanner(args), operation) as scanner:
+            session = DesktopSession(
+                operation,
+                scanner,
+                relay_url=args.relay,
+                deadlines=deadlines,
+                progress=progress_printer("desktop"),
+                on_event=instruction_printer("desktop"),
+                ssl_context=ssl_context,
+            )
+            if operation is Operation.REGISTER:
+                return await register(rp, args.user, session, on_url=show)
+            return await sign_in(rp, args.user, session, on_url=show)
 
-    result = trio.run(main)
+    with single_exceptions():
+        result = trio.run(main)
     if args.json is not None:
         document = {
             "rp_id": args.rp_id,
@@ -197,4 +350,10 @@ def run(args: argparse.Namespace) -> int:
         args.json.write_text(json.dumps(document, indent=2) + "\n")
     what = "registration" if operation is Operation.REGISTER else "assertion"
     print(f"verified: the relying party {args.rp_id} accepted the {what}", flush=True)
+    results = result.response.client_extension_results
+    if results:
+        print(f"extensions: {json.dumps(dict(results), sort_keys=True)}", flush=True)
+    prf = results.prf if results else None
+    if prf is not None and prf.results is not None:
+        print(f"prf: {bytes(prf.results.first).hex()}", flush=True)
     return 0

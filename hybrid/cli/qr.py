@@ -61,7 +61,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Validate a FIDO:/ URL like a phone does and print its keys. " + _JSON_HELP,
     )
     decode.add_argument("url", metavar="URL", help='the FIDO:/ URL, or "-" to read it from stdin')
-    decode.add_argument("--json", action="store_true", help="print one JSON object")
+    decode.add_argument(
+        "--json", action="store_true", help="print one JSON object (default: one key per line)"
+    )
     decode.set_defaults(func=_decode)
 
     encode = commands.add_parser(
@@ -79,10 +81,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         "drawn as blocks for dark terminals), or into the files given.",
     )
     show.add_argument("url", metavar="URL", help='the FIDO:/ URL, or "-" to read it from stdin')
-    show.add_argument("--png", metavar="FILE", help="write a PNG image instead of drawing")
-    show.add_argument("--svg", metavar="FILE", help="write an SVG image instead of drawing")
     show.add_argument(
-        "--invert", action="store_true", help="draw dark modules as blocks (light terminals)"
+        "--png", metavar="FILE", help="write a PNG image instead of drawing (default: none)"
+    )
+    show.add_argument(
+        "--svg", metavar="FILE", help="write an SVG image instead of drawing (default: none)"
+    )
+    show.add_argument(
+        "--invert",
+        action="store_true",
+        help="draw dark modules as blocks, for light terminals (default: light modules as "
+        "blocks, for dark terminals)",
     )
     show.set_defaults(func=_show)
 
@@ -93,7 +102,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "'hybrid qr decode'. " + _JSON_HELP,
     )
     read.add_argument("image", metavar="IMAGE", help="image file")
-    read.add_argument("--json", action="store_true", help="print one JSON object")
+    read.add_argument(
+        "--json", action="store_true", help="print one JSON object (default: one key per line)"
+    )
     read.set_defaults(func=_read)
 
 

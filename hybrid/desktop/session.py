@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import ssl
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -30,6 +31,7 @@ from typing import Any, Protocol
 
 import trio
 from cryptography.hazmat.primitives.asymmetric import ec
+from fido2.ctap2 import Info
 from fido2.webauthn import (
     AuthenticationResponse,
     CollectedClientData,
@@ -45,17 +47,20 @@ from hybrid.ble.eid import Eid, decrypt_advert
 from hybrid.ble.medium import NoAdapterError, Scanner, ServiceData
 from hybrid.catalogue import Failure, Operation, PasskeyError, error_for_ctap_status
 from hybrid.desktop.ctap import (
+    assertion_extension_results,
     authentication_response,
     get_assertion_request,
     make_credential_request,
     parse_assertion,
     parse_attestation,
+    parse_info,
     rp_id_for,
+    unsigned_assertion_outputs,
 )
 from hybrid.errors import HybridError, ProtocolError
 from hybrid.events import EventHandler
 from hybrid.qr.payload import GET_ASSERTION, MAKE_CREDENTIAL, QrPayload
-from hybrid.session_errors import catalogue_errors
+from hybrid.session_errors import advert_timeout_error, catalogue_errors
 from hybrid.tunnel.client import Tunnel, TunnelClosedError, open_tunnel
 from hybrid.tunnel.client import _redact as redact_url
 from hybrid.tunnel.connection import (
@@ -82,6 +87,9 @@ GIVE_UP_TIMEOUT = 1.0
 CLIENT_DATA_TYPES = {Operation.REGISTER: "webauthn.create", Operation.SIGN_IN: "webauthn.get"}
 
 Progress = Callable[[str, float], None]
+# A CTAP request, or a function building it from the phone's getInfo (``None`` if it sent none):
+# what a request asks for (rk, uv, extensions) can depend on what the phone supports.
+CtapRequest = bytes | Callable[[Info | None], bytes]
 
 
 @dataclass(frozen=True)
@@ -151,10 +159,12 @@ class DesktopSession:
         identity_key: ec.EllipticCurvePrivateKey | None = None,
         qr_secret: bytes | None = None,
         now: Callable[[], float] = time.time,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.operation = Operation(operation)
         self.scanner = scanner
         self.relay_url = relay_url
+        self.ssl_context = ssl_context  # for a wss:// relay (None: the system's trust store)
         self.deadlines = deadlines or Deadlines()
         self.progress = progress
         self.on_event = on_event
@@ -168,6 +178,7 @@ class DesktopSession:
         )
         self.url = self.qr.to_url()
         self.transcript = Transcript()
+        self.phone_info: Info | None = None  # the phone's getInfo, once the handshake is done
         self._used = False
         self._reported: PasskeyError | None = None
 
@@ -179,9 +190,16 @@ class DesktopSession:
         """Register: send authenticatorMakeCredential and return the WebAuthn response."""
         with self._reporting_failure():
             rp_id = rp_id_for(options, client_data.origin)
-            request = make_credential_request(client_data.hash, options, self._error, rp_id=rp_id)
+
+            def request(info: Info | None) -> bytes:
+                return make_credential_request(
+                    client_data.hash, options, self._error, rp_id=rp_id, info=info
+                )
+
             body = await self.transact(request)
-            return parse_attestation(body, client_data, self._error)
+            return parse_attestation(
+                body, client_data, self._error, options=options, info=self.phone_info
+            )
 
     async def get_assertion(
         self, options: PublicKeyCredentialRequestOptions, client_data: CollectedClientData
@@ -189,10 +207,18 @@ class DesktopSession:
         """Sign in: send authenticatorGetAssertion and return the WebAuthn response."""
         with self._reporting_failure():
             rp_id = rp_id_for(options, client_data.origin)
-            request = get_assertion_request(client_data.hash, options, self._error, rp_id=rp_id)
+
+            def request(info: Info | None) -> bytes:
+                return get_assertion_request(
+                    client_data.hash, options, self._error, rp_id=rp_id, info=info
+                )
+
             body = await self.transact(request)
             assertion = parse_assertion(body, self._error, options)
-            return authentication_response(assertion, client_data, self._error)
+            extensions = assertion_extension_results(
+                options, unsigned_assertion_outputs(body, self._error), self._error
+            )
+            return authentication_response(assertion, client_data, self._error, extensions)
 
     # ---- the transaction ----------------------------------------------------------------------
 
@@ -215,8 +241,11 @@ class DesktopSession:
             self._emit(events.Failed(exc))
             raise
 
-    async def transact(self, ctap_request: bytes) -> bytes:
+    async def transact(self, ctap_request: CtapRequest) -> bytes:
         """Run the whole hybrid transaction for one CTAP request; the CBOR of a CTAP2_OK reply.
+
+        ``ctap_request`` is the request (command byte + CBOR), or a function that builds it from
+        the phone's getInfo once the post-handshake message has arrived.
 
         Raises ``PasskeyError`` for every failure (including a non-zero CTAP status), after
         reporting it as an ``events.Failed`` event.
@@ -227,7 +256,7 @@ class DesktopSession:
         with self._reporting_failure():
             return await self._transact(ctap_request)
 
-    async def _transact(self, ctap_request: bytes) -> bytes:
+    async def _transact(self, ctap_request: CtapRequest) -> bytes:
         clock = _Clock(self.progress, self.transcript)
         eid_key = keys.eid_key(self._qr_secret)
         tunnel_id = keys.tunnel_id(self._qr_secret)
@@ -242,7 +271,9 @@ class DesktopSession:
         )
         self.transcript.tunnel_url = url
         with catalogue_errors(self.operation, closed_early="the tunnel closed early"):
-            async with open_tunnel(url, connect_timeout=self.deadlines.tunnel) as tunnel:
+            async with open_tunnel(
+                url, connect_timeout=self.deadlines.tunnel, ssl_context=self.ssl_context
+            ) as tunnel:
                 clock.step("tunnel connected")
                 self._emit(events.TunnelConnected(redact_url(url)))
                 return await self._over_tunnel(tunnel, plaintext, ctap_request, clock)
@@ -271,13 +302,13 @@ class DesktopSession:
         except NoAdapterError as exc:
             raise self._error(Failure.NO_BLE_ADAPTER, str(exc)) from None
         if scope.cancelled_caught:
-            raise self._error(
-                Failure.TIMEOUT, f"no phone advert within {self.deadlines.advert:g} s"
+            raise advert_timeout_error(
+                self.operation, self.deadlines.advert, self.transcript.other_adverts
             )
         raise self._error(Failure.NO_BLE_ADAPTER, "the BLE scanner stopped")
 
     async def _over_tunnel(
-        self, tunnel: Tunnel, eid_plaintext: bytes, ctap_request: bytes, clock: _Clock
+        self, tunnel: Tunnel, eid_plaintext: bytes, ctap_request: CtapRequest, clock: _Clock
     ) -> bytes:
         """Move bytes between the tunnel and a ``DesktopConnection``; deadlines live here.
 
@@ -310,7 +341,7 @@ class DesktopSession:
             conn.receive_data(message)
 
     async def _converse(
-        self, tunnel: Tunnel, conn: DesktopConnection, ctap_request: bytes, clock: _Clock
+        self, tunnel: Tunnel, conn: DesktopConnection, ctap_request: CtapRequest, clock: _Clock
     ) -> bytes:
         await tunnel.send(conn.send_handshake())
         post: PostHandshakeReceived | None = None
@@ -336,6 +367,9 @@ class DesktopSession:
             self.transcript.linking.append(post.linking)
         if "ctap" not in conn.features:
             raise self._error(Failure.NOT_SUPPORTED, "the phone does not offer CTAP")
+        self.phone_info = parse_info(post.post_handshake.get_info, self._error)
+        if callable(ctap_request):
+            ctap_request = ctap_request(self.phone_info)
 
         await tunnel.send(conn.send_request(ctap_request))
         clock.step("request sent")

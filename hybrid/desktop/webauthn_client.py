@@ -7,6 +7,12 @@ Each call shows a ``FIDO:/`` QR code through ``on_url``, runs one ``DesktopSessi
 (synchronously, like every python-fido2 client) and returns python-fido2's usual
 ``RegistrationResponse`` / ``AssertionSelection``.
 
+The request carries what the options ask for (``hybrid.desktop.ctap``): every algorithm, ``rk`` and
+``uv`` as ``residentKey`` / ``userVerification`` and the phone's getInfo resolve them, and the
+``credProps`` and ``prf`` extensions, whose results land in ``client_extension_results`` exactly
+where ``Fido2Client`` puts them (``response.client_extension_results.prf.results.first``;
+``selection.get_response(0).client_extension_results`` for a sign-in).
+
 Errors follow python-fido2's conventions: a ``ClientError`` whose code mirrors what ``Fido2Client``
 raises for the same CTAP outcome, with the catalogue's ``PasskeyError`` as its ``cause``. The
 optional ``threading.Event`` cancels the request like it does for ``Fido2Client``; the options'
@@ -15,6 +21,7 @@ optional ``threading.Event`` cancels the request like it does for ``Fido2Client`
 
 from __future__ import annotations
 
+import ssl
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -27,6 +34,7 @@ from fido2.client import (
     DefaultClientDataCollector,
     WebAuthnClient,
 )
+from fido2.ctap2 import Info
 from fido2.webauthn import (
     PublicKeyCredentialCreationOptions,
     PublicKeyCredentialRequestOptions,
@@ -36,15 +44,21 @@ from fido2.webauthn import (
 from hybrid.ble.medium import Scanner
 from hybrid.catalogue import Failure, Operation, PasskeyError
 from hybrid.desktop.ctap import (
+    assertion_extension_results,
     get_assertion_request,
     make_credential_request,
     parse_assertion,
     parse_attestation,
+    unsigned_assertion_outputs,
 )
-from hybrid.desktop.session import Deadlines, DesktopSession, Progress
+from hybrid.desktop.prepare import prepared_scanner
+from hybrid.desktop.session import CtapRequest, Deadlines, DesktopSession, Progress
 from hybrid.trio_util import single_exceptions
+from hybrid.tunnel.relay_url import validate_relay_url
 
 EVENT_POLL = 0.05
+# A phone supporting every option and extension we send: validates a request before the QR.
+_ALL = Info(versions=["FIDO_2_0"], extensions=["prf"], options={"rk": True, "uv": True})
 
 _CLIENT_ERRORS = {
     Failure.NO_CREDENTIAL: ClientError.ERR.DEVICE_INELIGIBLE,
@@ -72,12 +86,20 @@ class HybridWebAuthnClient(WebAuthnClient):
         on_url: Callable[[str], None] = print,
         deadlines: Deadlines | None = None,
         progress: Progress | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
+        """``client_data_collector`` is python-fido2's collector or simply the origin;
+        ``scanner`` a ``Scanner`` (or a factory making one per ceremony). ``relay_url`` replaces
+        the relay the phone's advert names (``ws://host:port``; checked now, ``RelayUrlError``, a
+        ``ValueError``, if unusable); ``ssl_context`` trusts a private ``wss://`` relay. ``on_url``
+        shows the ``FIDO:/`` URL as a QR code: it is called only once the scanner is running.
+        """
         if isinstance(client_data_collector, str):
             client_data_collector = DefaultClientDataCollector(client_data_collector)
         self._collector = client_data_collector
         self._scanner = scanner
-        self._relay_url = relay_url
+        self._relay_url = validate_relay_url(relay_url) if relay_url is not None else None
+        self._ssl_context = ssl_context
         self._on_url = on_url
         self._deadlines = deadlines or Deadlines()
         self._progress = progress
@@ -100,11 +122,22 @@ class HybridWebAuthnClient(WebAuthnClient):
             relay_url=self._relay_url,
             deadlines=deadlines,
             progress=self._progress,
+            ssl_context=self._ssl_context,
         )
 
-    def _run(self, session: DesktopSession, request: bytes, event: threading.Event | None) -> bytes:
+    def _run(
+        self, session: DesktopSession, request: CtapRequest, event: threading.Event | None
+    ) -> bytes:
         async def main() -> bytes | None:
             result: list[bytes] = []
+            # The QR is shown only once the scanner runs: a flow that cannot work shows none.
+            async with prepared_scanner(session.scanner, session.operation) as opened:
+                session.scanner = opened
+                self._on_url(session.url)
+                await transact_until_event(result)
+            return result[0] if result else None
+
+        async def transact_until_event(result: list[bytes]) -> None:
             with single_exceptions():
                 async with trio.open_nursery() as nursery:
 
@@ -120,9 +153,7 @@ class HybridWebAuthnClient(WebAuthnClient):
                     if event is not None:
                         nursery.start_soon(watch_event)
                     nursery.start_soon(transact)
-            return result[0] if result else None
 
-        self._on_url(session.url)
         try:
             body = trio.run(main)
         except PasskeyError as exc:
@@ -140,15 +171,24 @@ class HybridWebAuthnClient(WebAuthnClient):
         options = PublicKeyCredentialCreationOptions.from_dict(options)
         client_data, rp_id = self._collector.collect_client_data(options)
         session = self._session(Operation.REGISTER, options.timeout)
+        # Validate the options before any QR is shown; the real request waits for getInfo.
         try:
-            request = make_credential_request(
-                client_data.hash, options, session._error, rp_id=rp_id
+            make_credential_request(
+                client_data.hash, options, session._error, rp_id=rp_id, info=_ALL
             )
         except PasskeyError as exc:
             raise client_error(exc) from exc
+
+        def request(info: Info | None) -> bytes:
+            return make_credential_request(
+                client_data.hash, options, session._error, rp_id=rp_id, info=info
+            )
+
         body = self._run(session, request, event)
         try:
-            return parse_attestation(body, client_data, session._error)
+            return parse_attestation(
+                body, client_data, session._error, options=options, info=session.phone_info
+            )
         except PasskeyError as exc:
             raise client_error(exc) from exc
 
@@ -161,13 +201,22 @@ class HybridWebAuthnClient(WebAuthnClient):
         options = PublicKeyCredentialRequestOptions.from_dict(options)
         client_data, rp_id = self._collector.collect_client_data(options)
         session = self._session(Operation.SIGN_IN, options.timeout)
+        # Validate the options (prf evalByCredential keys...) before any QR is shown.
         try:
-            request = get_assertion_request(client_data.hash, options, session._error, rp_id=rp_id)
+            get_assertion_request(client_data.hash, options, session._error, rp_id=rp_id, info=_ALL)
         except PasskeyError as exc:
             raise client_error(exc) from exc
+
+        def request(info: Info | None) -> bytes:
+            return get_assertion_request(
+                client_data.hash, options, session._error, rp_id=rp_id, info=info
+            )
+
         body = self._run(session, request, event)
         try:
             assertion = parse_assertion(body, session._error, options)
+            unsigned = unsigned_assertion_outputs(body, session._error)
+            extensions = assertion_extension_results(options, unsigned, session._error)
         except PasskeyError as exc:
             raise client_error(exc) from exc
-        return AssertionSelection(client_data, [assertion])
+        return AssertionSelection(client_data, [assertion], extensions)

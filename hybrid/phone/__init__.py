@@ -8,12 +8,15 @@
 """
 
 from hybrid.phone.approval import (
+    Account,
+    AccountChooser,
     Approval,
     ApprovalRequest,
     Approver,
     auto_approver,
     declining_approver,
     terminal_approver,
+    unattended_approver,
 )
 from hybrid.phone.authenticator import AAGUID, SoftwareAuthenticator
 from hybrid.phone.session import PhoneDeadlines, PhoneResult, PhoneSession
@@ -21,6 +24,8 @@ from hybrid.phone.store import CredentialStore, CredentialStoreError, StoredCred
 
 __all__ = [
     "AAGUID",
+    "Account",
+    "AccountChooser",
     "Approval",
     "ApprovalRequest",
     "Approver",
@@ -34,4 +39,5 @@ __all__ = [
     "auto_approver",
     "declining_approver",
     "terminal_approver",
+    "unattended_approver",
 ]

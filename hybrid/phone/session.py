@@ -24,6 +24,7 @@ answered, and the run ends with the catalogue's "Session Expired".
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -132,12 +133,14 @@ class PhoneSession:
         deadlines: PhoneDeadlines | None = None,
         progress: Progress | None = None,
         on_event: EventHandler | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         # Strict validation first: a bad QR must not open any tunnel (docs/protocol.md section 3.5).
         self.qr = QrPayload.from_url(qr) if isinstance(qr, str) else qr
         self.authenticator = authenticator
         self.advertiser = advertiser
         self.relay_url = relay_url
+        self.ssl_context = ssl_context  # for a wss:// relay (None: the system's trust store)
         self.domain_id = domain_id_for_desktop(
             domain_id, fallback_domain_id, self.qr.known_domain_count
         )
@@ -174,7 +177,9 @@ class PhoneSession:
             tunnel_id = keys.tunnel_id(self.qr.qr_secret)
             url = new_url(tunnel_id, domain_id=self.domain_id, base_url=self.relay_url)
             with catalogue_errors(self._operation, closed_early="the desktop went away"):
-                async with open_tunnel(url, connect_timeout=self.deadlines.tunnel) as tunnel:
+                async with open_tunnel(
+                    url, connect_timeout=self.deadlines.tunnel, ssl_context=self.ssl_context
+                ) as tunnel:
                     self._step("tunnel opened")
                     return await self._serve(tunnel)
         except PasskeyError as exc:

@@ -1,10 +1,15 @@
-"""The phone's persistent passkey store: discoverable ES256 credentials in one SQLite file.
+"""The phone's persistent passkey store: ES256 credentials in one SQLite file.
 
 Each credential keeps its relying party, its user entity, its P-256 private key (PKCS#8 DER, as a
-platform keystore would export it) and its signature counter. A sequence number records creation
-order, so "the most recent credential for this site" never depends on a clock. As CTAP requires
-for discoverable credentials, creating a credential for an (rp id, user handle) pair that already
-has one replaces the old one.
+platform keystore would export it), its signature counter, whether it is *discoverable* (created
+with ``rk: true``: found by an empty allow list) and its PRF secret (32 random bytes, the
+per-credential key of the ``prf`` extension). Non-discoverable credentials are stored too, but are
+only found by their credential id. A sequence number records creation order, so "the most recent
+credential for this site" never depends on a clock. As CTAP requires for discoverable credentials,
+creating one for an (rp id, user handle) pair that already has one replaces the old one.
+
+Databases written before the ``discoverable`` and ``prf_secret`` columns existed are upgraded in
+place: their credentials were all discoverable, and a missing PRF secret is made on first use.
 """
 
 from __future__ import annotations
@@ -32,14 +37,23 @@ CREATE TABLE IF NOT EXISTS credentials (
     user_name TEXT,
     user_display_name TEXT,
     private_key BLOB NOT NULL,
-    sign_count INTEGER NOT NULL DEFAULT 0
+    sign_count INTEGER NOT NULL DEFAULT 0,
+    discoverable INTEGER NOT NULL DEFAULT 1,
+    prf_secret BLOB
 );
 CREATE INDEX IF NOT EXISTS credentials_by_rp ON credentials (rp_id);
 """
 
+# Columns added after the first release, with the definition ALTER TABLE gives old databases.
+_ADDED_COLUMNS = {
+    "discoverable": "INTEGER NOT NULL DEFAULT 1",
+    "prf_secret": "BLOB",
+}
+PRF_SECRET_LEN = 32
+
 _COLUMNS = (
     "credential_id, rp_id, rp_name, user_id, user_name, user_display_name, private_key, "
-    "sign_count, seq"
+    "sign_count, seq, discoverable, prf_secret"
 )
 
 
@@ -60,6 +74,8 @@ class StoredCredential:
     private_key_der: bytes
     sign_count: int
     seq: int
+    discoverable: bool = True
+    prf_secret: bytes | None = None
 
     def private_key(self) -> ec.EllipticCurvePrivateKey:
         key = serialization.load_der_private_key(self.private_key_der, password=None)
@@ -84,8 +100,15 @@ class CredentialStore:
                 # Private keys live here: keep the file readable by its owner only.
                 os.chmod(self.path, 0o600)
             self._db.executescript(_SCHEMA)
+            self._upgrade()
         except (OSError, sqlite3.Error) as exc:
             raise CredentialStoreError(f"cannot open credential store {self.path}: {exc}") from exc
+
+    def _upgrade(self) -> None:
+        present = {row[1] for row in self._db.execute("PRAGMA table_info(credentials)")}
+        for name, definition in _ADDED_COLUMNS.items():
+            if name not in present:
+                self._db.execute(f"ALTER TABLE credentials ADD COLUMN {name} {definition}")
 
     def close(self) -> None:
         self._db.close()
@@ -111,21 +134,39 @@ class CredentialStore:
         user_name: str | None,
         user_display_name: str | None,
         private_key: ec.EllipticCurvePrivateKey,
+        discoverable: bool = True,
+        prf_secret: bytes | None = None,
     ) -> StoredCredential:
-        """Store a new credential, replacing any for the same rp id and user handle."""
+        """Store a new credential; a discoverable one replaces any discoverable credential for
+        the same rp id and user handle (CTAP: one resident key per account and site)."""
         der = private_key.private_bytes(
             serialization.Encoding.DER,
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
+        if prf_secret is None:
+            prf_secret = os.urandom(PRF_SECRET_LEN)
         with self._transaction():
-            self._db.execute(
-                "DELETE FROM credentials WHERE rp_id = ? AND user_id = ?", (rp_id, user_id)
-            )
+            if discoverable:
+                self._db.execute(
+                    "DELETE FROM credentials WHERE rp_id = ? AND user_id = ? AND discoverable = 1",
+                    (rp_id, user_id),
+                )
             self._db.execute(
                 "INSERT INTO credentials (credential_id, rp_id, rp_name, user_id, user_name, "
-                "user_display_name, private_key, sign_count) VALUES (?, ?, ?, ?, ?, ?, ?, 0)",
-                (credential_id, rp_id, rp_name, user_id, user_name, user_display_name, der),
+                "user_display_name, private_key, sign_count, discoverable, prf_secret) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?, ?)",
+                (
+                    credential_id,
+                    rp_id,
+                    rp_name,
+                    user_id,
+                    user_name,
+                    user_display_name,
+                    der,
+                    int(discoverable),
+                    prf_secret,
+                ),
             )
         stored = self.get(credential_id)
         assert stored is not None
@@ -137,12 +178,30 @@ class CredentialStore:
         ).fetchone()
         return _row(row) if row else None
 
-    def for_rp(self, rp_id: str) -> list[StoredCredential]:
-        """Every credential for ``rp_id``, most recently created first."""
+    def for_rp(self, rp_id: str, *, discoverable_only: bool = False) -> list[StoredCredential]:
+        """Every credential for ``rp_id`` (only the discoverable ones if asked), newest first."""
+        where = "rp_id = ?" + (" AND discoverable = 1" if discoverable_only else "")
         rows = self._db.execute(
-            f"SELECT {_COLUMNS} FROM credentials WHERE rp_id = ? ORDER BY seq DESC", (rp_id,)
+            f"SELECT {_COLUMNS} FROM credentials WHERE {where} ORDER BY seq DESC", (rp_id,)
         ).fetchall()
         return [_row(r) for r in rows]
+
+    def prf_secret(self, credential_id: bytes) -> bytes:
+        """The credential's PRF secret, made and stored now if an older release left none."""
+        with self._transaction():
+            row = self._db.execute(
+                "SELECT prf_secret FROM credentials WHERE credential_id = ?", (credential_id,)
+            ).fetchone()
+            if row is None:
+                raise CredentialStoreError(f"unknown credential {credential_id.hex()}")
+            if row[0] is not None:
+                return bytes(row[0])
+            secret = os.urandom(PRF_SECRET_LEN)
+            self._db.execute(
+                "UPDATE credentials SET prf_secret = ? WHERE credential_id = ?",
+                (secret, credential_id),
+            )
+        return secret
 
     def all(self) -> list[StoredCredential]:
         rows = self._db.execute(f"SELECT {_COLUMNS} FROM credentials ORDER BY seq").fetchall()
@@ -200,4 +259,6 @@ def _row(row: tuple) -> StoredCredential:
         private_key_der=bytes(row[6]),
         sign_count=int(row[7]),
         seq=int(row[8]),
+        discoverable=bool(row[9]),
+        prf_secret=bytes(row[10]) if row[10] is not None else None,
     )

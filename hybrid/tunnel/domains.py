@@ -82,3 +82,20 @@ def domain_id_for_desktop(own_id: int, fallback_id: int, desktop_known_count: in
             f"fallback tunnel-domain id {fallback_id} must be a hashed id (>= {FIRST_HASHED_ID})"
         )
     return fallback_id
+
+
+def domain_id_for_host(host: str) -> int | None:
+    """The domain id whose relay host name is ``host`` (assigned or hashed), else ``None``.
+
+    Hashed names cannot be inverted, so every hashed id is tried (65,280 SHA-256 computations,
+    a few tens of milliseconds).
+    """
+    wanted = host.strip().lower().rstrip(".")
+    if wanted in ASSIGNED_DOMAINS:
+        return ASSIGNED_DOMAINS.index(wanted)
+    if not wanted.startswith("cable.") or not wanted.endswith(_TLDS):
+        return None  # every hashed name has this shape: skip the search
+    for domain_id in range(FIRST_HASHED_ID, MAX_DOMAIN_ID + 1):
+        if _hashed_domain(domain_id) == wanted:
+            return domain_id
+    return None
