@@ -123,7 +123,9 @@ def run(args: argparse.Namespace) -> int:
     data_dir = args.data_dir or default_data_dir("desktop")
     data_dir.mkdir(parents=True, exist_ok=True)
     rp = RelyingParty(args.rp_id, origin, data_dir)
-    deadlines = Deadlines(advert=args.timeout, user=args.timeout)
+    from hybrid.tunnel.client import relay_timeout_from_env
+
+    deadlines = Deadlines(advert=args.timeout, user=args.timeout, tunnel=relay_timeout_from_env())
     session = DesktopSession(
         operation,
         _scanner(args),

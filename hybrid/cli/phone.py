@@ -95,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
     )
     from hybrid.phone import PhoneDeadlines, PhoneSession
     from hybrid.qr.payload import QrPayload
+    from hybrid.tunnel.client import relay_timeout_from_env
 
     if (args.url is None) == (args.qr_image is None):
         print("hybrid phone: give either FIDO_URL or --qr-image FILE", file=sys.stderr)
@@ -119,7 +120,9 @@ def run(args: argparse.Namespace) -> int:
             relay_url=args.relay,
             domain_id=args.domain_id,
             fallback_domain_id=args.fallback_domain_id,
-            deadlines=PhoneDeadlines(desktop=args.timeout, user=args.timeout),
+            deadlines=PhoneDeadlines(
+                desktop=args.timeout, user=args.timeout, tunnel=relay_timeout_from_env()
+            ),
             progress=progress_printer("phone"),
         )
         result = trio.run(session.run)
