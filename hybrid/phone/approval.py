@@ -12,6 +12,7 @@ Three approvers are provided: ``terminal_approver`` (interactive y/N prompt), ``
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -49,6 +50,8 @@ class Approval:
 
 
 Approver = Callable[[ApprovalRequest], Awaitable[Approval]]
+# A y/N answer is one word; a line longer than this is cut (its rest is still consumed).
+MAX_ANSWER = 256
 
 
 def auto_approver(user_verified: bool = True) -> Approver:
@@ -72,15 +75,23 @@ def declining_approver() -> Approver:
 def terminal_approver(
     user_verified: bool = True,
     *,
-    read_line: Callable[[str], str] = input,
+    read_line: Callable[[str], str] | None = None,
+    input_fd: int = 0,
     output: TextIO | None = None,
 ) -> Approver:
     """Ask on the terminal: show the operation, relying party and user, then ``[y/N]``.
 
     Answering ``y``/``yes`` stands in for the phone's biometric prompt, so the approval counts as
-    user verification unless ``user_verified`` is False. ``input()`` blocks, so it runs in a worker
-    thread that is abandoned on cancellation: a desktop that gives up (or a timeout) is never held
-    hostage by a prompt nobody answers.
+    user verification unless ``user_verified`` is False. End of input (a closed pipe, ``/dev/null``)
+    declines.
+
+    The answer is read from ``input_fd`` (standard input) by this task itself: it waits for the
+    descriptor to become readable in trio, then reads what is there with ``os.read``, so cancelling
+    the prompt (the desktop hung up, the deadline passed, the relay shut down) leaves nothing
+    behind. A worker thread blocked in ``input()`` would outlive the prompt while holding the
+    interpreter's stdin lock, and Python aborts at exit when it finds it taken (issue 12, point 6).
+    ``read_line`` replaces the terminal with a blocking callable run in a worker thread (tests,
+    embedding).
     """
 
     async def ask(request: ApprovalRequest) -> Approval:
@@ -99,13 +110,44 @@ def terminal_approver(
                 )
             lines.append(f"  user: {shown}")
         print("\n".join(lines), file=stream, flush=True)
-        try:
-            answer = await trio.to_thread.run_sync(
-                read_line, f"{request.describe()}? [y/N] ", abandon_on_cancel=True
-            )
-        except EOFError:
-            answer = ""
+        prompt = f"{request.describe()}? [y/N] "
+        if read_line is not None:
+            try:
+                answer = await trio.to_thread.run_sync(read_line, prompt, abandon_on_cancel=True)
+            except EOFError:
+                answer = ""
+        else:
+            print(prompt, end="", file=stream, flush=True)
+            answer = await read_terminal_line(input_fd)
         approved = answer.strip().lower() in ("y", "yes")
         return Approval(approved=approved, user_verified=approved and user_verified)
 
     return ask
+
+
+async def read_terminal_line(fd: int = 0) -> str:
+    """One line from ``fd`` without a thread: ``""`` at end of input; cancellable at any point.
+
+    Only bytes up to ``MAX_ANSWER`` are kept (an answer is one word); a longer line is read to its
+    end and cut. Regular files and ``/dev/null`` cannot be polled, but never block either, so they
+    are read directly.
+    """
+    data = bytearray()
+    while True:
+        try:
+            await trio.lowlevel.wait_readable(fd)
+        except OSError:
+            await trio.lowlevel.checkpoint()  # not pollable (regular file, /dev/null): never blocks
+        try:
+            chunk = os.read(fd, 1024)
+        except BlockingIOError:
+            continue
+        except OSError:
+            chunk = b""
+        if not chunk:
+            break
+        if len(data) < MAX_ANSWER:
+            data += chunk[: MAX_ANSWER - len(data)]
+        if b"\n" in chunk:
+            break
+    return data.split(b"\n", 1)[0].decode("utf-8", "replace")
