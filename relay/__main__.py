@@ -44,7 +44,8 @@ _OPTIONS: list[tuple[str, Callable[[str], Any], str, str]] = [
         "--node-prefix",
         _hex_prefix,
         "node_prefix",
-        "hex, 0-2 bytes: fixed first bytes of every routing id this node issues",
+        "hex, 0-1 byte: fixed first byte of every routing id this node issues "
+        "(at least 16 random bits remain)",
     ),
     ("--wait-timeout", float, "wait_timeout", "seconds a /cable/new socket waits for its peer"),
     (
@@ -92,6 +93,18 @@ _OPTIONS: list[tuple[str, Callable[[str], Any], str, str]] = [
         _origins,
         "allowed_origins",
         "comma-separated Origin allow-list; requests with another Origin get 403 (empty: off)",
+    ),
+    (
+        "--connect-failure-burst",
+        int,
+        "connect_failure_burst",
+        "failed /cable/connect attempts one client may make at once (then 429)",
+    ),
+    (
+        "--connect-failure-rate",
+        float,
+        "connect_failure_rate",
+        "failed /cable/connect attempts per second one client regains",
     ),
     ("--tls-cert", str, "tls_cert", "PEM certificate chain; with --tls-key serves wss://"),
     ("--tls-key", str, "tls_key", "PEM private key for --tls-cert"),

@@ -30,6 +30,15 @@ DEFAULT_HANDSHAKE_TIMEOUT = 10.0
 DEFAULT_MAX_REQUEST_HEAD = 8 * 1024
 DEFAULT_CLOSE_TIMEOUT = 1.0
 DEFAULT_SHUTDOWN_GRACE = 30.0
+#: Routing ids keep at least this many random bits whatever the node prefix (issue 12): a client
+#: who saw the QR code knows the tunnel id, and must not be able to guess the rest.
+MIN_RANDOM_ROUTING_BITS = 16
+#: Failed /cable/connect attempts: per client, then per tunnel id (burst, then per second). A
+#: brute force of 16 random bits then takes hours, not the seconds a tunnel waits.
+DEFAULT_CONNECT_FAILURE_BURST = 16
+DEFAULT_CONNECT_FAILURE_RATE = 1.0
+DEFAULT_TUNNEL_CONNECT_FAILURE_BURST = 32
+DEFAULT_TUNNEL_CONNECT_FAILURE_RATE = 0.5
 
 
 @dataclass
@@ -64,6 +73,12 @@ class RelayConfig:
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
     #: When non-empty, requests whose Origin header is present and not listed get 403.
     allowed_origins: tuple[str, ...] = ()
+    #: Failed /cable/connect attempts one client may make at once, then per second (429 beyond).
+    connect_failure_burst: int = DEFAULT_CONNECT_FAILURE_BURST
+    connect_failure_rate: float = DEFAULT_CONNECT_FAILURE_RATE
+    #: The same per tunnel id, whoever tries (guessing from many addresses).
+    tunnel_connect_failure_burst: int = DEFAULT_TUNNEL_CONNECT_FAILURE_BURST
+    tunnel_connect_failure_rate: float = DEFAULT_TUNNEL_CONNECT_FAILURE_RATE
     tls_cert: str | None = None
     tls_key: str | None = None
 
@@ -72,10 +87,11 @@ class RelayConfig:
 
     def validate(self) -> None:
         """Raise ConfigError for a value the relay cannot run with."""
-        if not isinstance(self.node_prefix, bytes) or len(self.node_prefix) >= ROUTING_ID_LEN:
+        max_prefix = ROUTING_ID_LEN - MIN_RANDOM_ROUTING_BITS // 8
+        if not isinstance(self.node_prefix, bytes) or len(self.node_prefix) > max_prefix:
             raise ConfigError(
-                f"node prefix must be 0 to {ROUTING_ID_LEN - 1} bytes "
-                f"(0 to {2 * (ROUTING_ID_LEN - 1)} hex digits)"
+                f"node prefix must be 0 to {max_prefix} bytes (0 to {2 * max_prefix} hex digits): "
+                f"a routing id keeps at least {MIN_RANDOM_ROUTING_BITS} random bits"
             )
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port must be 0..65535, got {self.port}")
@@ -88,6 +104,10 @@ class RelayConfig:
             "max_connections_per_address",
             "handshake_timeout",
             "max_request_head",
+            "connect_failure_burst",
+            "connect_failure_rate",
+            "tunnel_connect_failure_burst",
+            "tunnel_connect_failure_rate",
         )
         for name in positive:
             if getattr(self, name) <= 0:

@@ -27,6 +27,7 @@ import trio
 
 from hybrid.wire import ROUTING_ID_HEADER
 from relay.config import RelayConfig
+from relay.guard import FailureBudget, client_key
 from relay.http import (
     BadRequest,
     ClientGone,
@@ -36,7 +37,7 @@ from relay.http import (
     send_response,
     send_switching_protocols,
 )
-from relay.logs import log_event
+from relay.logs import log_event, tunnel_tag
 from relay.metrics import CONTENT_TYPE, RelayMetrics, Stats
 from relay.rawio import STREAM_ERRORS
 from relay.requests import (
@@ -77,6 +78,12 @@ class Dispatcher:
         self.connections = 0
         self.handshakes = 0
         self._per_address: Counter[str] = Counter()
+        self.connect_failures = FailureBudget(
+            config.connect_failure_burst, config.connect_failure_rate
+        )
+        self.tunnel_connect_failures = FailureBudget(
+            config.tunnel_connect_failure_burst, config.tunnel_connect_failure_rate
+        )
 
     async def handle(self, stream: trio.abc.Stream, address: str) -> None:
         """One connection's task, from accept to close; never raises."""
@@ -256,8 +263,35 @@ class Dispatcher:
         route: ConnectTunnel,
         address: str,
     ) -> Accepted | None:
+        client = client_key(address)
+        failures, tunnel_failures = self.connect_failures, self.tunnel_connect_failures
+        if failures.exhausted(client) or tunnel_failures.exhausted(route.tunnel_id):
+            # Not even looked up: a guesser learns nothing from attempts past its budget.
+            failures.failed(client)
+            wait = max(failures.retry_after(client), tunnel_failures.retry_after(route.tunnel_id))
+            await self.refuse(
+                stream,
+                Refusal(
+                    429,
+                    "connect_rate_limited",
+                    "too many failed connects; try again later",
+                    (("Retry-After", str(wait)),),
+                ),
+                address,
+            )
+            return None
         claimed = self.tunnels.claim(route.routing_id, route.tunnel_id)
         if claimed is None:
+            emptied = failures.failed(client)
+            emptied_tunnel = tunnel_failures.failed(route.tunnel_id)
+            if emptied or emptied_tunnel:
+                log_event(
+                    "connect_guessing",
+                    logging.WARNING,
+                    client=address,
+                    tunnel=tunnel_tag(route.tunnel_id),
+                    limited="client" if emptied else "tunnel",
+                )
             await self.refuse(
                 stream, Refusal(404, "unknown_tunnel", "no tunnel waiting under that id"), address
             )
