@@ -62,6 +62,18 @@ _OPTIONS: list[tuple[str, Callable[[str], Any], str, str]] = [
         "max_pending_messages",
         "authenticator messages buffered before the initiator joins (over: 1008)",
     ),
+    (
+        "--max-pending-bytes",
+        int,
+        "max_pending_bytes",
+        "bytes one authenticator may buffer before its initiator joins (over: 1008)",
+    ),
+    (
+        "--max-pending-bytes-total",
+        int,
+        "max_pending_bytes_total",
+        "bytes all waiting authenticators of this node may buffer together (over: 1008)",
+    ),
     ("--max-tunnels", int, "max_tunnels", "concurrent tunnels on this node (over: 503)"),
     (
         "--max-connections-per-address",

@@ -24,6 +24,10 @@ DEFAULT_TUNNEL_LIFETIME = 180.0
 DEFAULT_MAX_MESSAGE_SIZE = 64 * 1024
 DEFAULT_MAX_MESSAGES = 64
 DEFAULT_PENDING_MESSAGES = 6
+#: An authenticator has nothing to send before the handshake; what it may buffer is kept small,
+#: per tunnel and in total on the node (issue 12: 1,000 tunnels held 422 MB with no byte cap).
+DEFAULT_MAX_PENDING_BYTES = 4096
+DEFAULT_MAX_PENDING_BYTES_TOTAL = 32 * 1024 * 1024
 DEFAULT_MAX_TUNNELS = 10_000
 DEFAULT_MAX_CONNECTIONS_PER_ADDRESS = 1024
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0
@@ -59,6 +63,9 @@ class RelayConfig:
     max_messages: int = DEFAULT_MAX_MESSAGES
     #: Messages an authenticator may send before its initiator joins (buffered, then forwarded).
     max_pending_messages: int = DEFAULT_PENDING_MESSAGES
+    #: Bytes those messages may hold per tunnel, and over all tunnels of this node (over: 1008).
+    max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES
+    max_pending_bytes_total: int = DEFAULT_MAX_PENDING_BYTES_TOTAL
     #: Tunnels (waiting + paired) this node holds at once; /cable/new beyond it gets 503.
     max_tunnels: int = DEFAULT_MAX_TUNNELS
     #: Open connections from one client IP address at once; beyond it gets 429.
@@ -112,7 +119,13 @@ class RelayConfig:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name.replace('_', '-')} must be positive")
-        for name in ("max_pending_messages", "close_timeout", "shutdown_grace"):
+        for name in (
+            "max_pending_messages",
+            "max_pending_bytes",
+            "max_pending_bytes_total",
+            "close_timeout",
+            "shutdown_grace",
+        ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name.replace('_', '-')} must not be negative")
         if (self.tls_cert is None) != (self.tls_key is None):

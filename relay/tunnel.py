@@ -8,8 +8,10 @@ Life of a tunnel (docs: relay/README.md, protocol notes sections 7 and 14):
   direction itself, in a cancel scope whose deadline is the wait timeout until an initiator joins
   and ``tunnel_lifetime`` (from the authenticator's upgrade) after that.
 * Messages the authenticator sends before its initiator joins are buffered (at most
-  ``max_pending_messages``, each within ``max_message_size``) and delivered first, in order; one
-  more closes the tunnel with 1008. Nothing is dropped.
+  ``max_pending_messages`` holding at most ``max_pending_bytes``, and ``max_pending_bytes_total``
+  over the node) and delivered first, in order; one more message or byte closes the tunnel with
+  1008 (``pending_overflow``). While waiting, the socket's message limit is the byte cap, so an
+  oversized message is refused from its frame header, never buffered. Nothing is dropped.
 * ``/cable/connect/<rid>/<tid>`` pairs synchronously (``Tunnels.claim``: the waiting entry leaves
   the waiting state before any await, so exactly one initiator wins; later ones get 404), and after
   the 101 the initiator's connection task (``run_initiator``) flushes the pending buffer and then
@@ -72,6 +74,7 @@ class Tunnel:
         "initiator",
         "sinks",
         "pending",
+        "pending_bytes",
         "paired",
         "tasks",
         "owner_scope",
@@ -96,6 +99,7 @@ class Tunnel:
         # None until the pending buffer has been flushed.
         self.sinks: list[WebSocket | None] = [None, None]
         self.pending: list[bytes] = []
+        self.pending_bytes = 0
         self.paired = False
         # Connection tasks still working on this tunnel; the last one out logs its end.
         self.tasks = 1
@@ -193,6 +197,8 @@ class Tunnels:
         self._routing = RoutingIdAllocator(config.node_prefix)
         self.by_id: dict[bytes, Tunnel] = {}
         self._routing_ids: set[bytes] = set()
+        #: Bytes buffered for initiators that have not joined yet, over all tunnels.
+        self.pending_bytes = 0
 
     def __len__(self) -> int:
         return len(self.by_id)
@@ -219,6 +225,8 @@ class Tunnels:
     def opened(self, tunnel: Tunnel, ws: WebSocket) -> None:
         """The authenticator's 101 went out: the tunnel waits for its initiator."""
         tunnel.authenticator = ws
+        # Until an initiator joins, no single message may exceed what the pending buffer holds.
+        ws.limit_message_size(min(self.config.max_message_size, self.config.max_pending_bytes))
         if tunnel.end is None:
             tunnel.state = State.WAITING
         self.stats.tunnels_opened += 1
@@ -241,6 +249,8 @@ class Tunnels:
         tunnel.state = State.PAIRED
         tunnel.paired = True
         tunnel.tasks += 1
+        if tunnel.authenticator is not None:
+            tunnel.authenticator.limit_message_size(self.config.max_message_size)
         if tunnel.owner_scope is not None:
             # The owner no longer waits for an initiator: only the lifetime bounds it now.
             tunnel.owner_scope.deadline = tunnel.end_of_life
@@ -254,7 +264,13 @@ class Tunnels:
         tunnel.finish(ENDS["initiator_gone"])
         self.leave(tunnel)
 
+    def _drop_pending(self, tunnel: Tunnel) -> None:
+        self.pending_bytes -= tunnel.pending_bytes
+        tunnel.pending_bytes = 0
+
     def unregister(self, tunnel: Tunnel) -> None:
+        self._drop_pending(tunnel)
+        tunnel.pending.clear()  # release the buffered bytes now, not when the tasks end
         if self.by_id.get(tunnel.tunnel_id) is tunnel:
             del self.by_id[tunnel.tunnel_id]
             self._routing_ids.discard(tunnel.routing_id)
@@ -313,6 +329,7 @@ class Tunnels:
         while pending:
             batch = pending[:]
             pending.clear()
+            self._drop_pending(tunnel)
             out, nbytes = _frames(batch)
             try:
                 await initiator.send_frames(out)
@@ -336,6 +353,8 @@ class Tunnels:
         forwarded = self.stats.forwarded
         limit = self.config.max_messages
         pending_limit = self.config.max_pending_messages
+        byte_limit = self.config.max_pending_bytes
+        total_limit = self.config.max_pending_bytes_total
         pending = tunnel.pending
         sinks = tunnel.sinks
         sink = side.sink
@@ -348,7 +367,10 @@ class Tunnels:
                 try:
                     batch = await source.receive_batch()
                 except WebSocketEnded as exc:
-                    if isinstance(exc, PeerProtocolError):
+                    if isinstance(exc, MessageTooBig) and sinks[sink] is None and not tunnel.paired:
+                        # Over the waiting-phase message limit, which is the pending byte cap.
+                        tunnel.finish(PENDING_OVERFLOW)
+                    elif isinstance(exc, PeerProtocolError):
                         tunnel.finish(side.framing, exc.ws_code)
                     else:
                         tunnel.finish(side.ended(exc))
@@ -360,11 +382,19 @@ class Tunnels:
                 count += len(batch)
                 destination = sinks[sink]
                 if destination is None:
-                    room = pending_limit - len(pending)
-                    pending.extend(batch[:room])
-                    if len(batch) > room:
+                    nbytes = sum(map(len, batch))
+                    if len(batch) > pending_limit - len(pending) or (
+                        not tunnel.paired
+                        and (
+                            tunnel.pending_bytes + nbytes > byte_limit
+                            or self.pending_bytes + nbytes > total_limit
+                        )
+                    ):
                         tunnel.finish(PENDING_OVERFLOW)
                         return
+                    pending.extend(batch)
+                    tunnel.pending_bytes += nbytes
+                    self.pending_bytes += nbytes
                 elif batch:
                     out, nbytes = _frames(batch)
                     try:
