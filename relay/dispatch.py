@@ -170,7 +170,9 @@ class Dispatcher:
         except ClientGone:
             self.stats.refusals["incomplete_request"] += 1
             return None
-        decision = decide(request.method, request.target, request.headers, config.allowed_origins)
+        decision = decide(
+            request.method, request.target, request.headers, config.allowed_origins, request.version
+        )
         head_only = request.method == b"HEAD"
         if isinstance(decision, Refusal):
             await self.refuse(stream, decision, address, head_only)
