@@ -74,7 +74,30 @@ _OPTIONS: list[tuple[str, Callable[[str], Any], str, str]] = [
         "max_pending_bytes_total",
         "bytes all waiting authenticators of this node may buffer together (over: 1008)",
     ),
-    ("--max-tunnels", int, "max_tunnels", "concurrent tunnels on this node (over: 503)"),
+    (
+        "--max-tunnels",
+        int,
+        "max_tunnels",
+        "concurrent tunnels on this node (over: 503); default sized from memory",
+    ),
+    (
+        "--max-waiting-per-address",
+        int,
+        "max_waiting_per_address",
+        "waiting tunnels one client (IPv4 address, IPv6 /64) may hold (over: 429)",
+    ),
+    (
+        "--max-waiting-per-network",
+        int,
+        "max_waiting_per_network",
+        "waiting tunnels one IPv4 /24 or IPv6 /64 may hold (over: 429)",
+    ),
+    (
+        "--pressure-wait-timeout",
+        float,
+        "pressure_wait_timeout",
+        "near --max-tunnels, seconds a tunnel that sent nothing may wait (then 1008)",
+    ),
     (
         "--max-connections-per-address",
         int,

@@ -6,6 +6,7 @@ operators' guide (``relay/README.md``) lists the same defaults.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from hybrid.wire import ROUTING_ID_LEN
@@ -28,7 +29,19 @@ DEFAULT_PENDING_MESSAGES = 6
 #: per tunnel and in total on the node (issue 12: 1,000 tunnels held 422 MB with no byte cap).
 DEFAULT_MAX_PENDING_BYTES = 4096
 DEFAULT_MAX_PENDING_BYTES_TOTAL = 32 * 1024 * 1024
-DEFAULT_MAX_TUNNELS = 10_000
+#: Memory one waiting tunnel costs the relay (measured: sockets, tasks, parser, bookkeeping),
+#: before whatever its pending buffer holds; the default tunnel limit is sized from it.
+WAITING_TUNNEL_BYTES = int(6.7 * 1024)
+#: Share of the machine's memory (or of the cgroup's limit) the default tunnel limit may use.
+TUNNEL_MEMORY_SHARE = 0.25
+MIN_DEFAULT_MAX_TUNNELS = 1_000
+MAX_DEFAULT_MAX_TUNNELS = 1_000_000
+#: Waiting (unpaired) tunnels one client, and one /24 (IPv4) or /64 (IPv6) network, may hold.
+DEFAULT_MAX_WAITING_PER_ADDRESS = 128
+DEFAULT_MAX_WAITING_PER_NETWORK = 512
+#: Near the tunnel limit (this share of it), tunnels that sent nothing wait at most this long.
+PRESSURE_SHARE = 0.8
+DEFAULT_PRESSURE_WAIT_TIMEOUT = 10.0
 DEFAULT_MAX_CONNECTIONS_PER_ADDRESS = 1024
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0
 DEFAULT_MAX_REQUEST_HEAD = 8 * 1024
@@ -67,7 +80,13 @@ class RelayConfig:
     max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES
     max_pending_bytes_total: int = DEFAULT_MAX_PENDING_BYTES_TOTAL
     #: Tunnels (waiting + paired) this node holds at once; /cable/new beyond it gets 503.
-    max_tunnels: int = DEFAULT_MAX_TUNNELS
+    #: None (the default) sizes it from memory (``default_max_tunnels``); see ``tunnel_limit``.
+    max_tunnels: int | None = None
+    #: Waiting tunnels per client (IPv4 address, IPv6 /64) and per /24 or /64; beyond: 429.
+    max_waiting_per_address: int = DEFAULT_MAX_WAITING_PER_ADDRESS
+    max_waiting_per_network: int = DEFAULT_MAX_WAITING_PER_NETWORK
+    #: Seconds a tunnel that sent nothing may wait while the node is near ``max_tunnels``.
+    pressure_wait_timeout: float = DEFAULT_PRESSURE_WAIT_TIMEOUT
     #: Open connections from one client IP address at once; beyond it gets 429.
     max_connections_per_address: int = DEFAULT_MAX_CONNECTIONS_PER_ADDRESS
     #: Seconds a client has from TCP accept to a complete HTTP request (and TLS handshake).
@@ -90,6 +109,8 @@ class RelayConfig:
     tls_key: str | None = None
 
     def __post_init__(self) -> None:
+        if self.max_tunnels is None:
+            self.max_tunnels = default_max_tunnels(self.max_pending_bytes)
         self.validate()
 
     def validate(self) -> None:
@@ -111,13 +132,17 @@ class RelayConfig:
             "max_connections_per_address",
             "handshake_timeout",
             "max_request_head",
+            "max_waiting_per_address",
+            "max_waiting_per_network",
+            "pressure_wait_timeout",
             "connect_failure_burst",
             "connect_failure_rate",
             "tunnel_connect_failure_burst",
             "tunnel_connect_failure_rate",
         )
         for name in positive:
-            if getattr(self, name) <= 0:
+            value = getattr(self, name)
+            if value is not None and value <= 0:
                 raise ConfigError(f"{name.replace('_', '-')} must be positive")
         for name in (
             "max_pending_messages",
@@ -132,5 +157,36 @@ class RelayConfig:
             raise ConfigError("TLS needs both a certificate and a key")
 
     @property
+    def tunnel_limit(self) -> int:
+        """``max_tunnels`` as resolved at construction (always a number)."""
+        assert self.max_tunnels is not None
+        return self.max_tunnels
+
+    @property
     def tls(self) -> bool:
         return self.tls_cert is not None
+
+
+def memory_bytes() -> int:
+    """The memory this process may use: physical memory, or a smaller cgroup (v2 or v1) limit."""
+    try:
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        total = 1 << 30
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            with open(path) as limit:
+                text = limit.read().strip()
+        except OSError:
+            continue
+        if text.isdigit() and 0 < int(text) < total:
+            total = int(text)
+    return total
+
+
+def default_max_tunnels(max_pending_bytes: int, memory: int | None = None) -> int:
+    """Tunnels that fit in ``TUNNEL_MEMORY_SHARE`` of memory when each waits with a full buffer."""
+    available = memory_bytes() if memory is None else memory
+    per_tunnel = WAITING_TUNNEL_BYTES + max_pending_bytes
+    fitting = int(available * TUNNEL_MEMORY_SHARE) // per_tunnel
+    return max(MIN_DEFAULT_MAX_TUNNELS, min(MAX_DEFAULT_MAX_TUNNELS, fitting))

@@ -229,13 +229,23 @@ class Dispatcher:
                 stream, Refusal(409, "duplicate_tunnel", "tunnel id already in use"), address
             )
             return None
-        if len(tunnels) >= self.config.max_tunnels:
+        full = tunnels.waiting_quota_full(address)
+        if full is not None:
+            await self.refuse(
+                stream,
+                Refusal(429, "waiting_limit", f"too many waiting tunnels from this {full}"),
+                address,
+            )
+            return None
+        if tunnels.under_pressure():
+            tunnels.sweep_idle()
+        if len(tunnels) >= self.config.tunnel_limit:
             await self.refuse(
                 stream, Refusal(503, "tunnel_limit", "relay is at its tunnel limit"), address
             )
             return None
         try:
-            tunnel = tunnels.register(route.tunnel_id)
+            tunnel = tunnels.register(route.tunnel_id, address)
         except RoutingIdsExhausted:
             await self.refuse(
                 stream, Refusal(503, "routing_ids_exhausted", "no free routing id"), address

@@ -30,7 +30,8 @@ from typing import NamedTuple
 
 import trio
 
-from relay.config import RelayConfig
+from relay.config import PRESSURE_SHARE, RelayConfig
+from relay.guard import Quota, client_key, network_key
 from relay.logs import log_event, tunnel_tag
 from relay.metrics import Stats
 from relay.reasons import ENDS, FRAMING, LIFETIME, PENDING_OVERFLOW, SHUTDOWN, WAIT_TIMEOUT, End
@@ -75,6 +76,7 @@ class Tunnel:
         "sinks",
         "pending",
         "pending_bytes",
+        "quota_keys",
         "paired",
         "tasks",
         "owner_scope",
@@ -100,6 +102,8 @@ class Tunnel:
         self.sinks: list[WebSocket | None] = [None, None]
         self.pending: list[bytes] = []
         self.pending_bytes = 0
+        # (client, network) while this tunnel counts against their waiting quotas, else None.
+        self.quota_keys: tuple[str, str] | None = None
         self.paired = False
         # Connection tasks still working on this tunnel; the last one out logs its end.
         self.tasks = 1
@@ -199,6 +203,10 @@ class Tunnels:
         self._routing_ids: set[bytes] = set()
         #: Bytes buffered for initiators that have not joined yet, over all tunnels.
         self.pending_bytes = 0
+        self.waiting_per_client = Quota(config.max_waiting_per_address)
+        self.waiting_per_network = Quota(config.max_waiting_per_network)
+        # Waiting tunnels, oldest first: where the pressure sweep looks for idle ones.
+        self._waiting: dict[bytes, Tunnel] = {}
 
     def __len__(self) -> int:
         return len(self.by_id)
@@ -214,13 +222,63 @@ class Tunnels:
 
     # -- registration ------------------------------------------------------------------------
 
-    def register(self, tunnel_id: bytes) -> Tunnel:
-        """A new tunnel under ``tunnel_id``; raises ``RoutingIdsExhausted`` if none is free."""
+    def waiting_quota_full(self, address: str) -> str | None:
+        """Which waiting quota ``address`` has used up ("address" or "network"), if any."""
+        if self.waiting_per_client.full(client_key(address)):
+            return "address"
+        if self.waiting_per_network.full(network_key(address)):
+            return "network"
+        return None
+
+    def register(self, tunnel_id: bytes, address: str | None = None) -> Tunnel:
+        """A new tunnel under ``tunnel_id``; raises ``RoutingIdsExhausted`` if none is free.
+
+        With ``address`` the tunnel counts against that client's and network's waiting quotas
+        until it pairs or ends.
+        """
         routing_id = self._routing.allocate(self._routing_ids)
         tunnel = Tunnel(tunnel_id, routing_id, self.config.tunnel_lifetime)
         self.by_id[tunnel_id] = tunnel
         self._routing_ids.add(routing_id)
+        if address is not None:
+            keys = (client_key(address), network_key(address))
+            self.waiting_per_client.take(keys[0])
+            self.waiting_per_network.take(keys[1])
+            tunnel.quota_keys = keys
         return tunnel
+
+    def _release_quota(self, tunnel: Tunnel) -> None:
+        self._waiting.pop(tunnel.tunnel_id, None)
+        keys = tunnel.quota_keys
+        if keys is not None:
+            tunnel.quota_keys = None
+            self.waiting_per_client.give_back(keys[0])
+            self.waiting_per_network.give_back(keys[1])
+
+    def under_pressure(self) -> bool:
+        """Whether the node is near its tunnel limit."""
+        return len(self.by_id) >= PRESSURE_SHARE * self.config.tunnel_limit
+
+    def sweep_idle(self, budget: int = 64) -> int:
+        """Near the limit: end waiting tunnels that sent nothing for ``pressure_wait_timeout``.
+
+        Looks at most at ``budget`` of the oldest waiting tunnels; returns how many it ended.
+        """
+        cutoff = trio.current_time() - self.config.pressure_wait_timeout
+        ended = 0
+        for tunnel in list(self._waiting.values())[:budget]:
+            if tunnel.created > cutoff:
+                break  # oldest first: the rest are younger still
+            if tunnel.state is State.WAITING and not tunnel.pending:
+                tunnel.finish(WAIT_TIMEOUT)
+                self.unregister(tunnel)
+                ended += 1
+            else:
+                # Sent something (or no longer waiting): look at it again later, not first.
+                self._waiting.pop(tunnel.tunnel_id, None)
+                if tunnel.state is State.WAITING:
+                    self._waiting[tunnel.tunnel_id] = tunnel
+        return ended
 
     def opened(self, tunnel: Tunnel, ws: WebSocket) -> None:
         """The authenticator's 101 went out: the tunnel waits for its initiator."""
@@ -229,6 +287,7 @@ class Tunnels:
         ws.limit_message_size(min(self.config.max_message_size, self.config.max_pending_bytes))
         if tunnel.end is None:
             tunnel.state = State.WAITING
+            self._waiting[tunnel.tunnel_id] = tunnel
         self.stats.tunnels_opened += 1
 
     def claim(self, routing_id: bytes, tunnel_id: bytes) -> tuple[Tunnel, float] | None:
@@ -249,6 +308,7 @@ class Tunnels:
         tunnel.state = State.PAIRED
         tunnel.paired = True
         tunnel.tasks += 1
+        self._release_quota(tunnel)
         if tunnel.authenticator is not None:
             tunnel.authenticator.limit_message_size(self.config.max_message_size)
         if tunnel.owner_scope is not None:
@@ -269,6 +329,7 @@ class Tunnels:
         tunnel.pending_bytes = 0
 
     def unregister(self, tunnel: Tunnel) -> None:
+        self._release_quota(tunnel)
         self._drop_pending(tunnel)
         tunnel.pending.clear()  # release the buffered bytes now, not when the tasks end
         if self.by_id.get(tunnel.tunnel_id) is tunnel:
