@@ -36,9 +36,10 @@ WAITING_TUNNEL_BYTES = int(6.7 * 1024)
 TUNNEL_MEMORY_SHARE = 0.25
 MIN_DEFAULT_MAX_TUNNELS = 1_000
 MAX_DEFAULT_MAX_TUNNELS = 1_000_000
-#: Waiting (unpaired) tunnels one client, and one /24 (IPv4) or /64 (IPv6) network, may hold.
-DEFAULT_MAX_WAITING_PER_ADDRESS = 128
-DEFAULT_MAX_WAITING_PER_NETWORK = 512
+#: Waiting (unpaired) tunnels one client may hold, as a share of its connection limit, and one
+#: /24 (IPv4) or /64 (IPv6) network, as a multiple of that.
+WAITING_SHARE_OF_CONNECTIONS = 0.5
+NETWORK_WAITING_MULTIPLE = 4
 #: Near the tunnel limit (this share of it), tunnels that sent nothing wait at most this long.
 PRESSURE_SHARE = 0.8
 DEFAULT_PRESSURE_WAIT_TIMEOUT = 10.0
@@ -83,8 +84,9 @@ class RelayConfig:
     #: None (the default) sizes it from memory (``default_max_tunnels``); see ``tunnel_limit``.
     max_tunnels: int | None = None
     #: Waiting tunnels per client (IPv4 address, IPv6 /64) and per /24 or /64; beyond: 429.
-    max_waiting_per_address: int = DEFAULT_MAX_WAITING_PER_ADDRESS
-    max_waiting_per_network: int = DEFAULT_MAX_WAITING_PER_NETWORK
+    #: None: half of ``max_connections_per_address``, and four times that per network.
+    max_waiting_per_address: int | None = None
+    max_waiting_per_network: int | None = None
     #: Seconds a tunnel that sent nothing may wait while the node is near ``max_tunnels``.
     pressure_wait_timeout: float = DEFAULT_PRESSURE_WAIT_TIMEOUT
     #: Open connections from one client IP address at once; beyond it gets 429.
@@ -111,6 +113,7 @@ class RelayConfig:
     def __post_init__(self) -> None:
         if self.max_tunnels is None:
             self.max_tunnels = default_max_tunnels(self.max_pending_bytes)
+        self.resolve_waiting_limits()
         self.validate()
 
     def validate(self) -> None:
@@ -155,6 +158,18 @@ class RelayConfig:
                 raise ConfigError(f"{name.replace('_', '-')} must not be negative")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError("TLS needs both a certificate and a key")
+
+    def resolve_waiting_limits(self, *, again: bool = False) -> None:
+        """Derive the waiting quotas left unset from the per-address connection limit.
+
+        ``again`` re-derives them after the connection limit itself changed (the relay fits it to
+        the file descriptors at start) if they were derived before.
+        """
+        if self.max_waiting_per_address is None or again:
+            derived = int(self.max_connections_per_address * WAITING_SHARE_OF_CONNECTIONS)
+            self.max_waiting_per_address = max(1, derived)
+        if self.max_waiting_per_network is None or again:
+            self.max_waiting_per_network = self.max_waiting_per_address * NETWORK_WAITING_MULTIPLE
 
     @property
     def tunnel_limit(self) -> int:

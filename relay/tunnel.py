@@ -203,8 +203,8 @@ class Tunnels:
         self._routing_ids: set[bytes] = set()
         #: Bytes buffered for initiators that have not joined yet, over all tunnels.
         self.pending_bytes = 0
-        self.waiting_per_client = Quota(config.max_waiting_per_address)
-        self.waiting_per_network = Quota(config.max_waiting_per_network)
+        self.waiting_per_client = Quota(config.max_waiting_per_address or 1)
+        self.waiting_per_network = Quota(config.max_waiting_per_network or 1)
         # Waiting tunnels, oldest first: where the pressure sweep looks for idle ones.
         self._waiting: dict[bytes, Tunnel] = {}
 
