@@ -7,7 +7,7 @@ operators' guide (``relay/README.md``) lists the same defaults.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from hybrid.wire import ROUTING_ID_LEN
 from relay.errors import RelayError
@@ -59,6 +59,14 @@ DEFAULT_TUNNEL_CONNECT_FAILURE_BURST = 32
 DEFAULT_TUNNEL_CONNECT_FAILURE_RATE = 0.5
 
 
+_DERIVED = (
+    "max_tunnels",
+    "max_connections_per_address",
+    "max_waiting_per_address",
+    "max_waiting_per_network",
+)
+
+
 @dataclass
 class RelayConfig:
     """Everything one relay instance needs; defaults are the documented ones."""
@@ -89,8 +97,9 @@ class RelayConfig:
     max_waiting_per_network: int | None = None
     #: Seconds a tunnel that sent nothing may wait while the node is near ``max_tunnels``.
     pressure_wait_timeout: float = DEFAULT_PRESSURE_WAIT_TIMEOUT
-    #: Open connections from one client IP address at once; beyond it gets 429.
-    max_connections_per_address: int = DEFAULT_MAX_CONNECTIONS_PER_ADDRESS
+    #: Open connections from one client IP address at once; beyond it gets 429. None (the
+    #: default) fits it to the file descriptors at start (``relay.descriptors``).
+    max_connections_per_address: int | None = None
     #: Seconds a client has from TCP accept to a complete HTTP request (and TLS handshake).
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
     #: Largest HTTP request head in bytes; larger gets 431.
@@ -110,11 +119,33 @@ class RelayConfig:
     tls_cert: str | None = None
     tls_key: str | None = None
 
+    #: The limits left to their defaults, which the relay may fit to its descriptors at start.
+    derived: frozenset[str] = field(default=frozenset(), init=False, repr=False, compare=False)
+
     def __post_init__(self) -> None:
+        self.derived = frozenset(name for name in _DERIVED if getattr(self, name) is None)
         if self.max_tunnels is None:
             self.max_tunnels = default_max_tunnels(self.max_pending_bytes)
+        if self.max_connections_per_address is None:
+            self.max_connections_per_address = DEFAULT_MAX_CONNECTIONS_PER_ADDRESS
         self.resolve_waiting_limits()
         self.validate()
+
+    def fit_to_descriptors(self, connections: int, per_address: int) -> None:
+        """Fit the limits left to their defaults to ``connections`` sockets at once.
+
+        ``per_address`` becomes the per-address connection limit, the waiting quotas follow it,
+        and ``max_tunnels`` is at most ``connections`` (a waiting tunnel holds one socket).
+        """
+        if "max_connections_per_address" in self.derived:
+            self.max_connections_per_address = per_address
+        if "max_tunnels" in self.derived:
+            self.max_tunnels = max(1, min(self.tunnel_limit, connections))
+        if "max_waiting_per_address" in self.derived:
+            self.max_waiting_per_address = None
+        if "max_waiting_per_network" in self.derived:
+            self.max_waiting_per_network = None
+        self.resolve_waiting_limits()
 
     def validate(self) -> None:
         """Raise ConfigError for a value the relay cannot run with."""
@@ -159,17 +190,19 @@ class RelayConfig:
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError("TLS needs both a certificate and a key")
 
-    def resolve_waiting_limits(self, *, again: bool = False) -> None:
-        """Derive the waiting quotas left unset from the per-address connection limit.
-
-        ``again`` re-derives them after the connection limit itself changed (the relay fits it to
-        the file descriptors at start) if they were derived before.
-        """
-        if self.max_waiting_per_address is None or again:
-            derived = int(self.max_connections_per_address * WAITING_SHARE_OF_CONNECTIONS)
+    def resolve_waiting_limits(self) -> None:
+        """Derive the waiting quotas left unset from the per-address connection limit."""
+        if self.max_waiting_per_address is None:
+            derived = int(self.address_limit * WAITING_SHARE_OF_CONNECTIONS)
             self.max_waiting_per_address = max(1, derived)
-        if self.max_waiting_per_network is None or again:
+        if self.max_waiting_per_network is None:
             self.max_waiting_per_network = self.max_waiting_per_address * NETWORK_WAITING_MULTIPLE
+
+    @property
+    def address_limit(self) -> int:
+        """``max_connections_per_address`` as resolved (always a number)."""
+        assert self.max_connections_per_address is not None
+        return self.max_connections_per_address
 
     @property
     def tunnel_limit(self) -> int:

@@ -27,6 +27,7 @@ import trio
 
 from hybrid.wire import ROUTING_ID_HEADER
 from relay.config import RelayConfig
+from relay.descriptors import HONEST_HOLD, DescriptorBudget
 from relay.guard import FailureBudget, client_key
 from relay.http import (
     BadRequest,
@@ -67,7 +68,12 @@ class Dispatcher:
     """Serves every accepted connection of one relay node."""
 
     def __init__(
-        self, config: RelayConfig, stats: Stats, metrics: RelayMetrics, tunnels: Tunnels
+        self,
+        config: RelayConfig,
+        stats: Stats,
+        metrics: RelayMetrics,
+        tunnels: Tunnels,
+        descriptors: DescriptorBudget | None = None,
     ) -> None:
         self.config = config
         self.stats = stats
@@ -78,6 +84,10 @@ class Dispatcher:
         self.connections = 0
         self.handshakes = 0
         self._per_address: Counter[str] = Counter()
+        #: Every socket held (counted or being refused), against the descriptor budget.
+        self.sockets = 0
+        self._polite_refusals = 0
+        self.descriptors = descriptors or DescriptorBudget.measure()
         self.connect_failures = FailureBudget(
             config.connect_failure_burst, config.connect_failure_rate
         )
@@ -88,8 +98,17 @@ class Dispatcher:
     async def handle(self, stream: trio.abc.Stream, address: str) -> None:
         """One connection's task, from accept to close; never raises."""
         self.stats.connections_accepted += 1
+        self.sockets += 1
         try:
-            if self._per_address[address] >= self.config.max_connections_per_address:
+            held = self._per_address[address]
+            if self.sockets > self.descriptors.connections:
+                # Out of descriptors: answer at once and keep nothing, so accept never runs dry.
+                await self._refuse_now(stream, Refusal(503, "fd_limit", "relay is full"), address)
+                return
+            if held >= self.config.address_limit or (
+                held >= HONEST_HOLD
+                and self.sockets > self.descriptors.connections - self.descriptors.reserve
+            ):
                 await self._refuse_over_limit(stream, address)
                 return
             self._per_address[address] += 1
@@ -104,6 +123,7 @@ class Dispatcher:
         except Exception as exc:  # noqa: BLE001 - one bad connection must never stop the relay
             log_event("connection_error", logging.ERROR, client=address, error=repr(exc))
         finally:
+            self.sockets -= 1
             if type(stream) is trio.SocketStream:
                 # What SocketStream.aclose does, minus a scheduler round trip.
                 stream.socket.close()
@@ -111,18 +131,28 @@ class Dispatcher:
                 await trio.aclose_forcefully(stream)
 
     async def _refuse_over_limit(self, stream: trio.abc.Stream, address: str) -> None:
+        refusal = Refusal(429, "address_limit", "too many connections from this address")
+        if self._polite_refusals >= self.descriptors.reserve // 2:
+            # Many at once is a flood, not a client that lost count: do not hold descriptors.
+            await self._refuse_now(stream, refusal, address)
+            return
         # Read the request first: closing with unread bytes would reset the connection and the
         # client might never see why it was refused.
-        with trio.move_on_after(min(_QUICK_REFUSAL_TIMEOUT, self.config.handshake_timeout)):
-            try:
-                await read_request(stream, self.config.max_request_head)
-            except (BadRequest, ClientGone):
-                pass
-            await self.refuse(
-                stream,
-                Refusal(429, "address_limit", "too many connections from this address"),
-                address,
-            )
+        self._polite_refusals += 1
+        try:
+            with trio.move_on_after(min(_QUICK_REFUSAL_TIMEOUT, self.config.handshake_timeout)):
+                try:
+                    await read_request(stream, self.config.max_request_head)
+                except (BadRequest, ClientGone):
+                    pass
+                await self.refuse(stream, refusal, address)
+        finally:
+            self._polite_refusals -= 1
+
+    async def _refuse_now(self, stream: trio.abc.Stream, refusal: Refusal, address: str) -> None:
+        """Answer without reading the request (the caller closes at once)."""
+        with trio.move_on_after(0.1):
+            await self.refuse(stream, refusal, address)
 
     async def refuse(
         self, stream: trio.abc.Stream, refusal: Refusal, address: str, head_only: bool = False

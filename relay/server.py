@@ -19,6 +19,7 @@ import trio
 
 from relay.accept import accept_loop
 from relay.config import RelayConfig
+from relay.descriptors import DescriptorBudget
 from relay.dispatch import Dispatcher
 from relay.logs import log_event
 from relay.metrics import RelayMetrics, Stats
@@ -45,11 +46,18 @@ class Relay:
     def __init__(self, config: RelayConfig) -> None:
         config.validate()
         self.config = config
+        # Fitted before anything reads the limits: defaults follow the descriptors available.
+        self.descriptors = DescriptorBudget.measure()
+        config.fit_to_descriptors(
+            self.descriptors.connections, self.descriptors.per_address_default()
+        )
         self.port = 0
         self.stats = Stats()
         self.metrics = RelayMetrics(self.stats, self._gauges)
         self.tunnels = Tunnels(config, self.stats, self.metrics.pairing_latency.observe)
-        self.dispatcher = Dispatcher(config, self.stats, self.metrics, self.tunnels)
+        self.dispatcher = Dispatcher(
+            config, self.stats, self.metrics, self.tunnels, self.descriptors
+        )
         self._accept_scope: trio.CancelScope | None = None
         self._stopped = trio.Event()
         self._shutdown_grace = config.shutdown_grace
@@ -138,6 +146,13 @@ class Relay:
                         port=self.port,
                         tls=config.tls,
                         node_prefix=config.node_prefix.hex().upper(),
+                        fd_limit=self.descriptors.soft_limit,
+                        fd_budget=self.descriptors.connections,
+                        fd_reserve=self.descriptors.reserve,
+                        max_connections_per_address=config.max_connections_per_address,
+                        max_waiting_per_address=config.max_waiting_per_address,
+                        max_waiting_per_network=config.max_waiting_per_network,
+                        max_tunnels=config.max_tunnels,
                     )
                     task_status.started(self)
                 await self.tunnels.drain(lambda: self._shutdown_grace)
