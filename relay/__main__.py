@@ -44,7 +44,8 @@ _OPTIONS: list[tuple[str, Callable[[str], Any], str, str]] = [
         "--node-prefix",
         _hex_prefix,
         "node_prefix",
-        "hex, 0-2 bytes: fixed first bytes of every routing id this node issues",
+        "hex, 0-1 byte: fixed first byte of every routing id this node issues "
+        "(at least 16 random bits remain)",
     ),
     ("--wait-timeout", float, "wait_timeout", "seconds a /cable/new socket waits for its peer"),
     (
@@ -61,7 +62,42 @@ _OPTIONS: list[tuple[str, Callable[[str], Any], str, str]] = [
         "max_pending_messages",
         "authenticator messages buffered before the initiator joins (over: 1008)",
     ),
-    ("--max-tunnels", int, "max_tunnels", "concurrent tunnels on this node (over: 503)"),
+    (
+        "--max-pending-bytes",
+        int,
+        "max_pending_bytes",
+        "bytes one authenticator may buffer before its initiator joins (over: 1008)",
+    ),
+    (
+        "--max-pending-bytes-total",
+        int,
+        "max_pending_bytes_total",
+        "bytes all waiting authenticators of this node may buffer together (over: 1008)",
+    ),
+    (
+        "--max-tunnels",
+        int,
+        "max_tunnels",
+        "concurrent tunnels on this node (over: 503); default sized from memory",
+    ),
+    (
+        "--max-waiting-per-address",
+        int,
+        "max_waiting_per_address",
+        "waiting tunnels one client (IPv4 address, IPv6 /64) may hold (over: 429)",
+    ),
+    (
+        "--max-waiting-per-network",
+        int,
+        "max_waiting_per_network",
+        "waiting tunnels one IPv4 /24 or IPv6 /64 may hold (over: 429)",
+    ),
+    (
+        "--pressure-wait-timeout",
+        float,
+        "pressure_wait_timeout",
+        "near --max-tunnels, seconds a tunnel that sent nothing may wait (then 1008)",
+    ),
     (
         "--max-connections-per-address",
         int,
@@ -92,6 +128,18 @@ _OPTIONS: list[tuple[str, Callable[[str], Any], str, str]] = [
         _origins,
         "allowed_origins",
         "comma-separated Origin allow-list; requests with another Origin get 403 (empty: off)",
+    ),
+    (
+        "--connect-failure-burst",
+        int,
+        "connect_failure_burst",
+        "failed /cable/connect attempts one client may make at once (then 429)",
+    ),
+    (
+        "--connect-failure-rate",
+        float,
+        "connect_failure_rate",
+        "failed /cable/connect attempts per second one client regains",
     ),
     ("--tls-cert", str, "tls_cert", "PEM certificate chain; with --tls-key serves wss://"),
     ("--tls-key", str, "tls_key", "PEM private key for --tls-cert"),

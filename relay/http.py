@@ -29,6 +29,7 @@ from relay.rawio import STREAM_ERRORS, raw_socket, receive_some, send_all
 _READ_SIZE = 4096
 
 _WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _REQUEST_LINE = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+) (/[\x21-\x7e]*) HTTP/1\.1\r\n")
 _HEADER_LINE = re.compile(
     rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ ]*((?:[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?)?)[ ]*\r\n"
@@ -55,9 +56,9 @@ class ClientGone(Exception):
 
 
 class Request:
-    """One request head: method, target, headers as (lower-case name, value) pairs."""
+    """One request head: method, target, headers as (lower-case name, value) pairs, version."""
 
-    __slots__ = ("method", "target", "headers", "conn", "trailing")
+    __slots__ = ("method", "target", "headers", "conn", "trailing", "version")
 
     def __init__(
         self,
@@ -66,10 +67,13 @@ class Request:
         headers: list[tuple[bytes, bytes]],
         conn: h11.Connection | None,
         trailing: bytes,
+        version: bytes = b"1.1",
     ) -> None:
         self.method = method
         self.target = target
         self.headers = headers
+        # The HTTP version of the request line, e.g. b"1.1" (upgrades need exactly 1.1).
+        self.version = version
         # The h11 connection when h11 parsed it (it then judges the body too); None otherwise.
         self.conn = conn
         # Bytes after the head (lean path only; h11 keeps its own).
@@ -102,8 +106,43 @@ def _parse_lean(head: bytes) -> tuple[bytes, bytes, list[tuple[bytes, bytes]]] |
     return match[1], match[2], headers
 
 
+def _strip_empty_lines(buf: bytes) -> bytes:
+    # RFC 9112 section 2.2 (RFC 7230 section 3.5): ignore empty lines before the request line.
+    while buf.startswith(b"\r\n") or buf.startswith(b"\n"):
+        buf = buf[2:] if buf.startswith(b"\r\n") else buf[1:]
+    return buf
+
+
+def _cannot_start_request(buf: bytes) -> bool:
+    """Whether ``buf`` can already not be the start of a request line (a method token, then SP).
+
+    A TLS ClientHello on the plain port, NUL bytes or a WebSocket frame fail at their first byte,
+    so they are refused at once instead of waiting for a head that never comes.
+    """
+    method = buf.split(b" ", 1)[0]
+    if buf.startswith(b"\r") and len(buf) == 1:
+        return False  # half of an empty line
+    return not _TOKEN.fullmatch(method) if method else bool(buf)
+
+
+def _check_head_size(head_len: int, max_head: int) -> None:
+    if head_len > max_head:
+        raise BadRequest(431, f"request head over {max_head} bytes")
+
+
+def _head_length(buf: bytes) -> int | None:
+    """Length of the head at the start of ``buf`` through its blank line, if it is complete."""
+    ends = [i + n for i, n in ((buf.find(b"\r\n\r\n"), 4), (buf.find(b"\n\r\n"), 3),
+                               (buf.find(b"\n\n"), 2)) if i >= 0]  # fmt: skip
+    return min(ends) if ends else None
+
+
 async def read_request(stream: trio.abc.Stream, max_head: int) -> Request:
-    """Read one request head; raise BadRequest or ClientGone."""
+    """Read one request head; raise BadRequest or ClientGone.
+
+    ``max_head`` bounds the head (request line through the blank line, empty lines before it
+    not counted) exactly, however the client splits it into segments: longer is 431.
+    """
     buf = b""
     raw = raw_socket(stream)
     while True:
@@ -117,7 +156,11 @@ async def read_request(stream: trio.abc.Stream, max_head: int) -> Request:
             if not buf:
                 raise ClientGone("connection closed before a request")
             return await _read_with_h11(stream, max_head, buf + data, eof=True)
-        buf += data
+        buf = _strip_empty_lines(buf + data)
+        if _cannot_start_request(buf):
+            raise BadRequest(400, "not an HTTP request")
+        head_len = _head_length(buf)
+        _check_head_size(head_len if head_len is not None else len(buf), max_head)
         # h11 also ends a head at bare-LF blank lines; those requests go to h11.
         end = buf.find(b"\n\r\n")
         bare = buf.find(b"\n\n")
@@ -147,6 +190,7 @@ async def _read_with_h11(
     """The general path: h11 judges the bytes already received, then reads on if it must."""
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=max_head)
     conn.receive_data(received)
+    fed = len(received)
     if eof:
         conn.receive_data(b"")
     while True:
@@ -164,9 +208,14 @@ async def _read_with_h11(
             if not data and conn.their_state is h11.IDLE and not conn.trailing_data[0]:
                 raise ClientGone("connection closed before a request")
             conn.receive_data(data)
+            fed += len(data)
             continue
         if isinstance(event, h11.Request):
-            return Request(event.method, event.target, list(event.headers), conn, b"")
+            # h11 bounds only incomplete heads; a complete one may have come in one piece.
+            _check_head_size(fed - len(conn.trailing_data[0]), max_head)
+            return Request(
+                event.method, event.target, list(event.headers), conn, b"", event.http_version
+            )
         raise ClientGone("connection closed before a whole request")
 
 

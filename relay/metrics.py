@@ -29,13 +29,28 @@ class Stats:
     def __init__(self) -> None:
         self.tunnels_opened = 0
         self.pairings = 0
-        self.messages_to_initiator = 0
-        self.bytes_to_initiator = 0
-        self.messages_to_authenticator = 0
-        self.bytes_to_authenticator = 0
+        # [messages, bytes] to the initiator, then [messages, bytes] to the authenticator; indexed
+        # like Tunnel.counts so that both directions share one pump.
+        self.forwarded = [0, 0, 0, 0]
         self.connections_accepted = 0
         self.refusals: Counter[str] = Counter()
         self.tunnel_closes: Counter[str] = Counter()
+
+    @property
+    def messages_to_initiator(self) -> int:
+        return self.forwarded[0]
+
+    @property
+    def bytes_to_initiator(self) -> int:
+        return self.forwarded[1]
+
+    @property
+    def messages_to_authenticator(self) -> int:
+        return self.forwarded[2]
+
+    @property
+    def bytes_to_authenticator(self) -> int:
+        return self.forwarded[3]
 
 
 class _StatsCollector(Collector):

@@ -159,9 +159,19 @@ def _by_name(headers: Headers) -> dict[bytes, list[bytes]]:
 
 
 def decide(
-    method: bytes, target: bytes, headers: Headers, allowed_origins: tuple[str, ...] = ()
+    method: bytes,
+    target: bytes,
+    headers: Headers,
+    allowed_origins: tuple[str, ...] = (),
+    version: bytes = b"1.1",
 ) -> Decision:
-    """What to do with one HTTP request, judged from the request alone."""
+    """What to do with one HTTP request, judged from the request alone.
+
+    An upgrade must be exactly HTTP/1.1 (RFC 6455 section 4.1; a 1.0 client cannot keep the
+    connection, and no other 1.x or 2.0 speaks this handshake), carry exactly one
+    ``Sec-WebSocket-Key`` and one ``Sec-WebSocket-Version``, and no body framing at all
+    (``Content-Length``, ``Transfer-Encoding``).
+    """
     parsed = parse_target(target)
     if isinstance(parsed, Refusal):
         return parsed
@@ -176,8 +186,19 @@ def decide(
     connection = [t.lower() for t in _tokens(named.get(b"connection", []))]
     if b"websocket" not in upgrade or b"upgrade" not in connection:
         return Refusal(400, "not_websocket", "tunnel paths need a WebSocket upgrade")
-    version = named.get(b"sec-websocket-version")
-    if version is None or version[0].strip() != b"13":
+    if version != b"1.1":
+        return Refusal(
+            505, "http_version", f"a WebSocket upgrade needs HTTP/1.1, not HTTP/{version.decode()}"
+        )
+    for name in (b"sec-websocket-key", b"sec-websocket-version"):
+        if len(named.get(name, ())) > 1:
+            return _malformed(f"{name.decode()} given more than once")
+    if b"content-length" in named or b"transfer-encoding" in named:
+        return _malformed(
+            "a WebSocket upgrade must not carry a body (Content-Length or Transfer-Encoding)"
+        )
+    ws_version = named.get(b"sec-websocket-version")
+    if ws_version is None or ws_version[0].strip() != b"13":
         return Refusal(
             426,
             "bad_websocket_version",

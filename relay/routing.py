@@ -1,8 +1,10 @@
 """Routing ids: the 3-byte label a node hands out at ``/cable/new`` (docs/protocol.md section 14).
 
-A routing id is this node's fixed prefix (0 to 2 bytes, ``--node-prefix``) followed by random
-bytes from ``secrets``. A load balancer in front of several nodes routes
-``/cable/connect/<rid>/...`` by the prefix alone, and a node pairs by tunnel id locally. Ids are
+A routing id is this node's fixed prefix (0 or 1 byte, ``--node-prefix``) followed by random
+bytes from ``secrets``: at least 16 random bits, so that knowing the tunnel id (from the QR code)
+is not enough to join a tunnel by guessing (``relay.guard`` limits the guesses). A load balancer
+in front of several nodes routes ``/cable/connect/<rid>/...`` by the prefix alone, and a node
+pairs by tunnel id locally. Ids are
 unpredictable and never shared by two live tunnels: a draw that collides is re-drawn. The random
 source is injectable for tests.
 """

@@ -93,6 +93,7 @@ class WebSocket:
         "_ended",
         "_queue",
         "_full",
+        "_receive_size",
     )
 
     def __init__(self, stream: trio.abc.Stream, trailing_data: bytes, max_message_size: int):
@@ -101,6 +102,7 @@ class WebSocket:
         self._parser = FrameParser(max_message_size, refuse_text=True)
         self._writing = False
         self._full = False
+        self._receive_size = RECEIVE_SIZE
         self._waiters: ParkingLot | None = None
         # Set when a write was interrupted mid-frame: no further frame may follow it.
         self._broken = False
@@ -136,6 +138,15 @@ class WebSocket:
             return MessageTooBig(str(event))
         return PeerProtocolError(event.code, str(event))
 
+    def limit_message_size(self, max_message_size: int) -> None:
+        """Change the largest message accepted from now on (checked from each frame header).
+
+        Reads shrink with the limit: a socket allowed only small messages (a waiting tunnel) never
+        needs a 64 KiB read buffer, whatever its client pushes at it.
+        """
+        self._parser.max_message_size = max_message_size
+        self._receive_size = max(4096, min(RECEIVE_SIZE, max_message_size + 14))
+
     async def receive_batch(self) -> list[bytes]:
         """The whole binary messages of the next read (at least one), oldest first.
 
@@ -155,10 +166,10 @@ class WebSocket:
                         # The hot path of request/response traffic, inlined: wait, then read.
                         await wait_readable(raw)
                         try:
-                            data = raw.recv(RECEIVE_SIZE)
+                            data = raw.recv(self._receive_size)
                         except BlockingIOError:
                             continue
-                        self._full = len(data) == RECEIVE_SIZE
+                        self._full = len(data) == self._receive_size
                     else:
                         data = await self._receive_some()
                 except STREAM_ERRORS as exc:
@@ -216,9 +227,10 @@ class WebSocket:
         await self._write(frames)
 
     async def _receive_some(self) -> bytes:
-        data = await receive_some(self.stream, self._raw, RECEIVE_SIZE, self._full)
+        size = self._receive_size
+        data = await receive_some(self.stream, self._raw, size, self._full)
         # Only a read that filled the buffer suggests more is waiting already.
-        self._full = len(data) == RECEIVE_SIZE
+        self._full = len(data) == size
         return data
 
     async def _write(self, frame: bytes | bytearray) -> None:

@@ -54,7 +54,7 @@ async def test_missing_or_malformed_routing_id_is_a_protocol_error(nursery, head
 
 async def test_relay_must_echo_the_fido_cable_subprotocol(nursery) -> None:
     url = await start_server(nursery, accepting(subprotocol=None))
-    with pytest.raises(TunnelProtocolError, match="fido.cable"):
+    with pytest.raises(RelayUnreachableError, match="fido.cable"):
         async with open_tunnel(url + "/x"):
             pass
 

@@ -194,7 +194,13 @@ def test_every_option_has_an_environment_variable():
 
 
 @pytest.mark.parametrize(
-    "argv", [["--node-prefix", "0A0B0C"], ["--node-prefix", "xyz"], ["--max-tunnels", "0"]]
+    "argv",
+    [
+        ["--node-prefix", "0A0B0C"],
+        ["--node-prefix", "0A0B"],
+        ["--node-prefix", "xyz"],
+        ["--max-tunnels", "0"],
+    ],
 )
 def test_bad_options_exit_with_a_usage_error(argv, capsys):
     with pytest.raises(SystemExit) as info:
@@ -320,12 +326,12 @@ async def test_grace_period_expiry_closes_live_tunnels_with_1001_and_logs_are_cl
 
 async def test_environment_configures_the_process():
     proc = await start_relay_process(
-        env={"HYBRID_RELAY_PORT": "0", "HYBRID_RELAY_NODE_PREFIX": "7F01"}
+        env={"HYBRID_RELAY_PORT": "0", "HYBRID_RELAY_NODE_PREFIX": "7F"}
     )
     try:
-        assert proc.lines[0]["node_prefix"] == "7F01"
+        assert proc.lines[0]["node_prefix"] == "7F"
         async with open_ws(f"{proc.base_url}/cable/new/{new_tunnel_id()}") as ws:
-            assert routing_id_of(ws).startswith("7F01")
+            assert routing_id_of(ws).startswith("7F")
         proc.process.send_signal(signal.SIGTERM)
         assert await proc.wait_exit() == 0
     finally:

@@ -22,6 +22,7 @@ import trio
 from hybrid.ble.asyncio_bridge import asyncio_service
 from hybrid.ble.eid import SERVICE_UUID16S
 from hybrid.ble.medium import SCAN_BUFFER, Scanner, ServiceData
+from hybrid.ble.seen import MAX_SERVICE_DATA_LEN
 
 START_TIMEOUT = 10.0
 _BASE_UUID_SUFFIX = "-0000-1000-8000-00805f9b34fb"
@@ -55,6 +56,8 @@ def hybrid_service_data(advertisement: Any) -> Iterator[ServiceData]:
     """Service-data values of one bleak ``AdvertisementData`` that a hybrid desktop looks at."""
     for uuid, value in dict(getattr(advertisement, "service_data", None) or {}).items():
         if not isinstance(uuid, str) or not isinstance(value, bytes | bytearray):
+            continue
+        if len(value) > MAX_SERVICE_DATA_LEN:  # no AD structure carries that much: not an advert
             continue
         uuid16 = uuid16_of(uuid)
         if uuid16 in SERVICE_UUID16S:

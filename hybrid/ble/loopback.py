@@ -9,7 +9,8 @@ so that other tools can join:
 * Payload = the 16-bit service UUID as two bytes, **big-endian** (``FF F9`` or ``FD E2``), followed
   by the service data (the 20-byte advert, or longer when a CTAP 2.3 suffix is present).
 * The scanner binds ``127.0.0.1:<port>``; only one scanner can hold the port at a time. Datagrams
-  shorter than 2 bytes or under another UUID are ignored.
+  shorter than 2 bytes, with more service data than one BLE AD structure carries
+  (``MAX_SERVICE_DATA_LEN``, 252 bytes) or under another UUID are ignored.
 * The advertiser repeats its datagram about every 100 ms until it is told to stop (the phone stops
   once the Noise handshake arrives), like a phone's low-latency advertising interval.
 
@@ -30,6 +31,7 @@ import trio
 
 from hybrid.ble.eid import SERVICE_UUID16S
 from hybrid.ble.medium import Advertiser, NoAdapterError, Scanner, ServiceData
+from hybrid.ble.seen import MAX_SERVICE_DATA_LEN
 from hybrid.trio_util import single_exceptions
 
 DEFAULT_PORT = 47474
@@ -37,8 +39,9 @@ PORT_ENV_VAR = "HYBRID_BLE_PORT"
 HOST = "127.0.0.1"
 ADVERTISING_INTERVAL = 0.1
 UUID_LEN = 2
-# Service data beyond a CTAP 2.3 suffix never comes near this; it only bounds the read buffer.
-MAX_DATAGRAM = 2048
+# One byte more than the largest datagram we accept, so that a longer one shows as too long
+# (recv truncates silently) and is dropped instead of being read as its first bytes.
+MAX_DATAGRAM = UUID_LEN + MAX_SERVICE_DATA_LEN + 1
 
 
 def resolve_port(port: int | None = None) -> int:
@@ -63,7 +66,7 @@ def encode_datagram(uuid16: int, data: bytes) -> bytes:
 
 def decode_datagram(datagram: bytes) -> ServiceData | None:
     """Inverse of ``encode_datagram``; ``None`` for anything that is not an advert we scan for."""
-    if len(datagram) < UUID_LEN:
+    if not UUID_LEN <= len(datagram) <= UUID_LEN + MAX_SERVICE_DATA_LEN:
         return None
     uuid16 = int.from_bytes(datagram[:UUID_LEN], "big")
     if uuid16 not in SERVICE_UUID16S:

@@ -303,7 +303,9 @@ def run(args: argparse.Namespace) -> int:
     extensions = requested_extensions(args)
     if extensions:
         rp = _AskingExtensions(rp, extensions)
-    deadlines = Deadlines(advert=args.timeout, user=args.timeout)
+    from hybrid.tunnel.client import relay_timeout_from_env
+
+    deadlines = Deadlines(advert=args.timeout, user=args.timeout, tunnel=relay_timeout_from_env())
 
     def show(url: str) -> None:
         sys.stdout.write(url + "\n")

@@ -152,6 +152,7 @@ def run(args: argparse.Namespace) -> int:
     from hybrid.phone.session import PhoneDeadlines, PhoneSession
     from hybrid.qr.payload import QrPayload
     from hybrid.session_errors import stale_qr_warning
+    from hybrid.tunnel.client import relay_timeout_from_env
 
     if (args.url is None) == (args.qr_image is None):
         raise UsageError("give either FIDO_URL or --qr-image FILE")
@@ -188,7 +189,9 @@ def run(args: argparse.Namespace) -> int:
             relay_url=args.relay,
             domain_id=pinned if pinned is not None else (args.domain_id or 0),
             fallback_domain_id=args.fallback_domain_id,
-            deadlines=PhoneDeadlines(desktop=args.timeout, user=args.timeout),
+            deadlines=PhoneDeadlines(
+                desktop=args.timeout, user=args.timeout, tunnel=relay_timeout_from_env()
+            ),
             progress=progress_printer("phone"),
             on_event=instruction_printer("phone"),
             ssl_context=ssl_context,

@@ -44,7 +44,8 @@ from fido2.webauthn import (
 
 from hybrid import events, keys
 from hybrid.ble.eid import Eid, decrypt_advert
-from hybrid.ble.medium import NoAdapterError, Scanner, ServiceData
+from hybrid.ble.medium import NoAdapterError, Scanner
+from hybrid.ble.seen import SeenAdverts
 from hybrid.catalogue import Failure, Operation, PasskeyError, error_for_ctap_status
 from hybrid.desktop.ctap import (
     assertion_extension_results,
@@ -279,15 +280,14 @@ class DesktopSession:
                 return await self._over_tunnel(tunnel, plaintext, ctap_request, clock)
 
     async def _find_advert(self, eid_key: bytes) -> tuple[bytes, Eid]:
-        seen: set[ServiceData] = set()
+        seen = SeenAdverts()  # bounded: a flood of distinct datagrams cannot grow it (issue 12)
         try:
             with trio.move_on_after(self.deadlines.advert) as scope:
                 async with self.scanner.scan() as adverts:
                     async for observed in adverts:
                         # Phones repeat the same advert ~10 times a second: try each value once.
-                        if observed in seen:
+                        if not seen.first_time(observed):
                             continue
-                        seen.add(observed)
                         plaintext = decrypt_advert(eid_key, observed.data)
                         if plaintext is None:
                             if self.transcript.other_adverts == 0:

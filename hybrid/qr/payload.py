@@ -125,6 +125,10 @@ def cbor_type_name(value: object) -> str:
         return "null"
     if isinstance(value, cbor2.CBORTag):
         return f"tag {value.tag}"
+    if isinstance(value, cbor2.CBORSimpleValue):
+        return f"simple value {value.value}"
+    if value is cbor2.undefined:
+        return "undefined"
     return type(value).__name__
 
 
@@ -234,9 +238,12 @@ class QrPayload:
 
         unknown = dict(self.unknown)
         for key in unknown:
-            if key in KNOWN_KEYS:  # also catches True/1.0 and friends, which equal known keys
+            # Python equates True, 1.0 and CBOR simple value 1 with the integer 1: a map key of
+            # another CBOR type that compares equal to a known key is refused, not confused with it.
+            clash = next((known for known in KNOWN_KEYS if known == key), None)
+            if clash is not None:
                 raise QrCborError(
-                    f"QR map key {key!r} ({cbor_type_name(key)}) clashes with known key {int(key)}"
+                    f"QR map key {key!r} ({cbor_type_name(key)}) clashes with known key {clash}"
                 )
         object.__setattr__(self, "unknown", unknown)
         object.__setattr__(self, "key_order", self._normalised_order())

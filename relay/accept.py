@@ -1,0 +1,106 @@
+"""The accept loop: taking TCP (or TLS) connections off a listener and handing each to a task.
+
+It is ``trio.serve_listeners`` without its per-connection wrapper task layer. On a plain TCP
+listener the loop accepts on the stdlib socket until the backlog is empty and only then waits: no
+scheduler round trip per connection, and the peer address comes with the accept instead of a
+getpeername call. Running out of file descriptors or memory backs off and retries, as trio does.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+from collections.abc import Awaitable, Callable
+
+import trio
+from trio.lowlevel import wait_readable
+
+from relay.rawio import raw_listener_socket
+
+#: What a connection handler looks like: the stream and the client's address.
+Handler = Callable[[trio.abc.Stream, str], Awaitable[None]]
+
+_ACCEPT_CAPACITY_ERRNOS = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS))
+_ACCEPT_BACKOFF = 0.1
+_ACCEPT_BURST = 32
+# What trio.SocketListener.accept skips: failures of one would-be connection, not the listener.
+_IGNORABLE_ACCEPT_ERRNOS = frozenset(
+    getattr(errno, name)
+    for name in (
+        "EPERM",
+        "ECONNABORTED",
+        "EPROTO",
+        "ENETDOWN",
+        "ENOPROTOOPT",
+        "EHOSTDOWN",
+        "ENONET",
+        "EHOSTUNREACH",
+        "EOPNOTSUPP",
+        "ENETUNREACH",
+        "ENOSR",
+        "ESOCKTNOSUPPORT",
+        "EPROTONOSUPPORT",
+        "ETIMEDOUT",
+        "ECONNRESET",
+    )
+    if hasattr(errno, name)
+)
+_ACCEPT_LOGGER = logging.getLogger("trio.serve_listeners")
+
+
+def peer_address(stream: trio.abc.Stream) -> str:
+    """The client IP address of an accepted stream (TLS or plain), or ``"unknown"``."""
+    inner = getattr(stream, "transport_stream", stream)
+    try:
+        return str(inner.socket.getpeername()[0])
+    except (AttributeError, OSError, IndexError):
+        return "unknown"
+
+
+async def accept_loop(
+    listener: trio.abc.Listener[trio.abc.Stream], nursery: trio.Nursery, handle: Handler
+) -> None:
+    """Accept on ``listener`` until cancelled; each connection runs ``handle`` in ``nursery``."""
+    raw = raw_listener_socket(listener)
+    async with listener:
+        burst = 0
+        while True:
+            try:
+                if raw is None:
+                    stream = await listener.accept()
+                    address = peer_address(stream)
+                else:
+                    try:
+                        sock, peer = raw.accept()
+                    except BlockingIOError:
+                        burst = 0
+                        await wait_readable(raw)
+                        continue
+                    except OSError as exc:
+                        if exc.errno in _IGNORABLE_ACCEPT_ERRNOS:
+                            # The client gave up before we accepted it, as in trio.
+                            continue
+                        if exc.errno == errno.EBADF:
+                            raise trio.ClosedResourceError from None
+                        raise
+                    stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
+                    address = str(peer[0]) if peer else "unknown"
+                    burst += 1
+                    if burst >= _ACCEPT_BURST:
+                        # Let the handlers of a long burst run before accepting more.
+                        burst = 0
+                        await trio.lowlevel.checkpoint()
+            except OSError as exc:
+                if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
+                    raise
+                # Out of file descriptors or memory: back off like trio.serve_listeners.
+                _ACCEPT_LOGGER.error(
+                    "accept returned %s (%s); retrying in %s seconds",
+                    errno.errorcode[exc.errno],
+                    os.strerror(exc.errno),
+                    _ACCEPT_BACKOFF,
+                )
+                await trio.sleep(_ACCEPT_BACKOFF)
+            else:
+                nursery.start_soon(handle, stream, address)

@@ -1,0 +1,354 @@
+"""Request dispatch: one accepted connection from its first byte to the tunnel it joins, if any.
+
+Why the opening handshake is written here on raw trio streams instead of
+``trio_websocket.serve_websocket``: the relay must answer plain HTTP (``/healthz``, ``/metrics``),
+refuse bad requests with exact status codes *before* any upgrade (400/403/404/405/409/410/426/429/
+503), bound the time and bytes a client may spend on its request head (one deadline covers TLS,
+request and 101), and count connections per client address. trio-websocket's server reads the
+request through wsproto's handshake layer, which rejects non-upgrade requests itself and spawns a
+reader task and a message queue per socket. Doing the handshake ourselves (``relay.http``) keeps
+all of that in one deadline-scoped function; after the 101 the connection task runs its side of the
+tunnel (``relay.tunnel``) on ``relay.websocket.WebSocket``. Any RFC 6455 client (trio-websocket,
+websockets, browsers) can talk to it.
+
+The order of checks: per-address connection limit, request head (size, syntax), ``decide``
+(``relay.requests``: target, method, upgrade headers, version, subprotocol, Origin), then live
+state: 410 contact, 503 shutting down, and for ``/cable/new`` 409 duplicate / 503 full / 503 no
+routing id, for ``/cable/connect`` 404 no such waiting tunnel.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+
+import trio
+
+from hybrid.wire import ROUTING_ID_HEADER
+from relay.config import RelayConfig
+from relay.descriptors import HONEST_HOLD, DescriptorBudget
+from relay.guard import FailureBudget, client_key
+from relay.http import (
+    BadRequest,
+    ClientGone,
+    Request,
+    finish_request,
+    read_request,
+    send_response,
+    send_switching_protocols,
+)
+from relay.logs import log_event, tunnel_tag
+from relay.metrics import CONTENT_TYPE, RelayMetrics, Stats
+from relay.rawio import STREAM_ERRORS
+from relay.requests import (
+    HEALTH_PATH,
+    ConnectTunnel,
+    ContactTunnel,
+    NewTunnel,
+    PlainGet,
+    Refusal,
+    Upgrade,
+    decide,
+)
+from relay.routing import RoutingIdsExhausted, routing_id_hex
+from relay.tunnel import Tunnel, Tunnels
+from relay.websocket import WebSocket
+
+#: Longest a refused over-limit client may keep its socket while we read its request and answer.
+_QUICK_REFUSAL_TIMEOUT = 1.0
+_ROUTING_ID_HEADER = ROUTING_ID_HEADER.encode("ascii")
+
+#: What a successful handshake leads to: the tunnel, this side's socket, and whether it is the
+#: authenticator (the tunnel's owner).
+Accepted = tuple[Tunnel, WebSocket, bool]
+
+
+class Dispatcher:
+    """Serves every accepted connection of one relay node."""
+
+    def __init__(
+        self,
+        config: RelayConfig,
+        stats: Stats,
+        metrics: RelayMetrics,
+        tunnels: Tunnels,
+        descriptors: DescriptorBudget | None = None,
+    ) -> None:
+        self.config = config
+        self.stats = stats
+        self.metrics = metrics
+        self.tunnels = tunnels
+        #: Set once shutdown starts: new tunnels are refused and /healthz answers 503.
+        self.closing = False
+        self.connections = 0
+        self.handshakes = 0
+        self._per_address: Counter[str] = Counter()
+        #: Every socket held (counted or being refused), against the descriptor budget.
+        self.sockets = 0
+        self._polite_refusals = 0
+        self.descriptors = descriptors or DescriptorBudget.measure()
+        self.connect_failures = FailureBudget(
+            config.connect_failure_burst, config.connect_failure_rate
+        )
+        self.tunnel_connect_failures = FailureBudget(
+            config.tunnel_connect_failure_burst, config.tunnel_connect_failure_rate
+        )
+
+    async def handle(self, stream: trio.abc.Stream, address: str) -> None:
+        """One connection's task, from accept to close; never raises."""
+        self.stats.connections_accepted += 1
+        self.sockets += 1
+        try:
+            held = self._per_address[address]
+            if self.sockets > self.descriptors.connections:
+                # Out of descriptors: answer at once and keep nothing, so accept never runs dry.
+                await self._refuse_now(stream, Refusal(503, "fd_limit", "relay is full"), address)
+                return
+            if held >= self.config.address_limit or (
+                held >= HONEST_HOLD
+                and self.sockets > self.descriptors.connections - self.descriptors.reserve
+            ):
+                await self._refuse_over_limit(stream, address)
+                return
+            self._per_address[address] += 1
+            self.connections += 1
+            try:
+                await self._serve_connection(stream, address)
+            finally:
+                self.connections -= 1
+                self._per_address[address] -= 1
+                if not self._per_address[address]:
+                    del self._per_address[address]
+        except Exception as exc:  # noqa: BLE001 - one bad connection must never stop the relay
+            log_event("connection_error", logging.ERROR, client=address, error=repr(exc))
+        finally:
+            self.sockets -= 1
+            if type(stream) is trio.SocketStream:
+                # What SocketStream.aclose does, minus a scheduler round trip.
+                stream.socket.close()
+            else:
+                await trio.aclose_forcefully(stream)
+
+    async def _refuse_over_limit(self, stream: trio.abc.Stream, address: str) -> None:
+        refusal = Refusal(429, "address_limit", "too many connections from this address")
+        if self._polite_refusals >= self.descriptors.reserve // 2:
+            # Many at once is a flood, not a client that lost count: do not hold descriptors.
+            await self._refuse_now(stream, refusal, address)
+            return
+        # Read the request first: closing with unread bytes would reset the connection and the
+        # client might never see why it was refused.
+        self._polite_refusals += 1
+        try:
+            with trio.move_on_after(min(_QUICK_REFUSAL_TIMEOUT, self.config.handshake_timeout)):
+                try:
+                    await read_request(stream, self.config.max_request_head)
+                except (BadRequest, ClientGone):
+                    pass
+                await self.refuse(stream, refusal, address)
+        finally:
+            self._polite_refusals -= 1
+
+    async def _refuse_now(self, stream: trio.abc.Stream, refusal: Refusal, address: str) -> None:
+        """Answer without reading the request (the caller closes at once)."""
+        with trio.move_on_after(0.1):
+            await self.refuse(stream, refusal, address)
+
+    async def refuse(
+        self, stream: trio.abc.Stream, refusal: Refusal, address: str, head_only: bool = False
+    ) -> None:
+        """Answer ``refusal`` (count it, log it); the caller closes the connection."""
+        self.stats.refusals[refusal.reason] += 1
+        log_event("refused", reason=refusal.reason, status=refusal.status, client=address)
+        await send_response(
+            stream,
+            refusal.status,
+            (refusal.message + "\n").encode("utf-8"),
+            headers=refusal.headers,
+            head_only=head_only,
+        )
+
+    async def _serve_connection(self, stream: trio.abc.Stream, address: str) -> None:
+        self.handshakes += 1
+        try:
+            with trio.move_on_after(self.config.handshake_timeout) as deadline:
+                accepted = await self._handshake(stream, address)
+        finally:
+            self.handshakes -= 1
+        if deadline.cancelled_caught:
+            self.stats.refusals["handshake_timeout"] += 1
+            log_event("refused", reason="handshake_timeout", status=408, client=address)
+            with trio.move_on_after(0.2):
+                await send_response(stream, 408, b"opening handshake took too long\n")
+            return
+        if accepted is None:
+            return
+        tunnel, ws, is_authenticator = accepted
+        if is_authenticator:
+            await self.tunnels.run_authenticator(tunnel, ws)
+        else:
+            await self.tunnels.run_initiator(tunnel, ws)
+
+    async def _handshake(self, stream: trio.abc.Stream, address: str) -> Accepted | None:
+        config = self.config
+        try:
+            request = await read_request(stream, config.max_request_head)
+        except BadRequest as exc:
+            reason = "request_too_large" if exc.status == 431 else "malformed"
+            await self.refuse(stream, Refusal(exc.status, reason, str(exc)), address)
+            return None
+        except ClientGone:
+            self.stats.refusals["incomplete_request"] += 1
+            return None
+        decision = decide(
+            request.method, request.target, request.headers, config.allowed_origins, request.version
+        )
+        head_only = request.method == b"HEAD"
+        if isinstance(decision, Refusal):
+            await self.refuse(stream, decision, address, head_only)
+            return None
+        if isinstance(decision, PlainGet):
+            await self._serve_plain(stream, decision, head_only)
+            return None
+        assert isinstance(decision, Upgrade)
+        try:
+            finish_request(request)
+        except BadRequest as exc:
+            await self.refuse(stream, Refusal(exc.status, "malformed", str(exc)), address)
+            return None
+        route = decision.route
+        if isinstance(route, ContactTunnel):
+            await self.refuse(
+                stream,
+                Refusal(410, "contact_unsupported", "this relay does not hold linked contacts"),
+                address,
+            )
+            return None
+        if self.closing:
+            await self.refuse(stream, Refusal(503, "shutting_down", "relay shutting down"), address)
+            return None
+        if isinstance(route, NewTunnel):
+            return await self._open_tunnel(stream, request, decision.key, route, address)
+        assert isinstance(route, ConnectTunnel)
+        return await self._join_tunnel(stream, request, decision.key, route, address)
+
+    async def _serve_plain(self, stream: trio.abc.Stream, get: PlainGet, head_only: bool) -> None:
+        if get.path == HEALTH_PATH:
+            status = 503 if self.closing else 200
+            body = json.dumps(
+                {
+                    "status": "shutting_down" if self.closing else "ok",
+                    "tunnels_waiting": self.tunnels.waiting(),
+                    "tunnels_paired": self.tunnels.paired(),
+                }
+            ).encode("ascii")
+            await send_response(
+                stream, status, body, content_type="application/json", head_only=head_only
+            )
+        else:
+            await send_response(
+                stream, 200, self.metrics.render(), content_type=CONTENT_TYPE, head_only=head_only
+            )
+
+    async def _open_tunnel(
+        self, stream: trio.abc.Stream, request: Request, key: bytes, route: NewTunnel, address: str
+    ) -> Accepted | None:
+        tunnels = self.tunnels
+        if route.tunnel_id in tunnels:
+            await self.refuse(
+                stream, Refusal(409, "duplicate_tunnel", "tunnel id already in use"), address
+            )
+            return None
+        full = tunnels.waiting_quota_full(address)
+        if full is not None:
+            await self.refuse(
+                stream,
+                Refusal(429, "waiting_limit", f"too many waiting tunnels from this {full}"),
+                address,
+            )
+            return None
+        if tunnels.under_pressure():
+            tunnels.sweep_idle()
+        if len(tunnels) >= self.config.tunnel_limit:
+            await self.refuse(
+                stream, Refusal(503, "tunnel_limit", "relay is at its tunnel limit"), address
+            )
+            return None
+        try:
+            tunnel = tunnels.register(route.tunnel_id, address)
+        except RoutingIdsExhausted:
+            await self.refuse(
+                stream, Refusal(503, "routing_ids_exhausted", "no free routing id"), address
+            )
+            return None
+        routing_hex = routing_id_hex(tunnel.routing_id)
+        registered = False
+        try:
+            routing_line = b"%s: %s\r\n" % (_ROUTING_ID_HEADER, routing_hex.encode())
+            trailing = await send_switching_protocols(stream, request, key, routing_line)
+            registered = True
+        except STREAM_ERRORS:
+            return None
+        finally:
+            if not registered:
+                tunnels.unregister(tunnel)
+        ws = WebSocket(stream, trailing, self.config.max_message_size)
+        tunnels.opened(tunnel, ws)
+        log_event("tunnel_opened", tunnel=tunnel.tag, routing_id=routing_hex, client=address)
+        return tunnel, ws, True
+
+    async def _join_tunnel(
+        self,
+        stream: trio.abc.Stream,
+        request: Request,
+        key: bytes,
+        route: ConnectTunnel,
+        address: str,
+    ) -> Accepted | None:
+        client = client_key(address)
+        failures, tunnel_failures = self.connect_failures, self.tunnel_connect_failures
+        if failures.exhausted(client) or tunnel_failures.exhausted(route.tunnel_id):
+            # Not even looked up: a guesser learns nothing from attempts past its budget.
+            failures.failed(client)
+            wait = max(failures.retry_after(client), tunnel_failures.retry_after(route.tunnel_id))
+            await self.refuse(
+                stream,
+                Refusal(
+                    429,
+                    "connect_rate_limited",
+                    "too many failed connects; try again later",
+                    (("Retry-After", str(wait)),),
+                ),
+                address,
+            )
+            return None
+        claimed = self.tunnels.claim(route.routing_id, route.tunnel_id)
+        if claimed is None:
+            emptied = failures.failed(client)
+            emptied_tunnel = tunnel_failures.failed(route.tunnel_id)
+            if emptied or emptied_tunnel:
+                log_event(
+                    "connect_guessing",
+                    logging.WARNING,
+                    client=address,
+                    tunnel=tunnel_tag(route.tunnel_id),
+                    limited="client" if emptied else "tunnel",
+                )
+            await self.refuse(
+                stream, Refusal(404, "unknown_tunnel", "no tunnel waiting under that id"), address
+            )
+            return None
+        tunnel, latency = claimed
+        try:
+            trailing = await send_switching_protocols(stream, request, key)
+        except BaseException as exc:
+            # Also on cancellation: this task must still leave the tunnel.
+            self.tunnels.join_failed(tunnel)
+            if isinstance(exc, STREAM_ERRORS):
+                return None
+            raise
+        ws = WebSocket(stream, trailing, self.config.max_message_size)
+        log_event(
+            "tunnel_paired", tunnel=tunnel.tag, latency_ms=round(latency * 1000), client=address
+        )
+        return tunnel, ws, False

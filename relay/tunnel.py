@@ -1,0 +1,525 @@
+"""Tunnel lifecycle: the registry of live tunnels, pairing, forwarding and how a tunnel ends.
+
+Life of a tunnel (docs: relay/README.md, protocol notes sections 7 and 14):
+
+* ``/cable/new/<tid>`` registers the tunnel id at once (``Tunnels.register``; a concurrent
+  duplicate gets 409 from the dispatcher), and after the 101 the authenticator's connection task
+  becomes the tunnel's owner (``run_authenticator``): it runs the authenticator->initiator
+  direction itself, in a cancel scope whose deadline is the wait timeout until an initiator joins
+  and ``tunnel_lifetime`` (from the authenticator's upgrade) after that.
+* Messages the authenticator sends before its initiator joins are buffered (at most
+  ``max_pending_messages`` holding at most ``max_pending_bytes``, and ``max_pending_bytes_total``
+  over the node) and delivered first, in order; one more message or byte closes the tunnel with
+  1008 (``pending_overflow``). While waiting, the socket's message limit is the byte cap, so an
+  oversized message is refused from its frame header, never buffered. Nothing is dropped.
+* ``/cable/connect/<rid>/<tid>`` pairs synchronously (``Tunnels.claim``: the waiting entry leaves
+  the waiting state before any await, so exactly one initiator wins; later ones get 404), and after
+  the 101 the initiator's connection task (``run_initiator``) flushes the pending buffer and then
+  runs the initiator->authenticator direction, bounded by the same lifetime.
+* Both directions run the same ``_pump``; ``_Side`` says which counters, quota and end reasons
+  belong to it. When either side ends, the first recorded ``End`` (``relay.reasons``) wins and both
+  directions are cancelled; each task sends its own socket the close code the table gives it. The
+  last task out logs the tunnel's end.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from enum import Enum
+from typing import NamedTuple
+
+import trio
+
+from relay.config import PRESSURE_SHARE, RelayConfig
+from relay.guard import Quota, client_key, network_key
+from relay.logs import log_event, tunnel_tag
+from relay.metrics import Stats
+from relay.reasons import ENDS, FRAMING, LIFETIME, PENDING_OVERFLOW, SHUTDOWN, WAIT_TIMEOUT, End
+from relay.routing import RoutingIdAllocator
+from relay.websocket import (
+    MessageTooBig,
+    PeerClosed,
+    PeerProtocolError,
+    TextFrame,
+    WebSocket,
+    WebSocketEnded,
+)
+from relay.wsframe import CLOSE_PROTOCOL_ERROR, write_binary
+
+
+class State(Enum):
+    OPENING = "opening"
+    WAITING = "waiting"
+    PAIRED = "paired"
+    ENDED = "ended"
+
+
+class Tunnel:
+    """One tunnel's shared state.
+
+    Each peer's connection task drives its own socket: the authenticator's task (the owner) reads
+    the authenticator and forwards to the initiator, the initiator's task flushes the pending
+    buffer and then forwards the other way. No task, nursery or event exists for a tunnel beyond
+    those two tasks; whichever of them finishes last logs the tunnel's end.
+    """
+
+    __slots__ = (
+        "tunnel_id",
+        "routing_id",
+        "tag",
+        "state",
+        "created",
+        "end_of_life",
+        "wait_end",
+        "authenticator",
+        "initiator",
+        "sinks",
+        "pending",
+        "pending_bytes",
+        "quota_keys",
+        "paired",
+        "tasks",
+        "owner_scope",
+        "initiator_scope",
+        "end",
+        "codes",
+        "counts",
+    )
+
+    def __init__(self, tunnel_id: bytes, routing_id: bytes, lifetime: float) -> None:
+        self.tunnel_id = tunnel_id
+        self.routing_id = routing_id
+        self.tag = tunnel_tag(tunnel_id)
+        self.state = State.OPENING
+        self.created = trio.current_time()
+        self.end_of_life = self.created + lifetime
+        # When the owner stops waiting for an initiator; set when it starts waiting.
+        self.wait_end = float("inf")
+        self.authenticator: WebSocket | None = None
+        self.initiator: WebSocket | None = None
+        # Where each direction's messages go: [to initiator, to authenticator]. The first stays
+        # None until the pending buffer has been flushed.
+        self.sinks: list[WebSocket | None] = [None, None]
+        self.pending: list[bytes] = []
+        self.pending_bytes = 0
+        # (client, network) while this tunnel counts against their waiting quotas, else None.
+        self.quota_keys: tuple[str, str] | None = None
+        self.paired = False
+        # Connection tasks still working on this tunnel; the last one out logs its end.
+        self.tasks = 1
+        self.owner_scope: trio.CancelScope | None = None
+        self.initiator_scope: trio.CancelScope | None = None
+        self.end: End | None = None
+        # Close codes for (authenticator, initiator).
+        self.codes = (1001, 1001)
+        # messages/bytes (to initiator, to authenticator)
+        self.counts = [0, 0, 0, 0]
+
+    def finish(self, end: End, framing_code: int = CLOSE_PROTOCOL_ERROR) -> None:
+        """Record why the tunnel ends (first call wins) and stop both directions."""
+        if self.end is None:
+            self.end = end
+            auth, init = end.authenticator_code, end.initiator_code
+            self.codes = (
+                framing_code if auth == FRAMING else auth,
+                framing_code if init == FRAMING else init,
+            )
+        if self.state is State.WAITING:
+            # A dying tunnel must not be joined in the moments before its owner unregisters it.
+            self.state = State.ENDED
+        if self.owner_scope is not None:
+            self.owner_scope.cancel()
+        if self.initiator_scope is not None:
+            self.initiator_scope.cancel()
+
+
+class _Side(NamedTuple):
+    """What one direction's pump needs to know about the side it reads from."""
+
+    #: Index into ``Tunnel.sinks`` of where this side's messages go.
+    sink: int
+    #: Offset of this direction's (messages, bytes) in ``Tunnel.counts`` and ``Stats.forwarded``.
+    offset: int
+    closed: End
+    gone: End
+    text_frame: End
+    too_big: End
+    framing: End
+    quota: End
+    #: The end when writing to the other side fails.
+    other_gone: End
+
+    def ended(self, exc: WebSocketEnded) -> End:
+        if isinstance(exc, PeerClosed):
+            return self.closed
+        if isinstance(exc, TextFrame):
+            return self.text_frame
+        if isinstance(exc, MessageTooBig):
+            return self.too_big
+        if isinstance(exc, PeerProtocolError):
+            return self.framing
+        return self.gone
+
+
+def _side(name: str, other: str, sink: int) -> _Side:
+    return _Side(
+        sink,
+        2 * sink,
+        ENDS[f"{name}_closed"],
+        ENDS[f"{name}_gone"],
+        ENDS[f"{name}_text_frame"],
+        ENDS[f"{name}_too_big"],
+        ENDS[f"{name}_framing"],
+        ENDS[f"{name}_quota"],
+        ENDS[f"{other}_gone"],
+    )
+
+
+AUTHENTICATOR = _side("authenticator", "initiator", 0)
+INITIATOR = _side("initiator", "authenticator", 1)
+
+
+def _frames(batch: list[bytes]) -> tuple[bytearray, int]:
+    """Server frames for every message of ``batch`` in one buffer (one write), and payload bytes."""
+    out = bytearray()
+    nbytes = 0
+    for data in batch:
+        write_binary(out, data)
+        nbytes += len(data)
+    return out, nbytes
+
+
+class Tunnels:
+    """The live tunnels of one relay node and the code that runs them from upgrade to end."""
+
+    def __init__(
+        self, config: RelayConfig, stats: Stats, observe_pairing: Callable[[float], None]
+    ) -> None:
+        self.config = config
+        self.stats = stats
+        self._observe_pairing = observe_pairing
+        self._routing = RoutingIdAllocator(config.node_prefix)
+        self.by_id: dict[bytes, Tunnel] = {}
+        self._routing_ids: set[bytes] = set()
+        #: Bytes buffered for initiators that have not joined yet, over all tunnels.
+        self.pending_bytes = 0
+        self.waiting_per_client = Quota(config.max_waiting_per_address or 1)
+        self.waiting_per_network = Quota(config.max_waiting_per_network or 1)
+        # Waiting tunnels, oldest first: where the pressure sweep looks for idle ones.
+        self._waiting: dict[bytes, Tunnel] = {}
+
+    def __len__(self) -> int:
+        return len(self.by_id)
+
+    def __contains__(self, tunnel_id: bytes) -> bool:
+        return tunnel_id in self.by_id
+
+    def waiting(self) -> int:
+        return sum(1 for t in self.by_id.values() if t.state is State.WAITING)
+
+    def paired(self) -> int:
+        return sum(1 for t in self.by_id.values() if t.state is State.PAIRED)
+
+    # -- registration ------------------------------------------------------------------------
+
+    def waiting_quota_full(self, address: str) -> str | None:
+        """Which waiting quota ``address`` has used up ("address" or "network"), if any."""
+        if self.waiting_per_client.full(client_key(address)):
+            return "address"
+        if self.waiting_per_network.full(network_key(address)):
+            return "network"
+        return None
+
+    def register(self, tunnel_id: bytes, address: str | None = None) -> Tunnel:
+        """A new tunnel under ``tunnel_id``; raises ``RoutingIdsExhausted`` if none is free.
+
+        With ``address`` the tunnel counts against that client's and network's waiting quotas
+        until it pairs or ends.
+        """
+        routing_id = self._routing.allocate(self._routing_ids)
+        tunnel = Tunnel(tunnel_id, routing_id, self.config.tunnel_lifetime)
+        self.by_id[tunnel_id] = tunnel
+        self._routing_ids.add(routing_id)
+        if address is not None:
+            keys = (client_key(address), network_key(address))
+            self.waiting_per_client.take(keys[0])
+            self.waiting_per_network.take(keys[1])
+            tunnel.quota_keys = keys
+        return tunnel
+
+    def _release_quota(self, tunnel: Tunnel) -> None:
+        self._waiting.pop(tunnel.tunnel_id, None)
+        keys = tunnel.quota_keys
+        if keys is not None:
+            tunnel.quota_keys = None
+            self.waiting_per_client.give_back(keys[0])
+            self.waiting_per_network.give_back(keys[1])
+
+    def under_pressure(self) -> bool:
+        """Whether the node is near its tunnel limit."""
+        return len(self.by_id) >= PRESSURE_SHARE * self.config.tunnel_limit
+
+    def sweep_idle(self, budget: int = 64) -> int:
+        """Near the limit: end waiting tunnels that sent nothing for ``pressure_wait_timeout``.
+
+        Looks at most at ``budget`` of the oldest waiting tunnels; returns how many it ended.
+        """
+        cutoff = trio.current_time() - self.config.pressure_wait_timeout
+        ended = 0
+        for tunnel in list(self._waiting.values())[:budget]:
+            if tunnel.created > cutoff:
+                break  # oldest first: the rest are younger still
+            if tunnel.state is State.WAITING and not tunnel.pending:
+                tunnel.finish(WAIT_TIMEOUT)
+                self.unregister(tunnel)
+                ended += 1
+            else:
+                # Sent something (or no longer waiting): look at it again later, not first.
+                self._waiting.pop(tunnel.tunnel_id, None)
+                if tunnel.state is State.WAITING:
+                    self._waiting[tunnel.tunnel_id] = tunnel
+        return ended
+
+    def opened(self, tunnel: Tunnel, ws: WebSocket) -> None:
+        """The authenticator's 101 went out: the tunnel waits for its initiator."""
+        tunnel.authenticator = ws
+        # Until an initiator joins, no single message may exceed what the pending buffer holds.
+        ws.limit_message_size(min(self.config.max_message_size, self.config.max_pending_bytes))
+        if tunnel.end is None:
+            tunnel.state = State.WAITING
+            self._waiting[tunnel.tunnel_id] = tunnel
+        self.stats.tunnels_opened += 1
+
+    def claim(self, routing_id: bytes, tunnel_id: bytes) -> tuple[Tunnel, float] | None:
+        """Pair an initiator with the waiting tunnel, before any await; None if none waits.
+
+        Returns the tunnel and the pairing latency.
+        """
+        tunnel = self.by_id.get(tunnel_id)
+        if (
+            tunnel is None
+            or tunnel.state is not State.WAITING
+            or (tunnel.routing_id != routing_id)
+            # Past the wait deadline the owner's scope may be cancelled already, unnoticed.
+            or trio.current_time() >= tunnel.wait_end
+        ):
+            return None
+        # Claim the tunnel before any await so that exactly one initiator joins it.
+        tunnel.state = State.PAIRED
+        tunnel.paired = True
+        tunnel.tasks += 1
+        self._release_quota(tunnel)
+        if tunnel.authenticator is not None:
+            tunnel.authenticator.limit_message_size(self.config.max_message_size)
+        if tunnel.owner_scope is not None:
+            # The owner no longer waits for an initiator: only the lifetime bounds it now.
+            tunnel.owner_scope.deadline = tunnel.end_of_life
+        latency = trio.current_time() - tunnel.created
+        self.stats.pairings += 1
+        self._observe_pairing(latency)
+        return tunnel, latency
+
+    def join_failed(self, tunnel: Tunnel) -> None:
+        """The initiator's 101 could not be sent: it leaves the tunnel, which ends."""
+        tunnel.finish(ENDS["initiator_gone"])
+        self.leave(tunnel)
+
+    def _drop_pending(self, tunnel: Tunnel) -> None:
+        self.pending_bytes -= tunnel.pending_bytes
+        tunnel.pending_bytes = 0
+
+    def unregister(self, tunnel: Tunnel) -> None:
+        self._release_quota(tunnel)
+        self._drop_pending(tunnel)
+        tunnel.pending.clear()  # release the buffered bytes now, not when the tasks end
+        if self.by_id.get(tunnel.tunnel_id) is tunnel:
+            del self.by_id[tunnel.tunnel_id]
+            self._routing_ids.discard(tunnel.routing_id)
+        tunnel.state = State.ENDED
+
+    # -- running -----------------------------------------------------------------------------
+
+    async def run_initiator(self, tunnel: Tunnel, ws: WebSocket) -> None:
+        """The initiator's connection task: pending messages, then initiator->authenticator."""
+        tunnel.initiator = ws
+        try:
+            with trio.CancelScope(deadline=tunnel.end_of_life) as scope:
+                tunnel.initiator_scope = scope
+                if tunnel.end is None:
+                    tunnel.sinks[1] = tunnel.authenticator
+                    if await self._flush_pending(tunnel, ws):
+                        await self._pump(tunnel, ws, INITIATOR)
+                else:
+                    scope.cancel()
+            if scope.cancelled_caught and tunnel.end is None:
+                tunnel.finish(LIFETIME)
+        finally:
+            tunnel.initiator_scope = None
+            if tunnel.end is None:
+                tunnel.finish(SHUTDOWN)
+            text = (tunnel.end or SHUTDOWN).text
+            try:
+                await ws.close(tunnel.codes[1], text, self.config.close_timeout)
+            finally:
+                self.leave(tunnel)
+
+    async def run_authenticator(self, tunnel: Tunnel, ws: WebSocket) -> None:
+        """The authenticator's connection task owns the tunnel from here to its end."""
+        end_of_life = tunnel.end_of_life
+        wait_end = tunnel.wait_end = trio.current_time() + self.config.wait_timeout
+        try:
+            deadline = end_of_life if tunnel.paired else min(wait_end, end_of_life)
+            with trio.CancelScope(deadline=deadline) as scope:
+                tunnel.owner_scope = scope
+                if tunnel.end is not None:
+                    scope.cancel()
+                await self._pump(tunnel, ws, AUTHENTICATOR)
+            if scope.cancelled_caught and tunnel.end is None:
+                if not tunnel.paired and wait_end <= end_of_life:
+                    tunnel.finish(WAIT_TIMEOUT)
+                else:
+                    tunnel.finish(LIFETIME)
+        finally:
+            tunnel.owner_scope = None
+            await self._end_tunnel(tunnel)
+
+    async def _flush_pending(self, tunnel: Tunnel, initiator: WebSocket) -> bool:
+        """Deliver what the authenticator sent before the initiator joined; False if it failed."""
+        forwarded = self.stats.forwarded
+        pending = tunnel.pending
+        while pending:
+            batch = pending[:]
+            pending.clear()
+            self._drop_pending(tunnel)
+            out, nbytes = _frames(batch)
+            try:
+                await initiator.send_frames(out)
+            except WebSocketEnded:
+                tunnel.finish(ENDS["initiator_gone"])
+                return False
+            forwarded[0] += len(batch)
+            forwarded[1] += nbytes
+            tunnel.counts[0] += len(batch)
+            tunnel.counts[1] += nbytes
+        # No await between the empty check above and this: later messages cannot overtake.
+        tunnel.sinks[0] = initiator
+        return True
+
+    async def _pump(self, tunnel: Tunnel, source: WebSocket, side: _Side) -> None:
+        """Forward ``source``'s messages to the other side until either ends.
+
+        While the other side is not there yet (only the authenticator's direction, before the
+        initiator joined) messages go to the tunnel's pending buffer instead.
+        """
+        forwarded = self.stats.forwarded
+        limit = self.config.max_messages
+        pending_limit = self.config.max_pending_messages
+        byte_limit = self.config.max_pending_bytes
+        total_limit = self.config.max_pending_bytes_total
+        pending = tunnel.pending
+        sinks = tunnel.sinks
+        sink = side.sink
+        offset = side.offset
+        count = 0
+        sent = 0
+        size = 0
+        try:
+            while True:
+                try:
+                    batch = await source.receive_batch()
+                except WebSocketEnded as exc:
+                    if isinstance(exc, MessageTooBig) and sinks[sink] is None and not tunnel.paired:
+                        # Over the waiting-phase message limit, which is the pending byte cap.
+                        tunnel.finish(PENDING_OVERFLOW)
+                    elif isinstance(exc, PeerProtocolError):
+                        tunnel.finish(side.framing, exc.ws_code)
+                    else:
+                        tunnel.finish(side.ended(exc))
+                    return
+                # Messages past the quota are not forwarded; the ones before it are.
+                over_quota = count + len(batch) > limit
+                if over_quota:
+                    batch = batch[: max(0, limit - count)]
+                count += len(batch)
+                destination = sinks[sink]
+                if destination is None:
+                    nbytes = sum(map(len, batch))
+                    if len(batch) > pending_limit - len(pending) or (
+                        not tunnel.paired
+                        and (
+                            tunnel.pending_bytes + nbytes > byte_limit
+                            or self.pending_bytes + nbytes > total_limit
+                        )
+                    ):
+                        tunnel.finish(PENDING_OVERFLOW)
+                        return
+                    pending.extend(batch)
+                    tunnel.pending_bytes += nbytes
+                    self.pending_bytes += nbytes
+                elif batch:
+                    out, nbytes = _frames(batch)
+                    try:
+                        await destination.send_frames(out)
+                    except WebSocketEnded:
+                        tunnel.finish(side.other_gone)
+                        return
+                    forwarded[offset] += len(batch)
+                    forwarded[offset + 1] += nbytes
+                    sent += len(batch)
+                    size += nbytes
+                if over_quota:
+                    tunnel.finish(side.quota)
+                    return
+        finally:
+            tunnel.counts[offset] += sent
+            tunnel.counts[offset + 1] += size
+
+    async def _end_tunnel(self, tunnel: Tunnel) -> None:
+        if tunnel.end is None:
+            tunnel.finish(SHUTDOWN)
+        end = tunnel.end or SHUTDOWN
+        # Counted before the tunnel leaves the registry, so whoever sees it gone sees why.
+        self.stats.tunnel_closes[end.label] += 1
+        self.unregister(tunnel)
+        try:
+            # The initiator's task, if any, closes its own socket meanwhile.
+            if tunnel.authenticator is not None:
+                await tunnel.authenticator.close(
+                    tunnel.codes[0], end.text, self.config.close_timeout
+                )
+        finally:
+            self.leave(tunnel)
+
+    def leave(self, tunnel: Tunnel) -> None:
+        """A connection task is done with ``tunnel``; the last one logs how it went."""
+        tunnel.tasks -= 1
+        if tunnel.tasks:
+            return
+        log_event(
+            "tunnel_closed",
+            tunnel=tunnel.tag,
+            reason=tunnel.end.label if tunnel.end is not None else None,
+            paired=tunnel.paired,
+            duration_ms=round((trio.current_time() - tunnel.created) * 1000),
+            messages_to_initiator=tunnel.counts[0],
+            bytes_to_initiator=tunnel.counts[1],
+            messages_to_authenticator=tunnel.counts[2],
+            bytes_to_authenticator=tunnel.counts[3],
+        )
+
+    # -- shutdown ----------------------------------------------------------------------------
+
+    async def drain(self, grace: Callable[[], float]) -> None:
+        """After accepting stopped: waiting tunnels can never pair; paired ones get the grace."""
+        for tunnel in list(self.by_id.values()):
+            if tunnel.state is not State.PAIRED:
+                tunnel.finish(SHUTDOWN)
+        with trio.move_on_after(grace()):
+            while self.by_id:
+                await trio.sleep(0.05)
+        for tunnel in list(self.by_id.values()):
+            tunnel.finish(SHUTDOWN)
+        # Owners now send their close frames; give them the close timeout, then cut what remains.
+        with trio.move_on_after(self.config.close_timeout + 0.5):
+            while self.by_id:
+                await trio.sleep(0.05)
