@@ -1,4 +1,13 @@
-"""Shared fixtures for flow tests: a real relay on 127.0.0.1, a free loopback BLE port, data dirs.
+"""Shared test setup: Hypothesis profiles, CI rules, a real relay, free ports, data dirs.
+
+Hypothesis profiles are chosen here and only here: ``dev`` (the default, fast enough for everyday
+runs) or ``ci`` (thorough; selected when ``CI=true``, as ``.ci/run`` sets it). The environment
+variable ``HYPOTHESIS_PROFILE`` overrides the choice (``HYPOTHESIS_PROFILE=ci ./dev test ...``).
+Tests do not set their own example counts; one whose examples are expensive takes a share of the
+profile's count with ``examples(fraction)``.
+
+Something a test needs but cannot find (a Debian package, the support article) is a skip on a
+developer machine and a failure in CI: ``skip_unless_ci_must_have``.
 
 The relay is started in-process through ``relay.server.serve`` (port 0, so tests never collide);
 the loopback BLE port is found by binding UDP port 0 and releasing it, and is also exported through
@@ -12,8 +21,18 @@ import socket
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 IN_CI = os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+settings.register_profile("dev", max_examples=100, deadline=None)
+settings.register_profile("ci", max_examples=1500, deadline=None, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if IN_CI else "dev"))
+
+
+def examples(fraction: float) -> int:
+    """This share of the active profile's example count (at least 10), for expensive examples."""
+    return max(10, int(settings.default.max_examples * fraction))
 
 
 def skip_unless_ci_must_have(present: bool, what: str) -> None:

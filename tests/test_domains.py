@@ -26,7 +26,8 @@ def test_assigned_ids_map_to_the_two_fixed_hosts() -> None:
 
 
 def test_hashed_ids_match_independent_implementations() -> None:
-    # Vectors published by independent implementations that track Chromium.
+    # 266 is Chromium's own vector (device/fido/cable/v2_handshake_unittest.cc); 0xF980 is from
+    # kanidm/webauthn-rs (webauthn-authenticator-rs/src/cable/tunnel.rs), which also checks 266.
     assert tunnel_domain(266) == "cable.wufkweyy3uaxb.com"
     assert tunnel_domain(0xF980) == "cable.my4kstlhndi4c.net"
 

@@ -7,7 +7,7 @@ import warnings
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, x25519
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from noise.backends.default import DefaultNoiseBackend
 from noise.connection import NoiseConnection
@@ -509,7 +509,7 @@ def test_keys_may_be_given_as_bytes_or_objects() -> None:
         assert initiator.read_message(message2).handshake_hash == phone_result.handshake_hash
 
 
-FUZZ = settings(max_examples=1200, deadline=None, suppress_health_check=list(HealthCheck))
+FUZZ = settings()
 
 
 def _fuzz_messages() -> st.SearchStrategy[bytes]:
