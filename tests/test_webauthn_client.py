@@ -7,6 +7,7 @@ run in a background thread on trio; the phone "scans" the QR by reading the URL 
 from __future__ import annotations
 
 import queue
+import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -76,8 +77,8 @@ class PhoneThread:
 
 
 @pytest.fixture
-def phone(ble_port: int, phone_dir: Path) -> Iterator[PhoneThread]:
-    with PhoneThread(LoopbackMedium(ble_port), phone_dir) as running:
+def phone(ble_socket: socket.socket, phone_dir: Path) -> Iterator[PhoneThread]:
+    with PhoneThread(LoopbackMedium(sock=ble_socket), phone_dir) as running:
         yield running
 
 
