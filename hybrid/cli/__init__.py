@@ -13,7 +13,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from hybrid.cli.exit_codes import INTERRUPTED, exit_code_for
+from hybrid.cli.exit_codes import GENERIC, INTERRUPTED, exit_code_for
 from hybrid.errors import HybridError
 
 COMMAND_MODULES = ("qr", "ble", "domain", "demo", "desktop", "phone")
@@ -45,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("hybrid: interrupted", file=sys.stderr)
         return INTERRUPTED
     except BrokenPipeError:
-        return 1
+        return GENERIC
 
 
 if __name__ == "__main__":
