@@ -19,6 +19,7 @@ from typing import Any
 
 import trio
 
+from hybrid.ble.medium import Scanner
 from hybrid.catalogue import Operation
 
 DEFAULT_TIMEOUT = 60.0
@@ -96,7 +97,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def _scanner(args: argparse.Namespace):
+def _scanner(args: argparse.Namespace) -> Scanner:
     if args.ble == "bleak":
         from hybrid.ble.bleak_scanner import BleakAdvertScanner
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import trio
 
+from hybrid.ble.medium import Advertiser
 from hybrid.cli.desktop import DEFAULT_TIMEOUT, add_ble_port, default_data_dir, progress_printer
 from hybrid.tunnel.domains import DEFAULT_FALLBACK_DOMAIN_ID
 
@@ -67,7 +68,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def _advertiser(args: argparse.Namespace):
+def _advertiser(args: argparse.Namespace) -> Advertiser:
     if args.ble == "bluez":
         from hybrid.ble.bluez_advertiser import BluezAdvertiser
 
