@@ -1,12 +1,13 @@
 """Generic trio helpers that belong to no protocol layer.
 
 ``single_exceptions`` unwraps the ``ExceptionGroup`` a nursery raises when only one real error is
-inside, so callers can keep ``except PasskeyError`` and friends.
+inside, so callers can keep ``except PasskeyError`` and friends; ``text_lines`` reads a byte
+stream (a child process's stdout, say) as lines of text.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 
 import trio
@@ -40,3 +41,21 @@ def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
         else:
             out.append(exc)
     return out
+
+
+async def text_lines(stream: trio.abc.ReceiveStream) -> AsyncIterator[str]:
+    """The stream's lines, decoded as UTF-8 (bad bytes replaced), without their newlines.
+
+    A last line without a newline is yielded too when the stream ends.
+    """
+    buffer = b""
+    while True:
+        chunk = await stream.receive_some(4096)
+        if not chunk:
+            if buffer:
+                yield buffer.decode("utf-8", "replace")
+            return
+        buffer += chunk
+        while b"\n" in buffer:
+            line, buffer = buffer.split(b"\n", 1)
+            yield line.decode("utf-8", "replace")

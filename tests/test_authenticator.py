@@ -533,8 +533,6 @@ async def test_terminal_approver_is_abandoned_on_cancel() -> None:
 
 
 @settings(
-    max_examples=2000,
-    deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(
@@ -582,8 +580,6 @@ _VALID_PARAMS = {
 
 
 @settings(
-    max_examples=800,
-    deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import skip_unless_ci_must_have
 
 from bench import report
 from bench.loadgen import LoadGen, summarize
@@ -72,11 +73,10 @@ def test_reference_relays_pair_and_forward(tmp_path, name):
 
 
 def test_node_reference_pairs(tmp_path):
-    if shutil.which("node") is None:
-        pytest.skip("node is not installed")
+    # .ci/apt.d/bench.txt installs node and npm in CI, so there a missing one is a failure.
+    skip_unless_ci_must_have(shutil.which("node") is not None, "node")
     why = ensure_node_modules(log=lambda *_: None)
-    if why:
-        pytest.skip(why)
+    skip_unless_ci_must_have(not why, f"the node reference relay's modules ({why})")
     result = run_on(reference("node"), tmp_path, "pairing", inflight=4, duration=0.2, limit=40)
     assert result["errors"] == 0 and result["tunnels"] > 0
 
@@ -105,8 +105,8 @@ def _git_head() -> str | None:
 
 def test_before_revision_runs_from_its_own_extracted_tree(tmp_path):
     head = _git_head()
-    if head is None:
-        pytest.skip("not a git checkout")
+    skip_unless_ci_must_have(head is not None, "a git checkout")
+    assert head is not None
     spec = before(head, tmp_path)
     assert spec.name == "before" and (Path(spec.cwd) / "relay" / "__main__.py").is_file()
     result = run_on(
@@ -116,8 +116,7 @@ def test_before_revision_runs_from_its_own_extracted_tree(tmp_path):
 
 
 def test_unknown_before_revision_is_a_clear_error(tmp_path):
-    if _git_head() is None:
-        pytest.skip("not a git checkout")
+    skip_unless_ci_must_have(_git_head() is not None, "a git checkout")
     done = subprocess.run(
         [
             sys.executable,

@@ -6,6 +6,7 @@ import socket
 
 import pytest
 import trio
+import trio.testing
 
 from hybrid.ble.loopback import (
     DEFAULT_PORT,
@@ -45,10 +46,11 @@ def test_port_comes_from_argument_then_environment_then_default(monkeypatch) -> 
         resolve_port(70000)
 
 
-async def test_loopback_advertiser_repeats_about_every_100_ms(ble_port: int) -> None:
+async def test_loopback_advertiser_repeats_about_every_100_ms(ble_socket: socket.socket) -> None:
     seen: list[tuple[float, ServiceData]] = []
-    async with LoopbackScanner(ble_port).scan() as adverts:
-        async with LoopbackAdvertiser(ble_port).advertise(0xFFF9, ADVERT):
+    port = ble_socket.getsockname()[1]
+    async with LoopbackScanner(sock=ble_socket).scan() as adverts:
+        async with LoopbackAdvertiser(port).advertise(0xFFF9, ADVERT):
             with trio.move_on_after(0.55):
                 async for observed in adverts:
                     seen.append((trio.current_time(), observed))
@@ -58,9 +60,9 @@ async def test_loopback_advertiser_repeats_about_every_100_ms(ble_port: int) -> 
     assert 0.08 < gaps[len(gaps) // 2] < 0.2  # median: robust to a busy machine
 
 
-async def test_loopback_advertiser_stops_when_its_context_exits(ble_port: int) -> None:
-    async with LoopbackScanner(ble_port).scan() as adverts:
-        async with LoopbackAdvertiser(ble_port).advertise(0xFFF9, ADVERT):
+async def test_loopback_advertiser_stops_when_its_context_exits(ble_socket: socket.socket) -> None:
+    async with LoopbackScanner(sock=ble_socket).scan() as adverts:
+        async with LoopbackAdvertiser(ble_socket.getsockname()[1]).advertise(0xFFF9, ADVERT):
             assert await adverts.receive() == ServiceData(0xFFF9, ADVERT)
         await trio.sleep(0.05)
         # drain anything already in flight, then nothing more may arrive
@@ -72,9 +74,10 @@ async def test_loopback_advertiser_stops_when_its_context_exits(ble_port: int) -
         assert scope.cancelled_caught
 
 
-async def test_loopback_scanner_accepts_datagrams_from_any_tool(ble_port: int) -> None:
+async def test_loopback_scanner_accepts_datagrams_from_any_tool(ble_socket: socket.socket) -> None:
     """A foreign implementation only needs a plain UDP socket to join the medium."""
-    async with LoopbackScanner(ble_port).scan() as adverts:
+    ble_port = ble_socket.getsockname()[1]
+    async with LoopbackScanner(sock=ble_socket).scan() as adverts:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tool:
             tool.sendto(b"\x00", ("127.0.0.1", ble_port))
             tool.sendto(b"\x12\x34" + ADVERT, ("127.0.0.1", ble_port))
@@ -94,7 +97,32 @@ async def test_second_scanner_on_the_same_port_has_no_adapter(ble_port: int) -> 
         pass
 
 
-async def test_memory_medium_broadcasts_to_every_scanner() -> None:
+async def test_memory_medium_repeats_on_its_interval_and_stops_with_the_context(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Virtual time: the count is exact, not a wall-clock bound.
+    medium = MemoryMedium(interval=0.1)
+    async with medium.scanner().scan() as adverts:
+        start = trio.current_time()
+        async with medium.advertiser().advertise(0xFFF9, ADVERT):
+            await trio.sleep(1.05)
+        await trio.sleep(5)  # nothing more after the context closed
+        received = 0
+        while True:
+            try:
+                adverts.receive_nowait()
+            except trio.WouldBlock:
+                break
+            received += 1
+    assert len(medium.sent) == 11  # at 0.0, 0.1, ..., 1.0 s
+    assert set(medium.sent) == {ServiceData(0xFFF9, ADVERT)}
+    assert trio.current_time() - start == pytest.approx(6.05)
+    assert received == 11  # every repeat reached the scanner, none after the context
+
+
+async def test_memory_medium_broadcasts_to_every_scanner(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     medium = MemoryMedium(interval=0.01)
     async with medium.scanner().scan() as first, medium.scanner().scan() as second:
         assert medium.scanning == 2
@@ -111,12 +139,13 @@ async def test_memory_medium_without_adapter_refuses_to_scan() -> None:
             pass
 
 
-async def test_loopback_advertiser_datagrams_as_any_tool_sees_them(ble_port: int) -> None:
+async def test_loopback_advertiser_datagrams_as_any_tool_sees_them(
+    ble_socket: socket.socket,
+) -> None:
     """An independent scanner binding the port with a plain UDP socket gets the exact bytes."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tool:
-        tool.bind(("127.0.0.1", ble_port))
+    with ble_socket as tool:  # a plain socket bound to the port, like any other tool's
         tool.setblocking(False)
-        async with LoopbackAdvertiser(ble_port).advertise(0xFFF9, ADVERT):
+        async with LoopbackAdvertiser(tool.getsockname()[1]).advertise(0xFFF9, ADVERT):
             await trio.sleep(0.25)
         datagrams = []
         while True:

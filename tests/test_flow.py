@@ -7,13 +7,14 @@ relying party. Failures must end in the support article's catalogue entry.
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
 import trio
 from fido2 import cbor
 
-from hybrid.ble.loopback import LoopbackMedium
+from hybrid.ble.loopback import LoopbackMedium, LoopbackScanner
 from hybrid.catalogue import Failure, Operation, PasskeyError
 from hybrid.desktop import Deadlines, DesktopSession, register, sign_in
 from hybrid.phone import (
@@ -92,8 +93,8 @@ def failure_of(result: object) -> Failure:
 
 
 @pytest.fixture
-def medium(ble_port: int) -> LoopbackMedium:
-    return LoopbackMedium(ble_port)
+def medium(ble_socket: socket.socket) -> LoopbackMedium:
+    return LoopbackMedium(sock=ble_socket)
 
 
 @pytest.fixture
@@ -254,11 +255,12 @@ async def test_registering_the_same_phone_twice_is_excluded(relay, medium, rp, p
     assert phone_result.status == 0x19
 
 
-async def test_no_usable_ble_adapter(relay, medium, rp, ble_port) -> None:
-    async with medium.scanner().scan():  # somebody else holds the medium's port
-        session = DesktopSession(Operation.SIGN_IN, medium.scanner(), relay_url=relay.base_url)
-        with pytest.raises(PasskeyError) as caught:
-            await session.transact(b"\x02")
+async def test_no_usable_ble_adapter(relay, medium, rp) -> None:
+    # The test holds the medium's port, so a scanner that must bind it finds no "adapter".
+    scanner = LoopbackScanner(medium.port)
+    session = DesktopSession(Operation.SIGN_IN, scanner, relay_url=relay.base_url)
+    with pytest.raises(PasskeyError) as caught:
+        await session.transact(b"\x02")
     assert caught.value.failure is Failure.NO_BLE_ADAPTER
     assert caught.value.title == "No compatible device found"
 

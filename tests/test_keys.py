@@ -50,11 +50,15 @@ def test_qr_derivations_have_the_right_lengths_and_purposes() -> None:
     assert keys.psk(secret, plaintext) == keys.derive(secret, plaintext, keys.PSK_PURPOSE, 32)
     assert (len(keys.eid_key(secret)), len(keys.tunnel_id(secret))) == (64, 16)
     assert len(keys.psk(secret, plaintext)) == 32
-    assert (keys.EID_KEY_PURPOSE, keys.TUNNEL_ID_PURPOSE, keys.PSK_PURPOSE) == (1, 2, 3)
+    # Purposes 1, 2 and 3 as LE32 infos, spelled out (docs/protocol.md section 4).
+    assert keys.eid_key(secret) == _rfc5869(secret, b"", b"\x01\x00\x00\x00", 64)
+    assert keys.tunnel_id(secret) == _rfc5869(secret, b"", b"\x02\x00\x00\x00", 16)
+    assert keys.psk(secret, plaintext) == _rfc5869(secret, plaintext, b"\x03\x00\x00\x00", 32)
 
 
 def test_tunnel_id_matches_chromium_for_the_all_zero_secret() -> None:
-    # Vector from an independent implementation checked against Chromium.
+    # From kanidm/webauthn-rs (webauthn-authenticator-rs/src/cable/discovery.rs,
+    # "derives the tunnel id Chromium derives").
     assert keys.tunnel_id(bytes(16)).hex().upper() == "3EEF97097986413B059EAA2A30D653D4"
 
 
@@ -81,8 +85,14 @@ def test_phone_internal_derivations_use_purposes_4_5_6() -> None:
         per_contact, link, keys.PAIRED_SECRET_PURPOSE, 32
     )
     assert keys.identity_seed(root) == keys.derive(root, b"", keys.IDENTITY_KEY_SEED_PURPOSE, 32)
-    assert (keys.PAIRED_SECRET_PURPOSE, keys.IDENTITY_KEY_SEED_PURPOSE) == (4, 5)
-    assert keys.PER_CONTACT_ID_PURPOSE == 6
+
+    # The same values straight from RFC 5869 HKDF with info = LE32(purpose) (docs/protocol.md 4).
+    def hkdf(secret: bytes, salt: bytes, info: bytes) -> bytes:
+        return HKDF(hashes.SHA256(), 32, salt or None, info).derive(secret)
+
+    assert per_contact == hkdf(root, contact, b"\x06\x00\x00\x00")
+    assert keys.paired_secret(per_contact, link) == hkdf(per_contact, link, b"\x04\x00\x00\x00")
+    assert keys.identity_seed(root) == hkdf(root, b"", b"\x05\x00\x00\x00")
 
 
 def test_identity_key_from_seed_is_deterministic() -> None:

@@ -1,7 +1,7 @@
 """FIDO:/ digit codec: round trip, lengths and every malformed-digits class (section 3.3, 16)."""
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from hybrid.qr.digits import (
@@ -41,7 +41,6 @@ def test_every_length_round_trips_with_the_documented_digit_count(n):
     assert digits_decode(encoded) == data
 
 
-@settings(max_examples=500, deadline=None)
 @given(st.binary(max_size=200))
 def test_random_bytes_round_trip(data):
     encoded = digits_encode(data)
@@ -116,7 +115,6 @@ def test_full_group_of_two_to_the_56_is_out_of_range():
     assert digits_decode(str(2**56 - 1)) == b"\xff" * 7
 
 
-@settings(max_examples=300, deadline=None)
 @given(st.integers(min_value=2**56, max_value=10**17 - 1), st.integers(0, 3))
 def test_any_full_group_at_or_above_two_to_the_56_is_rejected(value, before):
     digits = "0" * (17 * before) + str(value) + "000"

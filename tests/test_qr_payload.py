@@ -30,8 +30,6 @@ from hybrid.qr.payload import QrPayload
 
 TIMESTAMP = 1764201234
 FUZZ = settings(
-    max_examples=1500,
-    deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
 
@@ -340,7 +338,6 @@ payloads = st.builds(
 )
 
 
-@settings(max_examples=400, deadline=None)
 @given(payloads)
 def test_payload_round_trips_through_url_cbor_and_json(payload):
     url = payload.to_url()
@@ -353,7 +350,6 @@ def test_payload_round_trips_through_url_cbor_and_json(payload):
     assert QrPayload.from_json(payload.to_json()).to_url() == url
 
 
-@settings(max_examples=300, deadline=None)
 @given(payloads, st.randoms(use_true_random=False))
 def test_any_key_order_is_reproduced_exactly(payload, rnd):
     items = list(payload.to_map().items())
@@ -402,7 +398,7 @@ cbor_values = st.recursive(
 )  # fmt: skip
 
 
-@settings(FUZZ, max_examples=700)
+@settings(FUZZ)
 @given(
     st.dictionaries(st.integers(-3, 9) | st.text(max_size=2), cbor_values, max_size=8)
     | cbor_values,
@@ -414,7 +410,7 @@ def test_fuzz_digits_of_random_cbor(value, tail):
     _only_qr_errors(url_encode(data + tail))
 
 
-@settings(FUZZ, max_examples=800)
+@settings(FUZZ)
 @given(st.integers(0, 20).flatmap(lambda n: st.lists(st.binary(max_size=20), min_size=n)))
 def test_fuzz_mutated_valid_payloads(pieces):
     base = bytearray(chrome_cbor(PUBLIC_KEY, SECRET))

@@ -31,8 +31,6 @@ from tests.relay_helpers import (
 )
 
 FUZZ = settings(
-    deadline=None,
-    max_examples=1500,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     database=None,
 )

@@ -13,6 +13,7 @@ import random
 
 import pytest
 import trio
+from conftest import examples
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from relay_helpers import new_tunnel_id, running_relay, upgrade_request
@@ -20,8 +21,8 @@ from wsproto.connection import CLIENT, Connection
 from wsproto.events import BytesMessage, CloseConnection, Message, Ping, Pong
 
 FUZZ = settings(
-    deadline=None,
-    max_examples=150,
+    # Each example runs a whole tunnel through a real relay.
+    max_examples=examples(0.1),
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
     database=None,
 )

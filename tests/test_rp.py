@@ -1,7 +1,10 @@
 """The relying party: fido2's Fido2Server verifying our authenticator, accounts kept on disk.
 
 The tests play the browser: they turn the RP's options into CTAP2 requests for the software
-authenticator and its CTAP2 answers into WebAuthn responses, as a client would.
+authenticator and its CTAP2 answers into WebAuthn responses, as a client would. That small client
+is checked against the independent peers of ``tests/interop`` (written only from
+docs/protocol.md): the independent phone answers its requests and the relying party verifies those
+answers, so the client cannot simply mirror our own authenticator's habits.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import json
 import shutil
 from pathlib import Path
 
+import interop
 import pytest
 from fido2 import cbor
 from fido2.ctap2 import AssertionResponse, AttestationResponse
@@ -25,6 +29,7 @@ from fido2.webauthn import (
     ResidentKeyRequirement,
     UserVerificationRequirement,
 )
+from interop import peer_phone
 
 from hybrid.catalogue import Failure, Operation, PasskeyError, failure_for_ctap_status
 from hybrid.phone import (
@@ -38,6 +43,25 @@ from hybrid.rp import ACCOUNTS_FILENAME, RelyingParty
 
 RP_ID = "example.com"
 ORIGIN = "https://example.com"
+
+
+class IndependentPhone:
+    """The independent phone's CTAP handling (``tests/interop/peer_phone.py``) behind ``handle``.
+
+    It also checks that every request the test client sends is CTAP2-canonical CBOR.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.store = peer_phone.Store(path)
+        self.requests: list[tuple[int, dict]] = []
+
+    async def handle(self, request: bytes) -> bytes:
+        assert interop.is_ctap_canonical(request[1:]), "the test client sent non-canonical CBOR"
+        params = interop.cbor_decode_one(request[1:])
+        self.requests.append((request[0], params))
+        answer = peer_phone.make_credential if request[0] == 0x01 else peer_phone.get_assertion
+        status, response = answer(self.store, params)
+        return bytes([status]) + (interop.cbor_encode(response) if response is not None else b"")
 
 
 class CtapStatusError(Exception):
@@ -127,6 +151,19 @@ async def register(rp: RelyingParty, auth: SoftwareAuthenticator, user: str) -> 
 async def login(rp: RelyingParty, auth: SoftwareAuthenticator, user: str | None) -> str:
     options, state = rp.begin_authentication(user)
     return rp.complete_authentication(state, await client_authenticate(auth, options))
+
+
+async def test_the_test_client_works_with_the_independent_phone(tmp_path: Path) -> None:
+    independent = IndependentPhone(tmp_path / "peer-phone.json")
+    rp = RelyingParty(RP_ID, ORIGIN, tmp_path / "desktop")
+    cred_id = await register(rp, independent, "alice")  # type: ignore[arg-type]
+    assert await login(rp, independent, "alice") == "alice"  # type: ignore[arg-type]
+    assert await login(rp, independent, None) == "alice"  # type: ignore[arg-type]
+    assert rp.sign_count(cred_id) == 2
+    assert [command for command, _ in independent.requests] == [0x01, 0x02, 0x02]
+    (_, make), (_, named), (_, discoverable) = independent.requests
+    assert make[2] == {"id": RP_ID, "name": RP_ID} and make[3]["name"] == "alice"
+    assert [c["id"] for c in named[3]] == [cred_id] and 3 not in discoverable
 
 
 async def test_register_then_login_across_runs(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 
+import interop
 import pytest
 
 from hybrid.tunnel.domains import UnknownTunnelDomainError
@@ -20,16 +21,18 @@ from hybrid.tunnel.urls import (
     new_url,
 )
 
+# A captured session (kanidm/webauthn-rs, webauthn-authenticator-rs/src/cable/discovery.rs).
 TID = bytes.fromhex("367cbbf5f5085df4098476afe4b9b1d2")
 RID = bytes([2, 101, 85])
 
 
 def test_wire_vocabulary() -> None:
-    assert SUBPROTOCOL == "fido.cable"
-    assert ROUTING_ID_HEADER.lower() == "x-cable-routing-id"
+    # Checked against the independent peers' spelling (tests/interop), not our own literals.
+    assert SUBPROTOCOL == interop.SUBPROTOCOL
+    assert ROUTING_ID_HEADER.lower() == interop.ROUTING_ID_HEADER
     assert CLIENT_PAYLOAD_HEADER.lower() == "x-cable-client-payload"
     assert SIGNAL_CONNECTION_HEADER.lower() == "x-cable-signal-connection"
-    assert (TUNNEL_ID_LEN, ROUTING_ID_LEN) == (16, 3)
+    assert (TUNNEL_ID_LEN, ROUTING_ID_LEN) == (len(TID), len(RID))  # the captured session's
 
 
 def test_connect_url_uses_upper_case_hex_like_browsers() -> None:

@@ -6,6 +6,7 @@ run in a background thread on trio; the phone "scans" the QR by reading the URL 
 
 from __future__ import annotations
 
+import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,8 +23,8 @@ from tests.phone_thread import PhoneThread, hybrid_client
 
 
 @pytest.fixture
-def phone(ble_port: int, phone_dir: Path) -> Iterator[PhoneThread]:
-    with PhoneThread(LoopbackMedium(ble_port), phone_dir) as running:
+def phone(ble_socket: socket.socket, phone_dir: Path) -> Iterator[PhoneThread]:
+    with PhoneThread(LoopbackMedium(sock=ble_socket), phone_dir) as running:
         yield running
 
 

@@ -96,13 +96,31 @@ class _DatagramChannel(trio.abc.ReceiveChannel[ServiceData]):
 
 
 class LoopbackScanner(Scanner):
-    """Scans the loopback medium by binding its UDP port on 127.0.0.1."""
+    """Scans the loopback medium by binding its UDP port on 127.0.0.1.
 
-    def __init__(self, port: int | None = None) -> None:
-        self.port = resolve_port(port)
+    ``sock``, an already bound UDP socket, is scanned instead of binding ``port`` (its port is
+    used): whoever holds the port between scans (a test fixture) keeps it from other processes.
+    """
+
+    def __init__(
+        self, port: int | None = None, *, sock: stdlib_socket.socket | None = None
+    ) -> None:
+        self._bound = sock
+        self.port: int = sock.getsockname()[1] if sock is not None else resolve_port(port)
 
     @asynccontextmanager
     async def scan(self) -> AsyncIterator[trio.abc.ReceiveChannel[ServiceData]]:
+        if self._bound is not None:
+            sock = trio.socket.from_stdlib_socket(self._bound.dup())
+        else:
+            sock = await self._bind()
+        channel = _DatagramChannel(sock)
+        try:
+            yield channel
+        finally:
+            sock.close()
+
+    async def _bind(self) -> trio.socket.SocketType:
         # No SO_REUSEADDR: UDP has no TIME_WAIT, so a restarted scanner rebinds at once anyway,
         # and on Linux the option would let two scanners share the port and split the adverts.
         sock = trio.socket.socket(stdlib_socket.AF_INET, stdlib_socket.SOCK_DGRAM)
@@ -114,11 +132,7 @@ class LoopbackScanner(Scanner):
             raise NoAdapterError(
                 f"loopback BLE medium: cannot bind {HOST}:{self.port} ({reason})"
             ) from None
-        channel = _DatagramChannel(sock)
-        try:
-            yield channel
-        finally:
-            sock.close()
+        return sock
 
 
 class LoopbackAdvertiser(Advertiser):
@@ -154,12 +168,17 @@ class LoopbackAdvertiser(Advertiser):
 
 
 class LoopbackMedium:
-    """Factory for both ends of one loopback medium (one port)."""
+    """Factory for both ends of one loopback medium (one port, or one bound socket's port)."""
 
-    def __init__(self, port: int | None = None) -> None:
-        self.port = resolve_port(port)
+    def __init__(
+        self, port: int | None = None, *, sock: stdlib_socket.socket | None = None
+    ) -> None:
+        self._bound = sock
+        self.port: int = sock.getsockname()[1] if sock is not None else resolve_port(port)
 
     def scanner(self) -> LoopbackScanner:
+        if self._bound is not None:
+            return LoopbackScanner(sock=self._bound)
         return LoopbackScanner(self.port)
 
     def advertiser(self) -> LoopbackAdvertiser:

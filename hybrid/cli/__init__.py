@@ -17,7 +17,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from hybrid.cli.exit_codes import INTERRUPTED, USAGE, exit_code_for
+from hybrid.cli.exit_codes import GENERIC, INTERRUPTED, USAGE, exit_code_for
 from hybrid.errors import HybridError, UsageError
 
 COMMAND_MODULES = ("qr", "ble", "domain", "demo", "desktop", "phone")
@@ -99,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return INTERRUPTED
     except BrokenPipeError:
         _silence_stdout()
-        return 1
+        return GENERIC
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ from hybrid.ble.loopback import PORT_ENV_VAR, resolve_port
 from hybrid.cli.args import seconds_arg
 from hybrid.cli.desktop import DEFAULT_TIMEOUT, add_ble_port
 from hybrid.errors import EnvironmentalError
-from hybrid.trio_util import single_exceptions
+from hybrid.trio_util import single_exceptions, text_lines
 
 URL_WAIT = 20.0  # the desktop process starting up and printing its URL
 CEREMONY_WAIT = 120.0  # one whole ceremony, both processes
@@ -110,20 +110,6 @@ def _say_to_stdout(line: str) -> None:
     print(line, flush=True)
 
 
-async def _lines(stream: trio.abc.ReceiveStream):
-    buffer = b""
-    while True:
-        chunk = await stream.receive_some(4096)
-        if not chunk:
-            if buffer:
-                yield buffer.decode("utf-8", "replace")
-            return
-        buffer += chunk
-        while b"\n" in buffer:
-            line, buffer = buffer.split(b"\n", 1)
-            yield line.decode("utf-8", "replace")
-
-
 class _Child:
     """One ``python -m hybrid ...`` process whose output is echoed line by line."""
 
@@ -147,7 +133,7 @@ class _Child:
 
     async def echo_stderr(self) -> None:
         assert self.process is not None and self.process.stderr is not None
-        async for line in _lines(self.process.stderr):
+        async for line in text_lines(self.process.stderr):
             text = line.strip()
             if text.startswith("hybrid: error:"):
                 self.last_error = text.removeprefix("hybrid: error:").strip()
@@ -190,7 +176,7 @@ async def _ceremony(
     try:
         process = await desktop.start()
         assert process.stdout is not None
-        desktop_lines = _lines(process.stdout)
+        desktop_lines = text_lines(process.stdout)
         url = None
         with trio.move_on_after(URL_WAIT):
             async for line in desktop_lines:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from hybrid.ble.medium import Scanner
 from hybrid.catalogue import Operation
 from hybrid.cli.args import (
     UsageError,
@@ -226,7 +227,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         _add_common(actions.add_parser(action, help=summary, description=description), action)
 
 
-def _scanner(args: argparse.Namespace):
+def _scanner(args: argparse.Namespace) -> Scanner:
     if args.ble == "bleak":
         from hybrid.ble.bleak_scanner import BleakAdvertScanner
 

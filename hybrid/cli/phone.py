@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 import trio
 
+from hybrid.ble.medium import Advertiser
 from hybrid.cli.args import (
     UsageError,
     add_ca_file,
@@ -99,7 +100,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def _advertiser(args: argparse.Namespace):
+def _advertiser(args: argparse.Namespace) -> Advertiser:
     if args.ble == "bluez":
         from hybrid.ble.bluez_advertiser import BluezAdvertiser
 

@@ -2,7 +2,8 @@
 
 ``DesktopSession`` runs the hybrid transaction on trio; ``register`` and ``sign_in`` wrap it in a
 whole WebAuthn ceremony verified by a relying party; ``hybrid.desktop.ctap`` builds the CTAP2
-requests and the python-fido2 response objects.
+requests and the python-fido2 response objects; ``hybrid.desktop.webauthn_client`` is the
+python-fido2 ``WebAuthnClient`` façade over all of it.
 """
 
 from hybrid.desktop.session import (

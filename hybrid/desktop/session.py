@@ -459,6 +459,7 @@ class RelyingPartyLike(Protocol):
     response against; ``complete_*`` raise ``PasskeyError`` when the response does not verify.
     """
 
+    rp_id: str
     origin: str
 
     def begin_registration(self, user_name: str) -> tuple[CredentialCreationOptions, Any]: ...
@@ -483,13 +484,9 @@ async def register(
     """Registration: RP options -> phone over hybrid -> RP verification (raises on failure)."""
     creation, state = rp.begin_registration(user_name)
     options = creation.public_key
-    client_data = client_data_for(Operation.REGISTER, options.challenge, origin or rp.origin)
-    if on_url is not None:
-        on_url(session.url)
+    client_data = _show(session, Operation.REGISTER, options.challenge, origin or rp.origin, on_url)
     response = await session.make_credential(options, client_data)
-    started = time.perf_counter()
-    _verify(session, lambda: rp.complete_registration(state, response), rp)
-    _step(session, "relying party verified the registration", time.perf_counter() - started)
+    _verified(session, rp, "registration", lambda: rp.complete_registration(state, response))
     return CeremonyResult(Operation.REGISTER, options.challenge, response, session.transcript)
 
 
@@ -504,21 +501,35 @@ async def sign_in(
     """Sign-in: RP options -> phone over hybrid -> RP verification of the assertion."""
     request, state = rp.begin_authentication(user_name)
     options = request.public_key
-    client_data = client_data_for(Operation.SIGN_IN, options.challenge, origin or rp.origin)
-    if on_url is not None:
-        on_url(session.url)
+    client_data = _show(session, Operation.SIGN_IN, options.challenge, origin or rp.origin, on_url)
     response = await session.get_assertion(options, client_data)
-    started = time.perf_counter()
-    _verify(session, lambda: rp.complete_authentication(state, response), rp)
-    _step(session, "relying party verified the assertion", time.perf_counter() - started)
+    _verified(session, rp, "assertion", lambda: rp.complete_authentication(state, response))
     return CeremonyResult(Operation.SIGN_IN, options.challenge, response, session.transcript)
 
 
-def _verify(session: DesktopSession, verify: Callable[[], object], rp: Any) -> None:
-    """Run the relying party's check, reporting ``VerifiedByRelyingParty`` or ``Failed``."""
+def _show(
+    session: DesktopSession,
+    operation: Operation,
+    challenge: bytes,
+    origin: str,
+    on_url: Callable[[str], None] | None,
+) -> CollectedClientData:
+    """Hand the QR's URL to the caller and build the client data the phone will sign."""
+    if on_url is not None:
+        on_url(session.url)
+    return client_data_for(operation, challenge, origin)
+
+
+def _verified(
+    session: DesktopSession, rp: RelyingPartyLike, what: str, verify: Callable[[], object]
+) -> None:
+    """Run the relying party's check (it raises on failure), reporting ``VerifiedByRelyingParty``
+    or ``Failed``, and how long it took."""
+    started = time.perf_counter()
     with session._reporting_failure():
         verify()
-    session._emit(events.VerifiedByRelyingParty(session.operation, str(rp.rp_id)))
+    session._emit(events.VerifiedByRelyingParty(session.operation, rp.rp_id))
+    _step(session, f"relying party verified the {what}", time.perf_counter() - started)
 
 
 def _step(session: DesktopSession, name: str, elapsed: float) -> None:
