@@ -75,8 +75,9 @@ async def test_phone_exits_cleanly_when_the_desktop_hangs_up_during_the_prompt(
         await _stop(*(p for p in (desktop, phone) if p is not None))
     text = err.decode()
     assert "Fatal Python error" not in text and "Traceback" not in text, text
-    assert code == 11, (code, text)
-    assert "while the user was deciding" in text, text
+    # A closed tunnel is the computer no longer waiting: "Session Expired" (issue 9 §2, §4).
+    assert code == 19, (code, text)
+    assert "it closed the tunnel while you were deciding" in text, text
 
 
 async def test_phone_exits_cleanly_when_the_user_deadline_passes(relay, ble_port, tmp_path) -> None:

@@ -290,6 +290,7 @@ class DesktopSession:
         except BaseException:
             if conn.may_send_shutdown:
                 await _give_up(tunnel, conn)
+                clock.step("gave up: shutdown sent to the phone")
             raise
 
     async def _receive(self, tunnel: Tunnel, conn: DesktopConnection) -> ConnectionEvent:
