@@ -42,6 +42,7 @@ from hybrid.desktop.ctap import (
     parse_attestation,
 )
 from hybrid.desktop.session import Deadlines, DesktopSession, Progress
+from hybrid.events import EventHandler
 from hybrid.trio_util import single_exceptions
 
 EVENT_POLL = 0.05
@@ -61,7 +62,16 @@ def client_error(error: PasskeyError) -> ClientError:
 
 
 class HybridWebAuthnClient(WebAuthnClient):
-    """A ``WebAuthnClient`` whose authenticator is a phone reached over the hybrid transport."""
+    """A ``WebAuthnClient`` whose authenticator is a phone reached over the hybrid transport.
+
+    ``client_data_collector`` is python-fido2's collector, or just the origin
+    (``"https://example.com"``). ``scanner`` is the BLE medium's scanner, or a callable making a
+    fresh one per request. ``relay_url`` replaces the relay named in the phone's advert.
+    ``on_url`` receives each request's ``FIDO:/`` URL to show as a QR code (default: ``print``);
+    ``on_event`` the typed progress events of ``hybrid.events`` (``QrShown``, ``PhoneFound``, ...,
+    ``Failed``), called on the thread running the request. ``deadlines`` bounds each wait (the
+    options' ``timeout`` shortens it); ``progress`` is the older ``(step, seconds)`` callback.
+    """
 
     def __init__(
         self,
@@ -70,6 +80,7 @@ class HybridWebAuthnClient(WebAuthnClient):
         *,
         relay_url: str | None = None,
         on_url: Callable[[str], None] = print,
+        on_event: EventHandler | None = None,
         deadlines: Deadlines | None = None,
         progress: Progress | None = None,
     ) -> None:
@@ -81,6 +92,7 @@ class HybridWebAuthnClient(WebAuthnClient):
         self._on_url = on_url
         self._deadlines = deadlines or Deadlines()
         self._progress = progress
+        self._on_event = on_event
 
     def _session(self, operation: Operation, timeout_ms: int | None) -> DesktopSession:
         deadlines = self._deadlines
@@ -100,6 +112,7 @@ class HybridWebAuthnClient(WebAuthnClient):
             relay_url=self._relay_url,
             deadlines=deadlines,
             progress=self._progress,
+            on_event=self._on_event,
         )
 
     def _run(self, session: DesktopSession, request: bytes, event: threading.Event | None) -> bytes:
