@@ -406,3 +406,19 @@ def test_json_payloads_are_compact_utf8() -> None:
     assert phone._crypter is not None
     framed = phone._crypter.decrypt(desktop.send_json({"a": "é"}))
     assert framed == b"\x03" + json.dumps({"a": "é"}, separators=(",", ":")).encode()
+
+
+@pytest.mark.parametrize(
+    ("get_info", "reason"),
+    [
+        (b"\xa1\x01\x58\x20abc", "truncated byte string"),
+        (cbor.encode([1]), "getInfo \\(post-handshake key 1\\) must be a CBOR map"),
+    ],
+)
+def test_desktop_checks_the_cached_get_info_strictly(get_info: bytes, reason: str) -> None:
+    desktop = DesktopConnection(IDENTITY, PSK, key(0x11))
+    phone = PhoneConnection(IDENTITY.public_key(), PSK, key(0x22))
+    phone.receive_data(desktop.send_handshake())
+    desktop.receive_data(phone.send_handshake())
+    with pytest.raises(TransactionError, match=reason):
+        desktop.receive_data(phone.send_post_handshake(get_info))

@@ -414,6 +414,12 @@ class DesktopConnection(_Connection):
             post = parse_post_handshake(plaintext)
         except ProtocolError as exc:
             self._remote(f"sent an invalid post-handshake message: {exc}", expected, exc)
+        if post.get_info is not None:
+            # Cached and answered locally (section 10.1): check it now, strictly, like any input.
+            try:
+                strict_cbor.decode_map(post.get_info, "getInfo (post-handshake key 1)")
+            except ProtocolError as exc:
+                self._remote(f"sent an invalid post-handshake message: {exc}", expected, exc)
         linking = None
         if post.linking is not None:
             linking = self._linking(post.linking, expected)
