@@ -35,6 +35,7 @@ from fido2.webauthn import (
     RegistrationResponse,
 )
 
+from hybrid import cbor as strict_cbor
 from hybrid.catalogue import Failure, PasskeyError
 
 MAKE_CREDENTIAL = 0x01
@@ -121,8 +122,8 @@ def split_status(response: bytes, error: ErrorFactory) -> tuple[int, bytes]:
 
 def _decode_map(body: bytes, what: str, error: ErrorFactory) -> Mapping[int, Any]:
     try:
-        decoded = cbor.decode(body)
-    except Exception as exc:  # fido2.cbor raises assorted errors on malformed input
+        decoded = strict_cbor.decode(body)  # the one strict decoder for peer input
+    except strict_cbor.CborError as exc:
         raise error(Failure.PROTOCOL_ERROR, f"{what} is not valid CBOR: {exc}") from None
     if not isinstance(decoded, dict):
         raise error(Failure.PROTOCOL_ERROR, f"{what} is not a CBOR map")
