@@ -454,3 +454,21 @@ def test_desktop_refuses_a_second_post_handshake_style_message_as_a_bad_frame() 
     # A phone repeating its post-handshake map: type byte 0xa2 is not a message type.
     with pytest.raises(TransactionError, match="unknown tunnel message type 0xa2"):
         desktop.receive_data(_phone_sends(phone, cbor.encode({1: GET_INFO, 3: ["ctap"]})))
+
+
+def test_desktop_still_says_shutdown_after_a_bad_message_but_not_after_bad_crypto() -> None:
+    desktop, phone = handshake()
+    phone.receive_data(desktop.send_request(REQUEST))
+    with pytest.raises(TransactionError):
+        desktop.receive_data(_phone_sends(phone, b"\x07"))
+    assert desktop.state is DesktopState.FAILED and desktop.may_send_shutdown
+    phone.receive_data(desktop.send_shutdown())
+    assert drain(phone)[-1] == ShutdownReceived(answered=False)
+    assert not desktop.may_send_shutdown
+    with pytest.raises(TransactionError, match="cannot send shutdown"):
+        desktop.send_shutdown()
+
+    desktop, phone = handshake()
+    with pytest.raises(TransactionError, match="does not decrypt"):
+        desktop.receive_data(bytes(48))
+    assert not desktop.may_send_shutdown
