@@ -23,6 +23,7 @@ HYBRID = [sys.executable, "-m", "hybrid"]
 SESSION_EXPIRED_EXIT = 19
 # The bound the issue sets on the phone's exit after the desktop gave up.
 EXIT_WITHIN = 1.0
+GAVE_UP = b"desktop: gave up: shutdown sent to the phone"
 
 
 async def _read_until(stream: trio.abc.ReceiveStream, into: bytearray, marker: bytes) -> None:
@@ -35,6 +36,8 @@ async def _read_until(stream: trio.abc.ReceiveStream, into: bytearray, marker: b
 
 async def _drain(stream: trio.abc.ReceiveStream, into: bytearray) -> None:
     while chunk := await stream.receive_some(4096):
+        if os.environ.get("TRACE_CANCEL"):
+            print(f"{trio.current_time():.3f} {chunk!r}")
         into += chunk
 
 
@@ -80,17 +83,23 @@ async def test_phone_exits_within_a_second_of_the_desktop_giving_up(
             await _read_until(phone.stdout, phone_out, b"[y/N]")
             assert b"Passkey request" in phone_out
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(_drain, desktop.stderr, desktop_err)
                 if how == "sigint":
-                    given_up = trio.current_time()
+                    nursery.start_soon(_drain, desktop.stderr, desktop_err)
+                    given_up = trio.current_time()  # before the desktop even knows: conservative
                     desktop.send_signal(signal.SIGINT)
-                    desktop_code = await desktop.wait()
                 else:
-                    desktop_code = await desktop.wait()
+                    # The desktop reports the moment it sent shutdown on its deadline.
+                    await _read_until(desktop.stderr, desktop_err, GAVE_UP)
                     given_up = trio.current_time()
+                    if os.environ.get("TRACE_CANCEL"):
+                        print(f"{given_up:.3f} {desktop_err!r}")
+                    nursery.start_soon(_drain, desktop.stderr, desktop_err)
                 nursery.start_soon(_drain, phone.stdout, phone_out)
                 phone_code = await phone.wait()
                 latency = trio.current_time() - given_up
+                if os.environ.get("TRACE_CANCEL"):
+                    print(f"{trio.current_time():.3f} phone exited")
+                desktop_code = await desktop.wait()
     finally:
         for proc in (desktop, phone):
             if proc.returncode is None:
@@ -100,6 +109,7 @@ async def test_phone_exits_within_a_second_of_the_desktop_giving_up(
     text = phone_out.decode(errors="replace")
     print(f"cancellation ({how}): phone exited {latency:.3f} s after the desktop gave up")
     assert desktop_code == (130 if how == "sigint" else 12), desktop_err.decode()
+    assert GAVE_UP in desktop_err
     assert phone_code == SESSION_EXPIRED_EXIT, text
     assert "The computer stopped waiting (it sent shutdown while you were deciding)" in text
     assert "request dismissed" in text

@@ -406,3 +406,69 @@ def test_json_payloads_are_compact_utf8() -> None:
     assert phone._crypter is not None
     framed = phone._crypter.decrypt(desktop.send_json({"a": "é"}))
     assert framed == b"\x03" + json.dumps({"a": "é"}, separators=(",", ":")).encode()
+
+
+@pytest.mark.parametrize(
+    ("get_info", "reason"),
+    [
+        (b"\xa1\x01\x58\x20abc", "truncated byte string"),
+        (cbor.encode([1]), "getInfo \\(post-handshake key 1\\) must be a CBOR map"),
+    ],
+)
+def test_desktop_checks_the_cached_get_info_strictly(get_info: bytes, reason: str) -> None:
+    desktop = DesktopConnection(IDENTITY, PSK, key(0x11))
+    phone = PhoneConnection(IDENTITY.public_key(), PSK, key(0x22))
+    phone.receive_data(desktop.send_handshake())
+    desktop.receive_data(phone.send_handshake())
+    with pytest.raises(TransactionError, match=reason):
+        desktop.receive_data(phone.send_post_handshake(get_info))
+
+
+def test_phone_refuses_messages_before_its_handshake_is_sent_and_after_shutdown() -> None:
+    desktop = DesktopConnection(IDENTITY, PSK, key(0x11))
+    phone = PhoneConnection(IDENTITY.public_key(), PSK, key(0x22))
+    first = desktop.send_handshake()
+    phone.receive_data(first)
+    with pytest.raises(
+        TransactionError, match="out of turn .expected nothing before Noise message 2"
+    ):
+        phone.receive_data(first)
+    desktop, phone = handshake()
+    phone.receive_data(desktop.send_request(REQUEST))
+    phone.send_response(RESPONSE)
+    phone.receive_data(desktop.send_shutdown())
+    assert desktop._crypter is not None
+    with pytest.raises(TransactionError, match="nothing after shutdown but the close"):
+        phone.receive_data(desktop._crypter.encrypt(b"\x02\xa0"))
+
+
+def test_desktop_refuses_a_ctap_answer_to_a_json_request() -> None:
+    desktop, phone = handshake(("ctap", "dc"))
+    phone.receive_data(desktop.send_json({"q": 1}))
+    with pytest.raises(TransactionError, match="answered a JSON request with a CTAP message"):
+        desktop.receive_data(_phone_sends(phone, b"\x01" + RESPONSE))
+
+
+def test_desktop_refuses_a_second_post_handshake_style_message_as_a_bad_frame() -> None:
+    desktop, phone = handshake()
+    # A phone repeating its post-handshake map: type byte 0xa2 is not a message type.
+    with pytest.raises(TransactionError, match="unknown tunnel message type 0xa2"):
+        desktop.receive_data(_phone_sends(phone, cbor.encode({1: GET_INFO, 3: ["ctap"]})))
+
+
+def test_desktop_still_says_shutdown_after_a_bad_message_but_not_after_bad_crypto() -> None:
+    desktop, phone = handshake()
+    phone.receive_data(desktop.send_request(REQUEST))
+    with pytest.raises(TransactionError):
+        desktop.receive_data(_phone_sends(phone, b"\x07"))
+    assert desktop.state is DesktopState.FAILED and desktop.may_send_shutdown
+    phone.receive_data(desktop.send_shutdown())
+    assert drain(phone)[-1] == ShutdownReceived(answered=False)
+    assert not desktop.may_send_shutdown
+    with pytest.raises(TransactionError, match="cannot send shutdown"):
+        desktop.send_shutdown()
+
+    desktop, phone = handshake()
+    with pytest.raises(TransactionError, match="does not decrypt"):
+        desktop.receive_data(bytes(48))
+    assert not desktop.may_send_shutdown

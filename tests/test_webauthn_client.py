@@ -12,11 +12,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import trio
 from fido2.client import ClientError
 from fido2.server import Fido2Server
 
 from hybrid.ble.loopback import LoopbackMedium
 from hybrid.catalogue import Failure, PasskeyError
+from hybrid.desktop import Deadlines
 from hybrid.phone import declining_approver
 from hybrid.webauthn_client import HybridWebAuthnClient
 from tests.phone_thread import PhoneThread, hybrid_client
@@ -77,3 +79,54 @@ def test_event_cancels_the_request(phone: PhoneThread) -> None:
     with pytest.raises(ClientError) as caught:
         client.get_assertion(request_options["publicKey"], event=event)
     assert caught.value.code == ClientError.ERR.TIMEOUT
+
+
+def test_on_event_reports_progress_and_the_caller_event_tells_the_phone(
+    phone: PhoneThread,
+) -> None:
+    from hybrid import events
+
+    prompting = threading.Event()
+
+    async def person_who_never_answers(_request) -> object:
+        prompting.set()
+        await trio.sleep_forever()
+
+    phone.approver = person_who_never_answers
+    seen: list[events.Event] = []
+    client = HybridWebAuthnClient(
+        "https://example.com",
+        phone.medium.scanner,
+        relay_url=phone.relay_url,
+        on_url=phone.urls.put,
+        on_event=seen.append,
+        deadlines=Deadlines(advert=5, tunnel=3, handshake=3, user=20, linger=0.5),
+    )
+    server = Fido2Server({"id": "example.com", "name": "Example RP"}, attestation="none")
+    create_options, _ = server.register_begin({"id": b"u", "name": "u"})
+    cancel = threading.Event()
+
+    def cancel_once_the_phone_asks() -> None:
+        if prompting.wait(timeout=10):
+            cancel.set()
+
+    threading.Thread(target=cancel_once_the_phone_asks, daemon=True).start()
+    with pytest.raises(ClientError) as caught:
+        client.make_credential(create_options["publicKey"], event=cancel)
+    assert caught.value.code == ClientError.ERR.TIMEOUT
+    assert [type(e) for e in seen] == [
+        events.QrShown,
+        events.PhoneFound,
+        events.TunnelConnected,
+        events.SecureChannelEstablished,
+        events.WaitingForUser,
+    ]
+    # The desktop sent shutdown as the caller cancelled: the phone dismissed its prompt.
+    deadline = threading.Event()
+    for _ in range(100):
+        if phone.results:
+            break
+        deadline.wait(0.02)
+    (result,) = phone.results
+    assert isinstance(result, PasskeyError) and result.failure is Failure.SESSION_EXPIRED
+    assert "it sent shutdown while you were deciding" in result.detail

@@ -76,13 +76,13 @@ def instruction_printer(role: str) -> Callable[[Event], None]:
     def report(event: Event) -> None:
         if not isinstance(event, shown):
             return
-        text = event.message
+        text = f"{role}: {event.message}"
         if isinstance(event, events.QrShown):
             text = f"{text} (waiting up to {event.timeout:g} s)"
         if isinstance(event, events.DesktopStoppedWaiting):
             # The terminal prompt may still be on its line: end it, then say why it went away.
             text = f"\n{text}: request dismissed"
-        print(f"{role}: {text}", file=sys.stderr, flush=True)
+        print(text, file=sys.stderr, flush=True)
 
     return report
 

@@ -279,8 +279,8 @@ def split_status(response: bytes, error: ErrorFactory) -> tuple[int, bytes]:
 
 def _decode_map(body: bytes, what: str, error: ErrorFactory) -> Mapping[int, Any]:
     try:
-        decoded = cbor.decode(body)
-    except Exception as exc:  # fido2.cbor raises assorted errors on malformed input
+        decoded = strict_cbor.decode(body)  # the one strict decoder for peer input
+    except strict_cbor.CborError as exc:
         raise error(Failure.PROTOCOL_ERROR, f"{what} is not valid CBOR: {exc}") from None
     if not isinstance(decoded, dict):
         raise error(Failure.PROTOCOL_ERROR, f"{what} is not a CBOR map")

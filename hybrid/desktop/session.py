@@ -10,9 +10,14 @@
 3. run Noise ``KNpsk0`` (message 2 must be 81 bytes) and read the post-handshake message (getInfo);
 4. send exactly one CTAP2 request, await its response, send shutdown, linger briefly, close.
 
+Which message may come when (steps 3 and 4, both protocol revisions) is decided by the sans-IO
+``hybrid.tunnel.connection.DesktopConnection``; this module moves bytes and deadlines around it and
+reports typed progress events (``hybrid.events``) to ``on_event``.
+
 Every wait has a deadline (``Deadlines``), and every failure leaves as a ``PasskeyError`` carrying
-the support article's wording (``hybrid.catalogue``). Cancellation closes the scanner and the
-socket: nothing keeps running.
+the support article's wording (``hybrid.catalogue``). Giving up after the handshake (a deadline,
+the caller's cancellation, Ctrl-C, an error) first sends the phone a shutdown message so it can
+dismiss its prompt; cancellation then closes the scanner and the socket: nothing keeps running.
 
 The CTAP2 request bytes and the WebAuthn response objects come from the pure functions in
 ``hybrid.desktop.ctap``; ``register`` and ``sign_in`` tie a session to a ``hybrid.rp.RelyingParty``.
@@ -324,6 +329,7 @@ class DesktopSession:
         except BaseException:
             if conn.may_send_shutdown:
                 await _give_up(tunnel, conn)
+                clock.step("gave up: shutdown sent to the phone")
             raise
 
     async def _receive(self, tunnel: Tunnel, conn: DesktopConnection) -> ConnectionEvent:

@@ -53,6 +53,7 @@ from hybrid.desktop.ctap import (
 )
 from hybrid.desktop.prepare import prepared_scanner
 from hybrid.desktop.session import CtapRequest, Deadlines, DesktopSession, Progress
+from hybrid.events import EventHandler
 from hybrid.trio_util import single_exceptions
 from hybrid.tunnel.relay_url import validate_relay_url
 
@@ -75,7 +76,16 @@ def client_error(error: PasskeyError) -> ClientError:
 
 
 class HybridWebAuthnClient(WebAuthnClient):
-    """A ``WebAuthnClient`` whose authenticator is a phone reached over the hybrid transport."""
+    """A ``WebAuthnClient`` whose authenticator is a phone reached over the hybrid transport.
+
+    ``client_data_collector`` is python-fido2's collector, or just the origin
+    (``"https://example.com"``). ``scanner`` is the BLE medium's scanner, or a callable making a
+    fresh one per request. ``relay_url`` replaces the relay named in the phone's advert.
+    ``on_url`` receives each request's ``FIDO:/`` URL to show as a QR code (default: ``print``);
+    ``on_event`` the typed progress events of ``hybrid.events`` (``QrShown``, ``PhoneFound``, ...,
+    ``Failed``), called on the thread running the request. ``deadlines`` bounds each wait (the
+    options' ``timeout`` shortens it); ``progress`` is the older ``(step, seconds)`` callback.
+    """
 
     def __init__(
         self,
@@ -84,6 +94,7 @@ class HybridWebAuthnClient(WebAuthnClient):
         *,
         relay_url: str | None = None,
         on_url: Callable[[str], None] = print,
+        on_event: EventHandler | None = None,
         deadlines: Deadlines | None = None,
         progress: Progress | None = None,
         ssl_context: ssl.SSLContext | None = None,
@@ -103,6 +114,7 @@ class HybridWebAuthnClient(WebAuthnClient):
         self._on_url = on_url
         self._deadlines = deadlines or Deadlines()
         self._progress = progress
+        self._on_event = on_event
 
     def _session(self, operation: Operation, timeout_ms: int | None) -> DesktopSession:
         deadlines = self._deadlines
@@ -123,6 +135,7 @@ class HybridWebAuthnClient(WebAuthnClient):
             deadlines=deadlines,
             progress=self._progress,
             ssl_context=self._ssl_context,
+            on_event=self._on_event,
         )
 
     def _run(

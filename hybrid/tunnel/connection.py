@@ -291,8 +291,10 @@ class DesktopConnection(_Connection):
         self.post_handshake: PostHandshake | None = None
         self._json_request = False
         self._outstanding = False  # a request was sent and its answer has not arrived
+        self._failed_after_handshake = False  # a protocol error after a working handshake
 
     def _set_failed(self) -> None:
+        self._failed_after_handshake = self.state in _AFTER_HANDSHAKE
         self.state = DesktopState.FAILED
 
     def _require(self, action: str, *allowed: DesktopState) -> None:
@@ -309,8 +311,17 @@ class DesktopConnection(_Connection):
 
     @property
     def may_send_shutdown(self) -> bool:
-        """True when giving up now needs a shutdown message (after the handshake, not sent yet)."""
-        return self.state in _AFTER_HANDSHAKE
+        """True when giving up now needs a shutdown message (after the handshake, not sent yet).
+
+        Also after the phone broke the protocol, as long as the channel itself still works (the
+        failure was in a decrypted message, not in decryption): telling the phone lets it dismiss
+        its prompt at once.
+        """
+        if self.state in _AFTER_HANDSHAKE:
+            return True
+        return (
+            self._failed_after_handshake and self._crypter is not None and not self._crypter.failed
+        )
 
     # -- sending --
 
@@ -346,9 +357,16 @@ class DesktopConnection(_Connection):
         return self._encrypt(encode_message(MessageType.JSON, payload))
 
     def send_shutdown(self) -> bytes:
-        """ "No more requests": after the response, or to give up; ``b""`` for revision 0."""
-        self._require("send shutdown", *_AFTER_HANDSHAKE)
-        self.state = DesktopState.SHUT_DOWN
+        """ "No more requests": after the response, or to give up; ``b""`` for revision 0.
+
+        After a protocol error the state stays ``FAILED``; only ``may_send_shutdown`` allows it.
+        """
+        if not self.may_send_shutdown:
+            self._require("send shutdown", *_AFTER_HANDSHAKE)
+        if self.state is DesktopState.FAILED:
+            self._failed_after_handshake = False  # said once; nothing else will be sent
+        else:
+            self.state = DesktopState.SHUT_DOWN
         if self.revision == 0:
             return b""
         return self._encrypt(encode_message(MessageType.SHUTDOWN))
@@ -414,6 +432,12 @@ class DesktopConnection(_Connection):
             post = parse_post_handshake(plaintext)
         except ProtocolError as exc:
             self._remote(f"sent an invalid post-handshake message: {exc}", expected, exc)
+        if post.get_info is not None:
+            # Cached and answered locally (section 10.1): check it now, strictly, like any input.
+            try:
+                strict_cbor.decode_map(post.get_info, "getInfo (post-handshake key 1)")
+            except ProtocolError as exc:
+                self._remote(f"sent an invalid post-handshake message: {exc}", expected, exc)
         linking = None
         if post.linking is not None:
             linking = self._linking(post.linking, expected)
