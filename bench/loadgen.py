@@ -26,6 +26,18 @@ from bench.procs import cpu_ns, pin, raise_nofile_limit, rss_bytes
 from bench.wire import Conn, Dialer, WireError
 
 PAIRING_MESSAGE_LEN = 128
+#: The messages of a real QR-flow tunnel's life as they cross the relay (sizes on the wire, after
+#: Crypter padding to 32 bytes and the 16-byte GCM tag): (sender, bytes). Noise KNpsk0 message 1
+#: and 2 are 81 bytes; the post-handshake message carrying getInfo is 144; a ~300-byte CTAP
+#: request (getAssertion) pads to 320; a ~1 KiB response to 1,040; the shutdown message is 48.
+TUNNEL_LIFE = (
+    ("desktop", 81),
+    ("phone", 81),
+    ("phone", 144),
+    ("desktop", 320),
+    ("phone", 1040),
+    ("desktop", 48),
+)
 OP_TIMEOUT = 10.0
 CDF_POINTS = [*range(0, 100), 99.5, 99.9, 100]
 
@@ -165,6 +177,48 @@ class LoadGen:
             **meter,
         }
 
+    # -- (e) the life of a real hybrid tunnel --------------------------------------------------
+
+    async def one_tunnel_life(self, payloads: list[tuple[bool, bytes]]) -> None:
+        """Pair, then the QR flow's messages in order (each awaited), then the phone closes."""
+        phone, desktop = await self.dialer.tunnel(OP_TIMEOUT)
+        try:
+            for from_phone, payload in payloads:
+                sender, receiver = (phone, desktop) if from_phone else (desktop, phone)
+                sender.send(payload)
+                if await receiver.recv() != payload:
+                    raise WireError("a tunnel message arrived altered")
+            phone.close()  # the phone closes after the desktop's shutdown; the relay closes both
+            await asyncio.gather(phone.closed, desktop.closed)
+        except BaseException:
+            phone.abort()
+            desktop.abort()
+            raise
+
+    async def tunnel_life(self, inflight: int, duration: float, limit: int) -> dict[str, Any]:
+        payloads = [(who == "phone", os.urandom(size)) for who, size in TUNNEL_LIFE]
+
+        def job() -> Awaitable[None]:
+            return self.one_tunnel_life(payloads)
+
+        await self.run_workers(job, min(inflight, 8), 0.0, min(inflight, 8))  # warm-up
+        self.meter.start()
+        latencies, errors = await self.run_workers(job, inflight, duration, limit)
+        meter = self.meter.stop()
+        n = len(latencies)
+        return {
+            "inflight": inflight,
+            "tunnels": n,
+            "messages_per_tunnel": len(payloads),
+            "bytes_per_tunnel": sum(len(p) for _, p in payloads),
+            "errors": len(errors),
+            "first_error": errors[0] if errors else None,
+            "tunnels_per_s": round(n / meter["wall_s"], 1) if meter["wall_s"] else None,
+            **summarize(latencies),
+            **per_unit(meter, n, "tunnel"),
+            **meter,
+        }
+
     # -- (b) forwarding ------------------------------------------------------------------------
 
     async def open_tunnels(self, count: int) -> list[tuple[Conn, Conn]]:
@@ -295,7 +349,7 @@ class LoadGen:
             "window": window if mode == "stream" else 1,
             "messages": messages,
             "messages_per_s": round(messages / wall, 1) if wall else None,
-            "mb_per_s": round(messages * size / wall / 1e6, 3) if wall else None,
+            "mib_per_s": round(messages * size / wall / 2**20, 3) if wall else None,
             "latency": "one-way" if mode == "stream" else "round trip",
             **summarize(latencies),
             **per_unit(meter, messages, "message"),
