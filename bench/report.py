@@ -511,7 +511,10 @@ def plots(data: dict[str, Any], out: Path) -> list[Path]:
                 if n == FLOOR:
                     bar.set_hatch("//")
                     bar.set_alpha(0.5)
-            ax.bar_label(bars, labels=[f"{v:,.0f}" for v in vals], padding=3, fontsize="small")
+            # Inside the bars: above them the labels would collide with the error bars.
+            ax.bar_label(
+                bars, labels=[f"{v:,.0f}" for v in vals], label_type="center", fontsize="small"
+            )
             ax.set_title(f"relay CPU per tunnel: {title}, 64 in flight")
             ax.set_ylabel("µs CPU / tunnel (median, min–max)")
             ax.grid(True, axis="y", alpha=0.3)
