@@ -35,7 +35,7 @@ from pathlib import Path
 
 from bench.loadgen import LoadGen
 from bench.procs import RelayProcess, core_plan, pin, raise_nofile_limit
-from bench.relays import OUR_RELAY_ARGS
+from bench.relays import BENCH_DIR, OUR_RELAY_ARGS
 
 #: cProfile functions whose call counts per tunnel are reported (matched on "file:function").
 COUNTED = (
@@ -192,12 +192,25 @@ async def drive(port: int, pids: list[int], scenario: str, seconds: float) -> in
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__)
-    parser.add_argument("--tool", choices=("py-spy", "cprofile", "trace"), default="py-spy")
-    parser.add_argument("--scenario", choices=("pairing", "tunnel-life"), default="pairing")
-    parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--top", type=int, default=25)
-    parser.add_argument("--out", type=Path, default=Path("bench/runs/profile"))
+    parser.add_argument(
+        "--tool", choices=("py-spy", "cprofile", "trace"), default="py-spy", help="profiler"
+    )
+    parser.add_argument(
+        "--scenario", choices=("pairing", "tunnel-life"), default="pairing", help="load to drive"
+    )
+    parser.add_argument("--seconds", type=float, default=10.0, help="how long to drive it")
+    parser.add_argument("--top", type=int, default=25, help="functions listed per section")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=BENCH_DIR / "runs" / "profile",
+        help="where raw profiles and summaries go (bench/runs/profile, not in git)",
+    )
     args = parser.parse_args(argv)
+    if args.tool == "py-spy" and not (
+        shutil.which("py-spy") or (Path(sys.executable).parent / "py-spy").exists()
+    ):
+        parser.error("py-spy is not installed (pip install py-spy), or use --tool trace/cprofile")
     raise_nofile_limit()
     cores = core_plan()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -214,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         env={"BENCH_TRACE_OUT": str(raw)},
     )
     relay.start(timeout=60)
+    affinity = os.sched_getaffinity(0)
     pin(cores[1])
     try:
         try:
@@ -231,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         while relay.alive() and time.monotonic() < deadline:
             time.sleep(0.2)
         relay.stop()
+        os.sched_setaffinity(0, affinity)  # as it was: main() may run inside another program
     if not raw.exists():
         print(f"profile: the profiler wrote nothing ({raw}); see {args.out / 'relay.log'}")
         return 1

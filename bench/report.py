@@ -391,8 +391,9 @@ def machine_markdown(data: dict[str, Any]) -> str:
     if "load_average_at_start" in m:
         lines.append(
             f"- load average (1/5/15 min) at start {m['load_average_at_start']}, at end "
-            f"{m.get('load_average_at_end')}: other work on the machine slows throughput and "
-            "latency more than it moves CPU per unit of work"
+            f"{m.get('load_average_at_end')} on {m['cores']} cores: other work on the machine "
+            "slows throughput and latency most, but inflates CPU per unit of work too (shared "
+            "cores and caches); compare relays by the ratios within one run"
         )
     busiest = loadgen_peak(data)
     if busiest:

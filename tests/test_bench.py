@@ -208,6 +208,8 @@ def test_quick_cli_writes_results(tmp_path):
             "--no-ours",
             "--only",
             "tunnel-life,transaction",
+            "--repeat",
+            "2",
             "--references",
             "tcp",
             "--out",
@@ -220,14 +222,14 @@ def test_quick_cli_writes_results(tmp_path):
     )
     assert done.returncode == 0, done.stdout + done.stderr
     data = json.loads((tmp_path / "results.json").read_text())
-    assert data["mode"] == "quick" and data["repeat"] == cli.DEFAULT_REPEAT
+    assert data["mode"] == "quick" and data["repeat"] == 2
     assert data["revision"]["commit"] == _git_head()
     scenarios = data["relays"]["tcp"]["scenarios"]
     assert scenarios["tunnel-life"]["ok"] and scenarios["transaction"]["transactions"] > 0
-    assert scenarios["tunnel-life"]["repetitions"] == cli.DEFAULT_REPEAT
+    assert scenarios["tunnel-life"]["repetitions"] == 2
     lo, hi = scenarios["tunnel-life"]["spread"]["relay_cpu_us_per_tunnel"]
     assert lo <= scenarios["tunnel-life"]["relay_cpu_us_per_tunnel"] <= hi
-    assert len(data["relays"]["tcp"]["repetitions"]["tunnel-life"]) == cli.DEFAULT_REPEAT
+    assert len(data["relays"]["tcp"]["repetitions"]["tunnel-life"]) == 2
     md = (tmp_path / "results.md").read_text()
     assert "| figure |" in md and "quick run of" in md and "tcp floor (not WebSocket)" in md
     for png in ("tunnels.png", "latency.png"):
@@ -321,3 +323,16 @@ def test_headline_shows_spread_and_floor_label():
     table = report.headline_markdown(data)
     assert "| figure | ours | go | tcp floor (not WebSocket) | ours / go | ours / tcp |" in table
     assert "| 300 µs (280–350) | 150 µs (140–160) | 50 µs (40–60) | 2.00x | 6.00x |" in table
+
+
+def test_profile_trace_counts_task_steps_and_waits(tmp_path):
+    from bench import profile
+
+    code = profile.main(
+        ["--tool", "trace", "--scenario", "tunnel-life", "--seconds", "0.3", "--out", str(tmp_path)]
+    )
+    assert code == 0
+    summary = (tmp_path / "tunnel-life-trace-summary.txt").read_text()
+    assert "task steps" in summary and "receive_batch -> woken" in summary
+    data = json.loads((tmp_path / "tunnel-life-trace.json").read_text())
+    assert data["counts"]["tasks spawned"] >= 2 and data["waits"]
