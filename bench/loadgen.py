@@ -20,6 +20,7 @@ import time
 import traceback
 from array import array
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 from bench.procs import cpu_ns, pin, raise_nofile_limit, rss_bytes
@@ -71,7 +72,7 @@ class Meter:
         self.relay0 = cpu_ns(self.pids)
         self.own0 = time.process_time_ns()
 
-    def stop(self) -> dict[str, float]:
+    def stop(self) -> dict[str, Any]:
         wall = time.perf_counter() - self.wall0
         relay = (cpu_ns(self.pids) - self.relay0) / 1e9
         own = (time.process_time_ns() - self.own0) / 1e9
@@ -84,7 +85,7 @@ class Meter:
         }
 
 
-def per_unit(meter: dict[str, float], units: int, label: str) -> dict[str, float | None]:
+def per_unit(meter: dict[str, Any], units: int, label: str) -> dict[str, float | None]:
     """CPU microseconds per unit of work, for relay and load generator."""
     if not units:
         return {f"relay_cpu_us_per_{label}": None, f"loadgen_cpu_us_per_{label}": None}
@@ -245,7 +246,7 @@ class LoadGen:
         filler = os.urandom(max(size, 8))[8:]
         latencies = array("d")
         window = max(2, min(64 if tunnels == 1 else 16, 262144 // max(size, 1)))
-        state = {"running": True, "received": 0, "outstanding": 0, "broken": None}
+        state: dict[str, Any] = {"running": True, "received": 0, "outstanding": 0, "broken": None}
         done: asyncio.Future[None] = loop.create_future()
         clock = time.perf_counter_ns
 
@@ -264,9 +265,12 @@ class LoadGen:
                 if not done.done():
                     done.set_result(None)
 
+        def on_closed_cb(conn: Conn, _: object) -> None:
+            on_closed(conn)
+
         for phone, desktop in pairs:
             for conn in (phone, desktop):
-                conn.closed.add_done_callback(lambda _, c=conn: on_closed(c))
+                conn.closed.add_done_callback(partial(on_closed_cb, conn))
 
         starters: list[Callable[[], None]] = []
         if mode == "stream":
@@ -325,9 +329,14 @@ class LoadGen:
                 starters.append(start)
 
         self.meter.start()
-        for start in starters:
-            start()
-        stopper = loop.call_later(duration, lambda: (state.update(running=False), check_done()))
+        for starter in starters:
+            starter()
+
+        def stop_sending() -> None:
+            state["running"] = False
+            check_done()
+
+        stopper = loop.call_later(duration, stop_sending)
         try:
             await asyncio.wait_for(asyncio.shield(done), duration + OP_TIMEOUT)
         except TimeoutError:

@@ -24,6 +24,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -110,7 +111,7 @@ def before(rev: str, workdir: Path) -> RelaySpec:
     return RelaySpec("before", argv, "ws", cwd=str(target), note=f"our relay at {rev}")
 
 
-def ensure_node_modules(log: callable = print) -> str | None:  # type: ignore[valid-type]
+def ensure_node_modules(log: Callable[[str], object] = print) -> str | None:
     """Install the node reference's dependencies if missing; return why it cannot run, or None."""
     node, npm = shutil.which("node"), shutil.which("npm")
     if node is None:
@@ -136,7 +137,7 @@ def ensure_node_modules(log: callable = print) -> str | None:  # type: ignore[va
     return None
 
 
-def ensure_go_relay(log: callable = print) -> tuple[Path | None, str | None]:  # type: ignore[valid-type]
+def ensure_go_relay(log: Callable[[str], object] = print) -> tuple[Path | None, str | None]:
     """Build the Go reference if its binary is not cached yet; (binary, None) or (None, why).
 
     The build is offline: GOPATH mode against Debian's gorilla/websocket source, GOPROXY=off,

@@ -29,7 +29,7 @@ def merge(results: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     spread: dict[str, list[float]] = {}
     for key, v0 in first.items():
-        values = [r.get(key) for r in results]
+        values: list[Any] = [r.get(key) for r in results]
         if key in SUMMED and _numeric(values):
             out[key] = sum(values)  # type: ignore[arg-type]
         elif key == "cdf" and all(isinstance(v, list) and len(v) == len(v0) for v in values):
