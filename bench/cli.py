@@ -576,6 +576,7 @@ def main(argv: list[str] | None = None) -> int:
         "generated": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
         "mode": mode,
         "repeat": args.repeat,
+        "commit": revision["commit"],
         "revision": revision,
         "scenarios": args.only,
         "machine": machine(),
