@@ -20,12 +20,25 @@ import time
 import traceback
 from array import array
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 from bench.procs import cpu_ns, pin, raise_nofile_limit, rss_bytes
 from bench.wire import Conn, Dialer, WireError
 
 PAIRING_MESSAGE_LEN = 128
+#: The messages of a real QR-flow tunnel's life as they cross the relay (sizes on the wire, after
+#: Crypter padding to 32 bytes and the 16-byte GCM tag): (sender, bytes). Noise KNpsk0 message 1
+#: and 2 are 81 bytes; the post-handshake message carrying getInfo is 144; a ~300-byte CTAP
+#: request (getAssertion) pads to 320; a ~1 KiB response to 1,040; the shutdown message is 48.
+TUNNEL_LIFE = (
+    ("desktop", 81),
+    ("phone", 81),
+    ("phone", 144),
+    ("desktop", 320),
+    ("phone", 1040),
+    ("desktop", 48),
+)
 OP_TIMEOUT = 10.0
 CDF_POINTS = [*range(0, 100), 99.5, 99.9, 100]
 
@@ -59,7 +72,7 @@ class Meter:
         self.relay0 = cpu_ns(self.pids)
         self.own0 = time.process_time_ns()
 
-    def stop(self) -> dict[str, float]:
+    def stop(self) -> dict[str, Any]:
         wall = time.perf_counter() - self.wall0
         relay = (cpu_ns(self.pids) - self.relay0) / 1e9
         own = (time.process_time_ns() - self.own0) / 1e9
@@ -72,7 +85,7 @@ class Meter:
         }
 
 
-def per_unit(meter: dict[str, float], units: int, label: str) -> dict[str, float | None]:
+def per_unit(meter: dict[str, Any], units: int, label: str) -> dict[str, float | None]:
     """CPU microseconds per unit of work, for relay and load generator."""
     if not units:
         return {f"relay_cpu_us_per_{label}": None, f"loadgen_cpu_us_per_{label}": None}
@@ -165,6 +178,48 @@ class LoadGen:
             **meter,
         }
 
+    # -- (e) the life of a real hybrid tunnel --------------------------------------------------
+
+    async def one_tunnel_life(self, payloads: list[tuple[bool, bytes]]) -> None:
+        """Pair, then the QR flow's messages in order (each awaited), then the phone closes."""
+        phone, desktop = await self.dialer.tunnel(OP_TIMEOUT)
+        try:
+            for from_phone, payload in payloads:
+                sender, receiver = (phone, desktop) if from_phone else (desktop, phone)
+                sender.send(payload)
+                if await receiver.recv() != payload:
+                    raise WireError("a tunnel message arrived altered")
+            phone.close()  # the phone closes after the desktop's shutdown; the relay closes both
+            await asyncio.gather(phone.closed, desktop.closed)
+        except BaseException:
+            phone.abort()
+            desktop.abort()
+            raise
+
+    async def tunnel_life(self, inflight: int, duration: float, limit: int) -> dict[str, Any]:
+        payloads = [(who == "phone", os.urandom(size)) for who, size in TUNNEL_LIFE]
+
+        def job() -> Awaitable[None]:
+            return self.one_tunnel_life(payloads)
+
+        await self.run_workers(job, min(inflight, 8), 0.0, min(inflight, 8))  # warm-up
+        self.meter.start()
+        latencies, errors = await self.run_workers(job, inflight, duration, limit)
+        meter = self.meter.stop()
+        n = len(latencies)
+        return {
+            "inflight": inflight,
+            "tunnels": n,
+            "messages_per_tunnel": len(payloads),
+            "bytes_per_tunnel": sum(len(p) for _, p in payloads),
+            "errors": len(errors),
+            "first_error": errors[0] if errors else None,
+            "tunnels_per_s": round(n / meter["wall_s"], 1) if meter["wall_s"] else None,
+            **summarize(latencies),
+            **per_unit(meter, n, "tunnel"),
+            **meter,
+        }
+
     # -- (b) forwarding ------------------------------------------------------------------------
 
     async def open_tunnels(self, count: int) -> list[tuple[Conn, Conn]]:
@@ -191,7 +246,7 @@ class LoadGen:
         filler = os.urandom(max(size, 8))[8:]
         latencies = array("d")
         window = max(2, min(64 if tunnels == 1 else 16, 262144 // max(size, 1)))
-        state = {"running": True, "received": 0, "outstanding": 0, "broken": None}
+        state: dict[str, Any] = {"running": True, "received": 0, "outstanding": 0, "broken": None}
         done: asyncio.Future[None] = loop.create_future()
         clock = time.perf_counter_ns
 
@@ -210,9 +265,12 @@ class LoadGen:
                 if not done.done():
                     done.set_result(None)
 
+        def on_closed_cb(conn: Conn, _: object) -> None:
+            on_closed(conn)
+
         for phone, desktop in pairs:
             for conn in (phone, desktop):
-                conn.closed.add_done_callback(lambda _, c=conn: on_closed(c))
+                conn.closed.add_done_callback(partial(on_closed_cb, conn))
 
         starters: list[Callable[[], None]] = []
         if mode == "stream":
@@ -271,9 +329,14 @@ class LoadGen:
                 starters.append(start)
 
         self.meter.start()
-        for start in starters:
-            start()
-        stopper = loop.call_later(duration, lambda: (state.update(running=False), check_done()))
+        for starter in starters:
+            starter()
+
+        def stop_sending() -> None:
+            state["running"] = False
+            check_done()
+
+        stopper = loop.call_later(duration, stop_sending)
         try:
             await asyncio.wait_for(asyncio.shield(done), duration + OP_TIMEOUT)
         except TimeoutError:
@@ -295,7 +358,7 @@ class LoadGen:
             "window": window if mode == "stream" else 1,
             "messages": messages,
             "messages_per_s": round(messages / wall, 1) if wall else None,
-            "mb_per_s": round(messages * size / wall / 1e6, 3) if wall else None,
+            "mib_per_s": round(messages * size / wall / 2**20, 3) if wall else None,
             "latency": "one-way" if mode == "stream" else "round trip",
             **summarize(latencies),
             **per_unit(meter, messages, "message"),

@@ -139,6 +139,7 @@ class RelayProcess:
     cores: set[int] | None = None
     cwd: str | None = None
     log_path: Path | None = None
+    env: dict[str, str] | None = None
     proc: subprocess.Popen[bytes] | None = None
     port: int = 0
     pids: list[int] = field(default_factory=list)
@@ -154,10 +155,16 @@ class RelayProcess:
             pin(cores)
             raise_nofile_limit()
 
+        # Runtimes that size thread pools from the CPU count (Go's GOMAXPROCS) get the relay's
+        # core count, matching the affinity set before exec.
+        env = {**os.environ, **(self.env or {})}
+        if cores and "GOMAXPROCS" not in (self.env or {}):
+            env["GOMAXPROCS"] = str(len(cores))
         try:
             self.proc = subprocess.Popen(
                 self.argv,
                 cwd=self.cwd,
+                env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=log,

@@ -100,6 +100,18 @@ class Conn(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
+    def send(self, payload: bytes) -> None:
+        """Send one message (framed for the relay kind)."""
+        raise NotImplementedError
+
+    def frame(self, payload: bytes) -> bytes:
+        """One message framed for the wire, to be written later (batched sends)."""
+        raise NotImplementedError
+
+    def close(self, code: int = 1000) -> None:
+        """Start a graceful close; ``closed`` resolves when the connection is gone."""
+        raise NotImplementedError
+
 
 class WsConn(Conn):
     """A WebSocket client connection to a relay (binary messages only)."""

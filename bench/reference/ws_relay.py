@@ -17,10 +17,12 @@ import os
 import re
 import sys
 from dataclasses import dataclass, field
+from typing import Any
 
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
+from websockets.typing import Subprotocol
 
 SUBPROTOCOL = "fido.cable"
 ROUTING_ID = os.urandom(3).hex().upper()
@@ -85,13 +87,15 @@ async def pump(src: ServerConnection, dst: ServerConnection) -> None:
 
 async def handler(conn: ServerConnection) -> None:
     role, tunnel = conn.tunnel  # type: ignore[attr-defined]
+    assert isinstance(tunnel, Tunnel)
     if role == "connect":
         tunnel.peer.set_result(conn)
         await pump(conn, tunnel.new_conn)
         return
     closed = asyncio.ensure_future(conn.wait_closed())
     try:
-        await asyncio.wait([tunnel.peer, closed], return_when=asyncio.FIRST_COMPLETED)
+        waiters: list[asyncio.Future[Any]] = [tunnel.peer, closed]
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
     finally:
         if pending.get(tunnel.tid) is tunnel and not tunnel.peer.done():
             del pending[tunnel.tid]
@@ -110,7 +114,7 @@ async def main() -> None:
         handler,
         args.host,
         args.port,
-        subprotocols=[SUBPROTOCOL],
+        subprotocols=[Subprotocol(SUBPROTOCOL)],
         process_request=process_request,
         process_response=process_response,
         compression=None,
