@@ -1,0 +1,187 @@
+"""``Lab``: one Chromium with everything around it, and the steps of a ceremony through it.
+
+Start order: private bus, fake BlueZ (also reading the loopback medium's port), TLS material, the
+relay, Xvfb, the page server, Chromium. Stop order is the reverse, with Chromium always before
+its bus (Chromium aborts when its system bus disappears) and before Xvfb.
+
+A ceremony: queue a WebAuthn call on the page, wait for a *new* ``FIDO:/`` QR code on the screen
+(screenshot of the whole X display read by zxing-cpp: the dialog is browser UI, not page content),
+start ``hybrid phone`` with that URL as a separate process, then collect the page's result and the
+phone's exit status and stderr.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from chromium.bluez import FakeBluez
+from chromium.page import PageServer
+from chromium.processes import Chromium, PrivateBus, Relay, TlsMaterial, Xvfb
+
+QR_TIMEOUT = 10.0
+RESULT_TIMEOUT = 20.0
+
+
+@dataclass
+class PhoneRun:
+    """A finished (or killed) ``hybrid phone``."""
+
+    returncode: int | None
+    stderr: str
+    seconds: float
+
+
+class Lab:
+    def __init__(self, directory: Path) -> None:
+        from conftest import free_udp_port
+
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        self.loopback_port = free_udp_port()
+        self.bus = PrivateBus(directory)
+        self.bluez = FakeBluez(self.bus.address, loopback_port=self.loopback_port)
+        self.tls = TlsMaterial(directory)
+        self.relay = Relay(self.tls, directory / "relay.log")
+        self.xvfb = Xvfb()
+        self.page = PageServer()
+        self.chromium: Chromium | None = None
+        self.last_qr: str | None = None
+        self.shots = 0
+        self._started: list[Any] = []
+
+    def start(self) -> Lab:
+        try:
+            for part in (self.bus, self.bluez, self.relay, self.xvfb, self.page):
+                part.start()
+                self._started.append(part)
+            self.chromium = Chromium(
+                self.directory / "chromium",
+                display=self.xvfb.display,
+                bus_address=self.bus.address,
+                relay_port=self.relay.port,
+                spki_hash=self.tls.spki_hash,
+                url=self.page.url,
+                size=self.xvfb.size,
+            )
+            self.chromium.start()
+            self._started.append(self.chromium)
+            if not self.page.wait_for_page(30):
+                raise RuntimeError(f"Chromium never loaded the page; log:\n{self.chromium.log()[-3000:]}")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        # Reverse start order: Chromium first (before its bus and display), the bus last but one.
+        while self._started:
+            part = self._started.pop()
+            try:
+                part.stop()
+            except Exception as exc:  # keep stopping the rest
+                print(f"chromium lab: stopping {type(part).__name__} failed: {exc}", file=sys.stderr)
+
+    # -- the screen ---------------------------------------------------------------------------
+
+    def screenshot(self):
+        from PIL import ImageGrab
+
+        return ImageGrab.grab(xdisplay=self.xvfb.display)
+
+    def save_screenshot(self, name: str) -> Path:
+        self.shots += 1
+        path = self.directory / f"screen-{self.shots:02d}-{name}.png"
+        self.screenshot().save(path)
+        return path
+
+    def read_qr(self, timeout: float = QR_TIMEOUT) -> str:
+        """The ``FIDO:/`` URL of a QR code on screen that differs from the last one read."""
+        import zxingcpp
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for barcode in zxingcpp.read_barcodes(self.screenshot()):
+                text = barcode.text
+                if text.upper().startswith("FIDO:/") and text != self.last_qr:
+                    self.last_qr = text
+                    return text
+            time.sleep(0.1)
+        shot = self.save_screenshot("no-qr")
+        raise AssertionError(f"no new FIDO:/ QR code on screen within {timeout:g} s (see {shot})")
+
+    def key(self, *keys: str) -> None:
+        subprocess.run(
+            ["xdotool", "key", *keys],
+            env=dict(os.environ, DISPLAY=self.xvfb.display),
+            check=True,
+            timeout=10,
+        )
+
+    # -- the phone ----------------------------------------------------------------------------
+
+    def phone_command(
+        self, url: str, data_dir: Path, *, medium: str = "loopback", approve: bool = True,
+        relay_url: str | None = None, timeout: float = 20.0, extra: tuple[str, ...] = (),
+    ) -> list[str]:  # fmt: skip
+        args = [sys.executable, "-m", "hybrid", "phone", "--relay", relay_url or self.relay.url,
+                "--data-dir", str(data_dir), "--ble", medium, "--timeout", f"{timeout:g}"]  # fmt: skip
+        if medium == "loopback":
+            args += ["--ble-port", str(self.loopback_port)]
+        if approve:
+            args.append("--approve")
+        return [*args, *extra, url]
+
+    def phone_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            SSL_CERT_FILE=str(self.tls.ca_file),  # trust the throwaway CA, nothing else
+            DBUS_SYSTEM_BUS_ADDRESS=self.bus.address,  # `--ble bluez` finds our fake BlueZ
+            PYTHONUNBUFFERED="1",
+        )
+        return env
+
+    def start_phone(self, url: str, data_dir: Path, *, stdin: Any = subprocess.DEVNULL,
+                    **options: Any) -> subprocess.Popen:  # fmt: skip
+        return subprocess.Popen(
+            self.phone_command(url, data_dir, **options),
+            env=self.phone_env(),
+            stdin=stdin,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    # -- a whole ceremony ---------------------------------------------------------------------
+
+    def ceremony(
+        self, op: str, options: dict[str, Any], data_dir: Path, *, stdin_text: str | None = None,
+        **phone_options: Any,
+    ) -> tuple[dict[str, Any], PhoneRun]:  # fmt: skip
+        """Run one create/get through Chromium and our phone; the page's result and the phone's."""
+        command_id = self.page.run(op, options)
+        url = self.read_qr()
+        started = time.monotonic()
+        phone = self.start_phone(
+            url, data_dir, stdin=subprocess.PIPE if stdin_text is not None else subprocess.DEVNULL,
+            **phone_options,
+        )  # fmt: skip
+        try:
+            _, stderr = phone.communicate(stdin_text, timeout=RESULT_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            phone.kill()
+            _, stderr = phone.communicate()
+        run = PhoneRun(phone.returncode, stderr, time.monotonic() - started)
+        result = self.page.result(command_id, RESULT_TIMEOUT)
+        if result is None:
+            shot = self.save_screenshot(f"no-result-{command_id}")
+            raise AssertionError(
+                f"the page got no result for {op} (screenshot {shot}); phone exited "
+                f"{run.returncode}:\n{run.stderr}"
+            )
+        return result, run
