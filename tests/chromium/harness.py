@@ -22,10 +22,11 @@ from typing import Any
 
 from chromium.bluez import FakeBluez
 from chromium.page import PageServer
-from chromium.processes import Chromium, PrivateBus, Relay, TlsMaterial, Xvfb
+from chromium.processes import Chromium, Forwarder, PrivateBus, Relay, TlsMaterial, Xvfb
 
 QR_TIMEOUT = 10.0
 RESULT_TIMEOUT = 20.0
+PICK_PHONE_AFTER = 1.0  # seconds without a QR code before Return picks "Use a phone or tablet"
 
 
 @dataclass
@@ -48,10 +49,12 @@ class Lab:
         self.bluez = FakeBluez(self.bus.address, loopback_port=self.loopback_port)
         self.tls = TlsMaterial(directory)
         self.relay = Relay(self.tls, directory / "relay.log")
+        self.forwarder: Forwarder | None = None  # Chromium's way to the relay; see Forwarder
         self.xvfb = Xvfb()
         self.page = PageServer()
         self.chromium: Chromium | None = None
         self.last_qr: str | None = None
+        self.case_dir = directory
         self.shots = 0
         self._started: list[Any] = []
 
@@ -60,11 +63,13 @@ class Lab:
             for part in (self.bus, self.bluez, self.relay, self.xvfb, self.page):
                 part.start()
                 self._started.append(part)
+            self.forwarder = Forwarder(self.relay.port).start()
+            self._started.append(self.forwarder)
             self.chromium = Chromium(
                 self.directory / "chromium",
                 display=self.xvfb.display,
                 bus_address=self.bus.address,
-                relay_port=self.relay.port,
+                relay_port=self.forwarder.port,
                 spki_hash=self.tls.spki_hash,
                 url=self.page.url,
                 size=self.xvfb.size,
@@ -87,6 +92,18 @@ class Lab:
             except Exception as exc:  # keep stopping the rest
                 print(f"chromium lab: stopping {type(part).__name__} failed: {exc}", file=sys.stderr)
 
+    def settle(self) -> None:
+        """Close whatever dialog a test left open, so the next test starts from the page."""
+        for command_id in self.page.pending():
+            for _ in range(3):
+                self.key("Escape")
+                if self.page.result(command_id, 3.0) is not None:
+                    break
+        if self.forwarder is not None:
+            if self.forwarder._listener is None:
+                self.forwarder.up()
+            self.forwarder.target = self.relay.port
+
     # -- the screen ---------------------------------------------------------------------------
 
     def screenshot(self):
@@ -100,12 +117,22 @@ class Lab:
         self.screenshot().save(path)
         return path
 
-    def read_qr(self, timeout: float = QR_TIMEOUT) -> str:
-        """The ``FIDO:/`` URL of a QR code on screen that differs from the last one read."""
+    def read_qr(self, timeout: float = QR_TIMEOUT, *, pick_phone: bool = False) -> str:
+        """The ``FIDO:/`` URL of a QR code on screen that differs from the last one read.
+
+        ``pick_phone``: Chromium first shows its list of ways ("Use a phone or tablet", "USB
+        security key") despite the hybrid hint (seen for ``residentKey: "discouraged"``); its first
+        entry has the focus, so Return picks the phone once the list had time to appear.
+        """
         import zxingcpp
 
-        deadline = time.monotonic() + timeout
+        started = time.monotonic()
+        deadline = started + timeout
+        picked = not pick_phone
         while time.monotonic() < deadline:
+            if not picked and time.monotonic() - started > PICK_PHONE_AFTER:
+                self.key("Return")
+                picked = True
             for barcode in zxingcpp.read_barcodes(self.screenshot()):
                 text = barcode.text
                 if text.upper().startswith("FIDO:/") and text != self.last_qr:
@@ -161,11 +188,11 @@ class Lab:
 
     def ceremony(
         self, op: str, options: dict[str, Any], data_dir: Path, *, stdin_text: str | None = None,
-        **phone_options: Any,
+        pick_phone: bool = False, **phone_options: Any,
     ) -> tuple[dict[str, Any], PhoneRun]:  # fmt: skip
         """Run one create/get through Chromium and our phone; the page's result and the phone's."""
         command_id = self.page.run(op, options)
-        url = self.read_qr()
+        url = self.read_qr(pick_phone=pick_phone)
         started = time.monotonic()
         phone = self.start_phone(
             url, data_dir, stdin=subprocess.PIPE if stdin_text is not None else subprocess.DEVNULL,

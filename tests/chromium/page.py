@@ -26,6 +26,7 @@ class PageServer:
         self._results: dict[int, dict[str, Any]] = {}
         self._changed = threading.Condition()
         self._ids = itertools.count(1)
+        self._sent: list[int] = []
         self.polls = 0
         server = self
 
@@ -39,7 +40,10 @@ class PageServer:
                 self.send_header("Content-Length", str(len(body)))
                 self.send_header("Cache-Control", "no-store")
                 self.end_headers()
-                self.wfile.write(body)
+                try:
+                    self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the page went away mid-poll (Chromium is stopping)
 
             def do_GET(self) -> None:  # noqa: N802
                 if self.path == "/":
@@ -90,8 +94,14 @@ class PageServer:
 
     def run(self, op: str, options: dict[str, Any]) -> int:
         command_id = next(self._ids)
+        self._sent.append(command_id)
         self._commands.put({"id": command_id, "op": op, "options": options})
         return command_id
+
+    def pending(self) -> list[int]:
+        """Commands sent to the page that have no result yet."""
+        with self._changed:
+            return [i for i in self._sent if i not in self._results]
 
     def result(self, command_id: int, timeout: float) -> dict[str, Any] | None:
         with self._changed:

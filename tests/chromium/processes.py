@@ -332,3 +332,96 @@ def _drain(stream, path: Path) -> None:
                 log.flush()
 
     threading.Thread(target=copy, name=f"drain {path.name}", daemon=True).start()
+
+
+class Forwarder:
+    """A TCP forwarder on 127.0.0.1 that Chromium's tunnel domain is mapped to.
+
+    Chromium's ``--host-resolver-rules`` are fixed at launch, so a test that wants "the relay is
+    down" or "another relay answers" switches this instead: ``target`` is the port connections go
+    to, and ``down()`` closes the listening socket so connecting is refused, as with a relay that
+    is not running; ``up()`` listens on the same port again.
+    """
+
+    def __init__(self, target: int) -> None:
+        import socket
+        import threading
+
+        self.target = target
+        self._socket_module = socket
+        self._lock = threading.Lock()
+        self._listener: socket.socket | None = None
+        self._open: set[socket.socket] = set()
+        self.port = 0
+        self.connections = 0
+
+    def start(self) -> Forwarder:
+        self.up()
+        return self
+
+    def up(self) -> None:
+        import threading
+
+        socket = self._socket_module
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self.port = listener.getsockname()[1]
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def down(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            try:
+                listener.shutdown(self._socket_module.SHUT_RDWR)
+            except OSError:
+                pass
+            listener.close()
+        with self._lock:
+            for sock in list(self._open):
+                sock.close()
+            self._open.clear()
+
+    def stop(self) -> None:
+        self.down()
+
+    def _accept(self, listener) -> None:
+        import threading
+
+        socket = self._socket_module
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return  # closed by down()
+            self.connections += 1
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target), timeout=5)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)
+            with self._lock:
+                self._open.update((client, upstream))
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, source, sink) -> None:
+        socket = self._socket_module
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, sink):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+            with self._lock:
+                for sock in (source, sink):
+                    self._open.discard(sock)
+                    sock.close()

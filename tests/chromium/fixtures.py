@@ -1,0 +1,68 @@
+"""Pytest fixtures for the Chromium tests; a test module imports them by name.
+
+``chromium_lab`` (session scope) starts one ``Lab`` for all Chromium tests: Chromium starts in
+about a second but everything together must stay well under a minute, so the browser, its display,
+bus, fake BlueZ, relay and page server are shared and each test only runs ceremonies through them.
+``chromium_case`` (autouse in the test modules) gives each test a clean dialog state and, when the
+test failed, saves a screenshot and the part of Chromium's log (with the device event log) written
+during the test, then prints where they are.
+
+Missing Chromium/Xvfb/dbus-daemon/xdotool skips the tests on a developer machine and fails them
+under CI (``CI=true``): a browser test must not silently stop running there.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from chromium.harness import Lab
+from chromium.processes import missing_tools
+
+
+@pytest.fixture(scope="session")
+def chromium_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    missing = missing_tools()
+    if missing:
+        why = f"Chromium tests need {', '.join(missing)} (see .ci/apt.d/chromium.txt)"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(why)
+        pytest.skip(why)
+    lab = Lab(tmp_path_factory.mktemp("chromium-lab")).start()
+    try:
+        yield lab
+    finally:
+        lab.stop()
+
+
+@pytest.fixture
+def chromium_case(chromium_lab: Lab, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Lab]:
+    lab = chromium_lab
+    log_start = lab.chromium.log_file.stat().st_size if lab.chromium else 0
+    failed_before = request.session.testsfailed
+    lab.case_dir = tmp_path
+    yield lab
+    if request.session.testsfailed > failed_before:
+        artefacts = tmp_path / "chromium-artefacts"
+        artefacts.mkdir(exist_ok=True)
+        try:
+            lab.screenshot().save(artefacts / "screen.png")
+        except Exception as exc:  # the display may be what broke
+            (artefacts / "screen-error.txt").write_text(repr(exc))
+        with open(lab.chromium.log_file, "rb") as log:
+            log.seek(log_start)
+            (artefacts / "chromium-device.log").write_bytes(log.read())
+        for shot in lab.directory.glob("screen-*.png"):
+            shutil.copy(shot, artefacts)
+        (artefacts / "bluez-calls.txt").write_text("\n".join(lab.bluez.chromium_calls()))
+        reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+        line = f"chromium artefacts for {request.node.name}: {artefacts}"
+        if reporter is not None:
+            reporter.write_line(line)
+        else:
+            print(line)
+    lab.settle()
