@@ -9,7 +9,7 @@ BlueZ advertiser; the fake BlueZ turns both into the ``Device1`` objects Chromiu
 from __future__ import annotations
 
 import pytest
-from chromium.fixtures import chromium_case, chromium_lab  # noqa: F401 - fixtures
+from chromium import fixtures
 from chromium.harness import Lab
 from chromium.webauthn import (
     b64url,
@@ -22,6 +22,8 @@ from chromium.webauthn import (
 from hybrid.rp import RelyingParty
 
 pytestmark = pytest.mark.usefixtures("chromium_case")
+chromium_lab = fixtures.chromium_lab
+chromium_case = fixtures.chromium_case
 
 MEDIA = ("loopback", "bluez")
 
@@ -109,7 +111,9 @@ def test_resident_key_discouraged(chromium_case: Lab) -> None:
     server.authenticate_complete(state, [credential], result2["credential"])
 
 
-@pytest.mark.xfail(strict=True, reason="needs issue 9: non-discoverable credential when rk is false")
+@pytest.mark.xfail(
+    strict=True, reason="needs issue 9: non-discoverable credential when rk is false"
+)
 def test_resident_key_discouraged_is_not_discoverable(chromium_case: Lab) -> None:
     lab = chromium_case
     server = server_for(lab.page.origin)
@@ -153,7 +157,9 @@ PRF_SALT_A = b64url(b"salt A".ljust(32, b"\0"))
 PRF_SALT_B = b64url(b"salt B".ljust(32, b"\0"))
 
 
-@pytest.mark.xfail(strict=True, reason="needs issue 9: PRF in the software authenticator and getInfo")
+@pytest.mark.xfail(
+    strict=True, reason="needs issue 9: PRF in the software authenticator and getInfo"
+)
 def test_prf_at_creation(chromium_case: Lab) -> None:
     lab = chromium_case
     server = server_for(lab.page.origin)
@@ -166,7 +172,9 @@ def test_prf_at_creation(chromium_case: Lab) -> None:
     assert len(prf["results"]["first"]) == 43  # 32 bytes, base64url
 
 
-@pytest.mark.xfail(strict=True, reason="needs issue 9: PRF in the software authenticator and getInfo")
+@pytest.mark.xfail(
+    strict=True, reason="needs issue 9: PRF in the software authenticator and getInfo"
+)
 def test_prf_at_sign_in(chromium_case: Lab) -> None:
     lab = chromium_case
     server = server_for(lab.page.origin)

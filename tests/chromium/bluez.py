@@ -178,7 +178,7 @@ class FakeBluez:
 
         n = next(self._addresses)
         # A random static address (top bits 11), different for every advert.
-        address = "C0:%02X:%02X:%02X:%02X:%02X" % tuple((n >> s) & 0xFF for s in (32, 24, 16, 8, 0))
+        address = "C0:" + ":".join(f"{(n >> s) & 0xFF:02X}" for s in (32, 24, 16, 8, 0))
         path = f"{ADAPTER_PATH}/dev_{address.replace(':', '_')}"
         props = {
             "Address": Variant("s", address),
@@ -212,7 +212,9 @@ class FakeBluez:
 
     def _set(self, path: str, interface: str, name: str, value: Any) -> None:
         self._objects[path][interface][name] = value
-        self._signal(path, PROPERTIES, "PropertiesChanged", "sa{sv}as", [interface, {name: value}, []])
+        self._signal(
+            path, PROPERTIES, "PropertiesChanged", "sa{sv}as", [interface, {name: value}, []]
+        )
 
     @staticmethod
     def _public(props: dict[str, Any]) -> dict[str, Any]:
@@ -236,9 +238,7 @@ class FakeBluez:
         if interface == OBJECT_MANAGER and member == "GetManagedObjects":
             if path != "/":
                 return Message.new_method_return(message, "a{oa{sa{sv}}}", [{}])
-            return Message.new_method_return(
-                message, "a{oa{sa{sv}}}", [self._managed_objects()]
-            )
+            return Message.new_method_return(message, "a{oa{sa{sv}}}", [self._managed_objects()])
         if interface == INTROSPECTABLE:
             return Message.new_method_return(message, "s", [self._introspect(path)])
         if interface == PROPERTIES:
@@ -310,7 +310,9 @@ class FakeBluez:
         if key not in self.advertisements:
             return  # unregistered meanwhile
         self.advertisements[key] = props
-        service_data = {uuid: variant.value for uuid, variant in props.get("ServiceData", {}).items()}
+        service_data = {
+            uuid: variant.value for uuid, variant in props.get("ServiceData", {}).items()
+        }
         while key in self.advertisements:
             for uuid, data in service_data.items():
                 self._publish("bluez", uuid, bytes(data))

@@ -40,7 +40,9 @@ def chromium_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
 
 
 @pytest.fixture
-def chromium_case(chromium_lab: Lab, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Lab]:
+def chromium_case(
+    chromium_lab: Lab, request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[Lab]:
     lab = chromium_lab
     log_start = lab.chromium.log_file.stat().st_size if lab.chromium else 0
     failed_before = request.session.testsfailed

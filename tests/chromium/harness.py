@@ -77,7 +77,9 @@ class Lab:
             self.chromium.start()
             self._started.append(self.chromium)
             if not self.page.wait_for_page(30):
-                raise RuntimeError(f"Chromium never loaded the page; log:\n{self.chromium.log()[-3000:]}")
+                raise RuntimeError(
+                    f"Chromium never loaded the page; log:\n{self.chromium.log()[-3000:]}"
+                )
         except BaseException:
             self.stop()
             raise
@@ -90,7 +92,9 @@ class Lab:
             try:
                 part.stop()
             except Exception as exc:  # keep stopping the rest
-                print(f"chromium lab: stopping {type(part).__name__} failed: {exc}", file=sys.stderr)
+                print(
+                    f"chromium lab: stopping {type(part).__name__} failed: {exc}", file=sys.stderr
+                )
 
     def settle(self) -> None:
         """Close whatever dialog a test left open, so the next test starts from the page."""
@@ -103,6 +107,10 @@ class Lab:
             if self.forwarder._listener is None:
                 self.forwarder.up()
             self.forwarder.target = self.relay.port
+
+    def other_relay(self) -> Relay:
+        """A second relay (same TLS identity) that knows none of the first one's tunnels."""
+        return Relay(self.tls, self.directory / "other-relay.log").start()
 
     # -- the screen ---------------------------------------------------------------------------
 
@@ -117,12 +125,15 @@ class Lab:
         self.screenshot().save(path)
         return path
 
-    def read_qr(self, timeout: float = QR_TIMEOUT, *, pick_phone: bool = False) -> str:
+    def read_qr(
+        self, timeout: float = QR_TIMEOUT, *, pick_phone: bool = False, same: bool = False
+    ) -> str:
         """The ``FIDO:/`` URL of a QR code on screen that differs from the last one read.
 
         ``pick_phone``: Chromium first shows its list of ways ("Use a phone or tablet", "USB
         security key") despite the hybrid hint (seen for ``residentKey: "discouraged"``); its first
         entry has the focus, so Return picks the phone once the list had time to appear.
+        ``same``: the QR code read last is still (or again) on screen.
         """
         import zxingcpp
 
@@ -135,12 +146,15 @@ class Lab:
                 picked = True
             for barcode in zxingcpp.read_barcodes(self.screenshot()):
                 text = barcode.text
-                if text.upper().startswith("FIDO:/") and text != self.last_qr:
+                if text.upper().startswith("FIDO:/") and (text == self.last_qr) == same:
                     self.last_qr = text
                     return text
             time.sleep(0.1)
         shot = self.save_screenshot("no-qr")
-        raise AssertionError(f"no new FIDO:/ QR code on screen within {timeout:g} s (see {shot})")
+        what = "the same" if same else "a new"
+        raise AssertionError(
+            f"{what} FIDO:/ QR code not on screen within {timeout:g} s (see {shot})"
+        )
 
     def key(self, *keys: str) -> None:
         subprocess.run(
@@ -153,11 +167,30 @@ class Lab:
     # -- the phone ----------------------------------------------------------------------------
 
     def phone_command(
-        self, url: str, data_dir: Path, *, medium: str = "loopback", approve: bool = True,
-        relay_url: str | None = None, timeout: float = 20.0, extra: tuple[str, ...] = (),
-    ) -> list[str]:  # fmt: skip
-        args = [sys.executable, "-m", "hybrid", "phone", "--relay", relay_url or self.relay.url,
-                "--data-dir", str(data_dir), "--ble", medium, "--timeout", f"{timeout:g}"]  # fmt: skip
+        self,
+        url: str,
+        data_dir: Path,
+        *,
+        medium: str = "loopback",
+        approve: bool = True,
+        relay_url: str | None = None,
+        timeout: float = 20.0,
+        extra: tuple[str, ...] = (),
+    ) -> list[str]:
+        args = [
+            sys.executable,
+            "-m",
+            "hybrid",
+            "phone",
+            "--relay",
+            relay_url or self.relay.url,
+            "--data-dir",
+            str(data_dir),
+            "--ble",
+            medium,
+            "--timeout",
+            f"{timeout:g}",
+        ]
         if medium == "loopback":
             args += ["--ble-port", str(self.loopback_port)]
         if approve:
@@ -173,8 +206,9 @@ class Lab:
         )
         return env
 
-    def start_phone(self, url: str, data_dir: Path, *, stdin: Any = subprocess.DEVNULL,
-                    **options: Any) -> subprocess.Popen:  # fmt: skip
+    def start_phone(
+        self, url: str, data_dir: Path, *, stdin: Any = subprocess.DEVNULL, **options: Any
+    ) -> subprocess.Popen:
         return subprocess.Popen(
             self.phone_command(url, data_dir, **options),
             env=self.phone_env(),
@@ -187,17 +221,25 @@ class Lab:
     # -- a whole ceremony ---------------------------------------------------------------------
 
     def ceremony(
-        self, op: str, options: dict[str, Any], data_dir: Path, *, stdin_text: str | None = None,
-        pick_phone: bool = False, **phone_options: Any,
-    ) -> tuple[dict[str, Any], PhoneRun]:  # fmt: skip
+        self,
+        op: str,
+        options: dict[str, Any],
+        data_dir: Path,
+        *,
+        stdin_text: str | None = None,
+        pick_phone: bool = False,
+        **phone_options: Any,
+    ) -> tuple[dict[str, Any], PhoneRun]:
         """Run one create/get through Chromium and our phone; the page's result and the phone's."""
         command_id = self.page.run(op, options)
         url = self.read_qr(pick_phone=pick_phone)
         started = time.monotonic()
         phone = self.start_phone(
-            url, data_dir, stdin=subprocess.PIPE if stdin_text is not None else subprocess.DEVNULL,
+            url,
+            data_dir,
+            stdin=subprocess.PIPE if stdin_text is not None else subprocess.DEVNULL,
             **phone_options,
-        )  # fmt: skip
+        )
         try:
             _, stderr = phone.communicate(stdin_text, timeout=RESULT_TIMEOUT)
         except subprocess.TimeoutExpired:

@@ -108,8 +108,17 @@ class Xvfb:
         read_fd, write_fd = os.pipe()
         width, height = self.size
         self.process = subprocess.Popen(
-            ["Xvfb", "-displayfd", str(write_fd), "-screen", "0", f"{width}x{height}x24",
-             "-nolisten", "tcp", "-noreset"],  # fmt: skip
+            [
+                "Xvfb",
+                "-displayfd",
+                str(write_fd),
+                "-screen",
+                "0",
+                f"{width}x{height}x24",
+                "-nolisten",
+                "tcp",
+                "-noreset",
+            ],
             pass_fds=(write_fd,),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -182,9 +191,7 @@ class TlsMaterial:
         self.ca_file.write_bytes(ca.public_bytes(pem))
         self.cert_file.write_bytes(leaf.public_bytes(pem) + ca.public_bytes(pem))
         self.key_file.write_bytes(
-            key.private_bytes(
-                pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-            )
+            key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
         )
         spki = key.public_key().public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -208,9 +215,22 @@ class Relay:
 
     def start(self) -> Relay:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "relay", "--host", "127.0.0.1", "--port", "0",
-             "--tls-cert", str(self.tls.cert_file), "--tls-key", str(self.tls.key_file),
-             "--shutdown-grace", "0", *self.extra],  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "relay",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--tls-cert",
+                str(self.tls.cert_file),
+                "--tls-key",
+                str(self.tls.key_file),
+                "--shutdown-grace",
+                "0",
+                *self.extra,
+            ],
             stderr=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             text=True,
