@@ -19,7 +19,7 @@ from chromium.harness import Lab
 from chromium.webauthn import creation, request, server_for
 
 pytestmark = pytest.mark.usefixtures("chromium_case")
-chromium_lab = fixtures.chromium_lab
+chromium_lab = fixtures.chromium_lab  # one Chromium for this module
 chromium_case = fixtures.chromium_case
 
 
@@ -137,15 +137,9 @@ def test_relay_down(chromium_case: Lab) -> None:
     assert result is not None and result["name"] == "NotAllowedError", result
 
 
-def _chromium_log_since(lab: Lab, offset: int) -> str:
-    with open(lab.chromium.log_file, "rb") as log:
-        log.seek(offset)
-        return log.read().decode(errors="replace")
-
-
 def _chromium_cannot_reach_its_tunnel(lab: Lab, why: str) -> None:
     """Our phone's relay works; Chromium's way to it fails (``why`` is in Chromium's log)."""
-    log_offset = lab.chromium.log_file.stat().st_size
+    log_offset = lab.log_offset()
     options, _ = request(server_for(lab.page.origin))
     command_id = lab.page.run("get", options)
     url = lab.read_qr()
@@ -155,7 +149,7 @@ def _chromium_cannot_reach_its_tunnel(lab: Lab, why: str) -> None:
     assert phone.returncode == 12, phone.stderr
     assert "hybrid: error: Passkey Request Timed Out" in phone.stderr, phone.stderr
     assert "no desktop connected within 2 s" in phone.stderr, phone.stderr
-    log = _chromium_log_since(lab, log_offset)
+    log = lab.log_since(log_offset)
     assert "Tunnel server connection failed" in log and why in log, log[-3000:]
     # Chromium leaves its dialog at "Connecting to your device" and the page waits: no error
     # reaches the website until the user gives up.

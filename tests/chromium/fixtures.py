@@ -1,8 +1,9 @@
 """Pytest fixtures for the Chromium tests; a test module imports them by name.
 
-``chromium_lab`` (session scope) starts one ``Lab`` for all Chromium tests: Chromium starts in
-about a second but everything together must stay well under a minute, so the browser, its display,
-bus, fake BlueZ, relay and page server are shared and each test only runs ceremonies through them.
+``chromium_lab`` (module scope: a test module assigns it to a module-level name, and pytest
+scopes such a fixture to that module) starts one ``Lab`` per test module: everything must stay
+well under a minute, so the browser, its display, bus, fake BlueZ, relay and page server are
+shared by a module's tests, and each test only runs ceremonies through them.
 ``chromium_case`` (autouse in the test modules) gives each test a clean dialog state and, when the
 test failed, saves a screenshot and the part of Chromium's log (with the device event log) written
 during the test, then prints where they are.
@@ -24,7 +25,7 @@ from chromium.harness import Lab
 from chromium.processes import missing_tools
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     missing = missing_tools()
     if missing:
@@ -44,7 +45,7 @@ def chromium_case(
     chromium_lab: Lab, request: pytest.FixtureRequest, tmp_path: Path
 ) -> Iterator[Lab]:
     lab = chromium_lab
-    log_start = lab.chromium.log_file.stat().st_size if lab.chromium else 0
+    log_start = lab.log_offset()
     failed_before = request.session.testsfailed
     lab.case_dir = tmp_path
     yield lab
@@ -55,9 +56,7 @@ def chromium_case(
             lab.screenshot().save(artefacts / "screen.png")
         except Exception as exc:  # the display may be what broke
             (artefacts / "screen-error.txt").write_text(repr(exc))
-        with open(lab.chromium.log_file, "rb") as log:
-            log.seek(log_start)
-            (artefacts / "chromium-device.log").write_bytes(log.read())
+        (artefacts / "chromium-device.log").write_text(lab.log_since(log_start))
         for shot in lab.directory.glob("screen-*.png"):
             shutil.copy(shot, artefacts)
         (artefacts / "bluez-calls.txt").write_text("\n".join(lab.bluez.chromium_calls()))

@@ -108,6 +108,17 @@ class Lab:
                 self.forwarder.up()
             self.forwarder.target = self.relay.port
 
+    def log_offset(self) -> int:
+        """Where Chromium's log ends now; ``log_since`` reads what it wrote after that."""
+        return self.chromium.log_file.stat().st_size if self.chromium else 0
+
+    def log_since(self, offset: int) -> str:
+        if self.chromium is None:
+            return ""
+        with open(self.chromium.log_file, "rb") as log:
+            log.seek(offset)
+            return log.read().decode(errors="replace")
+
     def other_relay(self) -> Relay:
         """A second relay (same TLS identity) that knows none of the first one's tunnels."""
         return Relay(self.tls, self.directory / "other-relay.log").start()
