@@ -24,7 +24,7 @@ from chromium.webauthn import (
 from hybrid.rp import RelyingParty
 
 pytestmark = pytest.mark.usefixtures("chromium_case")
-chromium_lab = fixtures.chromium_lab  # one Chromium for this module
+chromium_lab = fixtures.chromium_lab  # one Chromium for all Chromium tests
 chromium_case = fixtures.chromium_case
 
 MEDIA = ("loopback", "bluez")

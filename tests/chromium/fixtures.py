@@ -1,9 +1,10 @@
 """Pytest fixtures for the Chromium tests; a test module imports them by name.
 
-``chromium_lab`` (module scope: a test module assigns it to a module-level name, and pytest
-scopes such a fixture to that module) starts one ``Lab`` per test module: everything must stay
-well under a minute, so the browser, its display, bus, fake BlueZ, relay and page server are
-shared by a module's tests, and each test only runs ceremonies through them.
+``chromium_lab`` starts one ``Lab`` for the whole run: everything must stay well under a minute, so
+the browser, its display, bus, fake BlueZ, relay and page server are shared by all Chromium tests,
+and each test only runs ceremonies through them. (Test modules bind the fixture to a module-level
+name, which gives each module its own fixture definition, so the lab itself is kept here and
+stopped when pytest finishes.)
 ``chromium_case`` (autouse in the test modules) gives each test a clean dialog state and, when the
 test failed, saves a screenshot and the part of Chromium's log (with the device event log) written
 during the test, then prints where they are.
@@ -24,20 +25,23 @@ import pytest
 from chromium.harness import Lab
 from chromium.processes import missing_tools
 
+_lab: Lab | None = None
 
-@pytest.fixture(scope="module")
-def chromium_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    missing = missing_tools()
-    if missing:
-        why = f"Chromium tests need {', '.join(missing)} (see .ci/apt.d/chromium.txt)"
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(why)
-        pytest.skip(why)
-    lab = Lab(tmp_path_factory.mktemp("chromium-lab")).start()
-    try:
-        yield lab
-    finally:
-        lab.stop()
+
+@pytest.fixture(scope="session")
+def chromium_lab(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Lab:
+    global _lab
+    if _lab is None:
+        missing = missing_tools()
+        if missing:
+            why = f"Chromium tests need {', '.join(missing)} (see .ci/apt.d/chromium.txt)"
+            if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+                pytest.fail(why)
+            pytest.skip(why)
+        lab = Lab(tmp_path_factory.mktemp("chromium-lab")).start()
+        request.config.add_cleanup(lab.stop)
+        _lab = lab
+    return _lab
 
 
 @pytest.fixture
@@ -45,6 +49,9 @@ def chromium_case(
     chromium_lab: Lab, request: pytest.FixtureRequest, tmp_path: Path
 ) -> Iterator[Lab]:
     lab = chromium_lab
+    exited = lab.chromium.process.poll() if lab.chromium and lab.chromium.process else None
+    if exited is not None:
+        pytest.fail(f"Chromium exited with status {exited}; its log: {lab.chromium.log_file}")
     log_start = lab.log_offset()
     failed_before = request.session.testsfailed
     lab.case_dir = tmp_path

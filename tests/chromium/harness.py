@@ -50,6 +50,7 @@ class Lab:
         self.tls = TlsMaterial(directory)
         self.relay = Relay(self.tls, directory / "relay.log")
         self.forwarder: Forwarder | None = None  # Chromium's way to the relay; see Forwarder
+        self.other: Relay | None = None  # a second relay (same TLS identity), for refusals
         self.xvfb = Xvfb()
         self.page = PageServer()
         self.chromium: Chromium | None = None
@@ -76,6 +77,9 @@ class Lab:
             )
             self.chromium.start()
             self._started.append(self.chromium)
+            # Started while Chromium boots: a relay that knows none of the first one's tunnels.
+            self.other = Relay(self.tls, self.directory / "other-relay.log").start()
+            self._started.insert(0, self.other)
             if not self.page.wait_for_page(30):
                 raise RuntimeError(
                     f"Chromium never loaded the page; log:\n{self.chromium.log()[-3000:]}"
@@ -118,10 +122,6 @@ class Lab:
         with open(self.chromium.log_file, "rb") as log:
             log.seek(offset)
             return log.read().decode(errors="replace")
-
-    def other_relay(self) -> Relay:
-        """A second relay (same TLS identity) that knows none of the first one's tunnels."""
-        return Relay(self.tls, self.directory / "other-relay.log").start()
 
     # -- the screen ---------------------------------------------------------------------------
 
