@@ -16,6 +16,7 @@ from chromium.harness import Lab
 from chromium.webauthn import (
     b64url,
     creation,
+    registered,
     request,
     server_for,
     user_verified,
@@ -104,7 +105,7 @@ def test_resident_key_discouraged(chromium_case: Lab) -> None:
     options, state = creation(server, resident_key="discouraged", extensions={"credProps": True})
     result, phone = lab.ceremony("create", options, lab.case_dir / "phone", pick_phone=True)
     _ok(result, phone)
-    credential = server.register_complete(state, result["credential"]).credential_data
+    credential = registered(server, state, result)
     assert result["extensions"] == {"credProps": {"rk": False}}
     # A non-discoverable credential is used through the allow list.
     options, state = request(server, allow=[credential])
@@ -135,7 +136,7 @@ def test_user_verification_required(chromium_case: Lab) -> None:
     result, phone = lab.ceremony("create", options, lab.case_dir / "phone")
     _ok(result, phone)
     # Fido2Server refuses a registration without UV when UV was required.
-    credential = server.register_complete(state, result["credential"]).credential_data
+    credential = registered(server, state, result)
     assert user_verified(result)
     options, state = request(server, allow=[credential], user_verification="required")
     result2, phone = lab.ceremony("get", options, lab.case_dir / "phone")
@@ -172,7 +173,7 @@ def test_user_verification_discouraged_sign_in(chromium_case: Lab) -> None:
     options, state = creation(server)
     result, phone = lab.ceremony("create", options, lab.case_dir / "phone")
     _ok(result, phone)
-    credential = server.register_complete(state, result["credential"]).credential_data
+    credential = registered(server, state, result)
     offset = lab.log_offset()
     options, state = request(server, allow=[credential], user_verification="discouraged")
     result, phone = lab.ceremony("get", options, lab.case_dir / "phone")
@@ -211,7 +212,7 @@ def test_prf_at_sign_in(chromium_case: Lab) -> None:
     options, state = creation(server, extensions={"prf": {}})
     result, phone = lab.ceremony("create", options, lab.case_dir / "phone")
     _ok(result, phone)
-    credential = server.register_complete(state, result["credential"]).credential_data
+    credential = registered(server, state, result)
     assert result["extensions"].get("prf", {}).get("enabled") is True, result["extensions"]
 
     def evaluate(first: str, second: str | None = None) -> dict:

@@ -16,7 +16,7 @@ import time
 import pytest
 from chromium import fixtures
 from chromium.harness import Lab
-from chromium.webauthn import creation, request, server_for
+from chromium.webauthn import creation, registered, request, server_for
 
 pytestmark = pytest.mark.usefixtures("chromium_case")
 chromium_lab = fixtures.chromium_lab  # one Chromium for all Chromium tests
@@ -40,7 +40,7 @@ def test_exclude_list_is_invalid_state_error(chromium_case: Lab) -> None:
     options, state = creation(server)
     first, phone = lab.ceremony("create", options, lab.case_dir / "phone")
     assert first["ok"] and phone.returncode == 0, (first, phone.stderr)
-    credential = server.register_complete(state, first["credential"]).credential_data
+    credential = registered(server, state, first)
 
     options, _ = creation(server, exclude=[credential])
     result, phone = lab.ceremony("create", options, lab.case_dir / "phone")

@@ -49,9 +49,9 @@ def chromium_case(
     chromium_lab: Lab, request: pytest.FixtureRequest, tmp_path: Path
 ) -> Iterator[Lab]:
     lab = chromium_lab
-    exited = lab.chromium.process.poll() if lab.chromium and lab.chromium.process else None
-    if exited is not None:
-        pytest.fail(f"Chromium exited with status {exited}; its log: {lab.chromium.log_file}")
+    browser = lab.chromium
+    if browser is not None and browser.process is not None and browser.process.poll() is not None:
+        pytest.fail(f"Chromium exited with {browser.process.returncode}; log: {browser.log_file}")
     log_start = lab.log_offset()
     failed_before = request.session.testsfailed
     lab.case_dir = tmp_path

@@ -49,8 +49,8 @@ class Lab:
         self.bluez = FakeBluez(self.bus.address, loopback_port=self.loopback_port)
         self.tls = TlsMaterial(directory)
         self.relay = Relay(self.tls, directory / "relay.log")
-        self.forwarder: Forwarder | None = None  # Chromium's way to the relay; see Forwarder
-        self.other: Relay | None = None  # a second relay (same TLS identity), for refusals
+        self.forwarder = Forwarder(0)  # Chromium's way to the relay (target set at start)
+        self.other = Relay(self.tls, directory / "other-relay.log")  # knows none of our tunnels
         self.xvfb = Xvfb()
         self.page = PageServer()
         self.chromium: Chromium | None = None
@@ -64,8 +64,8 @@ class Lab:
             for part in (self.bus, self.bluez, self.relay, self.xvfb, self.page):
                 part.start()
                 self._started.append(part)
-            self.forwarder = Forwarder(self.relay.port).start()
-            self._started.append(self.forwarder)
+            self.forwarder.target = self.relay.port
+            self._started.append(self.forwarder.start())
             self.chromium = Chromium(
                 self.directory / "chromium",
                 display=self.xvfb.display,
@@ -78,8 +78,7 @@ class Lab:
             self.chromium.start()
             self._started.append(self.chromium)
             # Started while Chromium boots: a relay that knows none of the first one's tunnels.
-            self.other = Relay(self.tls, self.directory / "other-relay.log").start()
-            self._started.insert(0, self.other)
+            self._started.insert(0, self.other.start())
             if not self.page.wait_for_page(30):
                 raise RuntimeError(
                     f"Chromium never loaded the page; log:\n{self.chromium.log()[-3000:]}"
@@ -107,10 +106,9 @@ class Lab:
                 self.key("Escape")
                 if self.page.result(command_id, 3.0) is not None:
                     break
-        if self.forwarder is not None:
-            if self.forwarder._listener is None:
-                self.forwarder.up()
-            self.forwarder.target = self.relay.port
+        if not self.forwarder.listening:
+            self.forwarder.up()
+        self.forwarder.target = self.relay.port
 
     def log_offset(self) -> int:
         """Where Chromium's log ends now; ``log_since`` reads what it wrote after that."""

@@ -379,6 +379,10 @@ class Forwarder:
         self.up()
         return self
 
+    @property
+    def listening(self) -> bool:
+        return self._listener is not None
+
     def up(self) -> None:
         import threading
 

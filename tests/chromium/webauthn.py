@@ -80,6 +80,15 @@ def request(
     return _json(options, extensions), state
 
 
+def registered(
+    server: Fido2Server, state: dict[str, Any], result: dict[str, Any]
+) -> AttestedCredentialData:
+    """Verify a page's registration result; the new credential (for allow and exclude lists)."""
+    credential = server.register_complete(state, result["credential"]).credential_data
+    assert credential is not None, "no attested credential data"
+    return credential
+
+
 def authenticator_data(result: dict[str, Any]) -> AuthenticatorData:
     """The authenticator data of a page result (registration or assertion)."""
     return AuthenticatorData(unb64url(result["credential"]["response"]["authenticatorData"]))
