@@ -8,7 +8,11 @@ BlueZ advertiser; the fake BlueZ turns both into the ``Device1`` objects Chromiu
 
 from __future__ import annotations
 
+import json
 import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import pytest
 from chromium import fixtures
@@ -19,8 +23,10 @@ from chromium.webauthn import (
     registered,
     request,
     server_for,
+    unb64url,
     user_verified,
 )
+from fido2.webauthn import AttestedCredentialData
 
 from hybrid.rp import RelyingParty
 
@@ -37,66 +43,93 @@ def _ok(result: dict, phone) -> dict:
     return result
 
 
-def _relying_party(lab: Lab) -> RelyingParty:
-    return RelyingParty("localhost", lab.page.origin, lab.case_dir / "rp")
+@dataclass
+class Enrolment:
+    """alice's passkey, registered through Chromium with our relying party, on one medium."""
+
+    rp: RelyingParty
+    phone_dir: Path
+    result: dict
+    options: dict
+
+    @property
+    def credential(self) -> AttestedCredentialData:
+        (credential,) = self.rp.credentials_for("alice")
+        return credential
 
 
-def _register_with_rp(lab: Lab, rp: RelyingParty, medium: str) -> dict:
-    options, state = rp.begin_registration("alice")
-    public_key = dict(options)["publicKey"]
-    public_key = {**_plain(public_key), "hints": ["hybrid"]}
-    before = lab.bluez.devices_from(medium)
-    result, phone = lab.ceremony("create", public_key, lab.case_dir / "phone", medium=medium)
+@pytest.fixture(scope="module")
+def enrolments() -> dict[str, Enrolment]:
+    """Registrations shared by this module's tests (one ceremony fewer for each test using one)."""
+    return {}
+
+
+def _through(lab: Lab, medium: str, op: str, options: dict, phone_dir: Path) -> tuple[dict, Any]:
+    """One ceremony whose advert must reach Chromium through ``medium`` and only through it."""
+    other = next(m for m in MEDIA if m != medium)
+    before, before_other = lab.bluez.devices_from(medium), lab.bluez.devices_from(other)
+    result, phone = lab.ceremony(op, options, phone_dir, medium=medium)
     _ok(result, phone)
-    # The advert reached Chromium the way this test meant, not through the other medium.
-    assert lab.bluez.devices_from(medium) > before
-    rp.complete_registration(state, result["credential"])
-    return result
+    assert lab.bluez.devices_from(medium) > before, f"no advert came through {medium}"
+    assert lab.bluez.devices_from(other) == before_other, f"an advert came through {other}"
+    return result, phone
 
 
-def _plain(value):
-    import json
+def _enrolment(lab: Lab, enrolments: dict[str, Enrolment], medium: str) -> Enrolment:
+    if medium not in enrolments:
+        home = lab.directory / f"enrolment-{medium}"
+        rp = RelyingParty("localhost", lab.page.origin, home / "rp")
+        options, state = rp.begin_registration("alice")
+        public_key = {
+            **_plain(dict(options)["publicKey"]),
+            "hints": ["hybrid"],
+            "extensions": {"credProps": True},
+        }
+        result, _ = _through(lab, medium, "create", public_key, home / "phone")
+        rp.complete_registration(state, result["credential"])
+        enrolments[medium] = Enrolment(rp, home / "phone", result, public_key)
+    return enrolments[medium]
 
+
+def _plain(value: Any) -> Any:
     return json.loads(json.dumps(value))
 
 
 @pytest.mark.parametrize("medium", MEDIA)
-def test_registration(chromium_case: Lab, medium: str) -> None:
-    rp = _relying_party(chromium_case)
-    result = _register_with_rp(chromium_case, rp, medium)
-    assert result["credential"]["authenticatorAttachment"] == "cross-platform"
-    assert "hybrid" in result["credential"]["response"]["transports"]
-    assert len(rp.credentials_for("alice")) == 1
+def test_registration(chromium_case: Lab, enrolments: dict[str, Enrolment], medium: str) -> None:
+    enrolment = _enrolment(chromium_case, enrolments, medium)
+    credential = enrolment.result["credential"]
+    assert credential["authenticatorAttachment"] == "cross-platform"
+    assert "hybrid" in credential["response"]["transports"]
+    assert [c.credential_id for c in enrolment.rp.credentials_for("alice")] == [
+        unb64url(credential["rawId"])
+    ]
 
 
 @pytest.mark.parametrize("medium", MEDIA)
-def test_sign_in(chromium_case: Lab, medium: str) -> None:
+def test_sign_in(chromium_case: Lab, enrolments: dict[str, Enrolment], medium: str) -> None:
     lab = chromium_case
-    rp = _relying_party(lab)
-    registered = _register_with_rp(lab, rp, medium)
-    options, state = rp.begin_authentication(None)  # discoverable: the phone picks the account
+    enrolment = _enrolment(lab, enrolments, medium)
+    options, state = enrolment.rp.begin_authentication(None)  # discoverable: phone picks alice
     public_key = {**_plain(dict(options)["publicKey"]), "hints": ["hybrid"]}
-    before = lab.bluez.devices_from(medium)
-    result, phone = lab.ceremony("get", public_key, lab.case_dir / "phone", medium=medium)
-    _ok(result, phone)
-    assert lab.bluez.devices_from(medium) > before
-    assert rp.complete_authentication(state, result["credential"]) == "alice"
-    assert result["credential"]["id"] == registered["credential"]["id"]
+    result, _ = _through(lab, medium, "get", public_key, enrolment.phone_dir)
+    assert enrolment.rp.complete_authentication(state, result["credential"]) == "alice"
+    assert result["credential"]["id"] == enrolment.result["credential"]["id"]
 
 
-def test_resident_key_required(chromium_case: Lab) -> None:
+def test_resident_key_required(chromium_case: Lab, enrolments: dict[str, Enrolment]) -> None:
     lab = chromium_case
+    enrolment = _enrolment(lab, enrolments, "loopback")
+    assert enrolment.options["authenticatorSelection"]["residentKey"] == "required"
+    assert enrolment.result["extensions"] == {"credProps": {"rk": True}}
+    # Discoverable: a request with an empty allow list finds it (python-fido2's server here).
     server = server_for(lab.page.origin)
-    options, state = creation(server, resident_key="required", extensions={"credProps": True})
-    result, phone = lab.ceremony("create", options, lab.case_dir / "phone")
-    _ok(result, phone)
-    server.register_complete(state, result["credential"])
-    assert result["extensions"] == {"credProps": {"rk": True}}
-    # Discoverable: an empty allow list finds it.
     options, state = request(server)
-    result2, phone = lab.ceremony("get", options, lab.case_dir / "phone")
-    _ok(result2, phone)
-    assert result2["credential"]["id"] == result["credential"]["id"]
+    assert "allowCredentials" not in options or not options["allowCredentials"]
+    result, phone = lab.ceremony("get", options, enrolment.phone_dir)
+    _ok(result, phone)
+    server.authenticate_complete(state, [enrolment.credential], result["credential"])
+    assert result["credential"]["id"] == enrolment.result["credential"]["id"]
 
 
 def test_resident_key_discouraged(chromium_case: Lab) -> None:
@@ -167,18 +200,17 @@ def test_user_verification_discouraged_registration(chromium_case: Lab) -> None:
 
 
 @pytest.mark.xfail(strict=True, reason="needs issue 9: user verification only when asked")
-def test_user_verification_discouraged_sign_in(chromium_case: Lab) -> None:
+def test_user_verification_discouraged_sign_in(
+    chromium_case: Lab, enrolments: dict[str, Enrolment]
+) -> None:
     lab = chromium_case
+    enrolment = _enrolment(lab, enrolments, "loopback")
     server = server_for(lab.page.origin)
-    options, state = creation(server)
-    result, phone = lab.ceremony("create", options, lab.case_dir / "phone")
-    _ok(result, phone)
-    credential = registered(server, state, result)
     offset = lab.log_offset()
-    options, state = request(server, allow=[credential], user_verification="discouraged")
-    result, phone = lab.ceremony("get", options, lab.case_dir / "phone")
+    options, state = request(server, allow=[enrolment.credential], user_verification="discouraged")
+    result, phone = lab.ceremony("get", options, enrolment.phone_dir)
     _ok(result, phone)
-    server.authenticate_complete(state, [credential], result["credential"])
+    server.authenticate_complete(state, [enrolment.credential], result["credential"])
     (sent,) = _requests_in(lab.log_since(offset), "GetAssertion")
     assert '"uv"' not in sent, sent  # Chromium does not ask for UV here...
     assert not user_verified(result), "...so the phone must not claim it verified the user"

@@ -68,8 +68,7 @@ def _read_until(fd: int, wanted: bytes, timeout: float) -> bytes:
 def test_cancel_in_chromium_ends_the_phone_prompt(chromium_case: Lab) -> None:
     lab = chromium_case
     options, _ = creation(server_for(lab.page.origin))
-    command_id = lab.page.run("create", options)
-    url = lab.read_qr()
+    command_id, url = lab.start_ceremony("create", options)
     # The phone on a pseudo-terminal, as a person runs it, waiting at its y/N prompt.
     controller, terminal = pty.openpty()
     phone = subprocess.Popen(
@@ -120,8 +119,7 @@ def test_relay_down(chromium_case: Lab) -> None:
     lab.forwarder.down()  # Chromium's tunnel server refuses connections...
     dead = f"wss://localhost:{_dead_port()}"  # ...and so does the phone's
     options, _ = request(server_for(lab.page.origin))
-    command_id = lab.page.run("get", options)
-    url = lab.read_qr()
+    command_id, url = lab.start_ceremony("get", options)
     started = time.monotonic()
     phone = _run_phone(lab, url, relay_url=dead)
     took = time.monotonic() - started
@@ -141,8 +139,7 @@ def _chromium_cannot_reach_its_tunnel(lab: Lab, why: str) -> None:
     """Our phone's relay works; Chromium's way to it fails (``why`` is in Chromium's log)."""
     log_offset = lab.log_offset()
     options, _ = request(server_for(lab.page.origin))
-    command_id = lab.page.run("get", options)
-    url = lab.read_qr()
+    command_id, url = lab.start_ceremony("get", options)
     phone = _run_phone(lab, url, timeout=2)
     # The phone advertised, Chromium saw it and failed to connect; the phone waits for the
     # handshake until its deadline and says so.

@@ -13,6 +13,7 @@ phone's exit status and stderr.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -26,7 +27,7 @@ from chromium.processes import Chromium, Forwarder, PrivateBus, Relay, TlsMateri
 
 QR_TIMEOUT = 10.0
 RESULT_TIMEOUT = 20.0
-PICK_PHONE_AFTER = 1.0  # seconds without a QR code before Return picks "Use a phone or tablet"
+PICK_ATTEMPTS = 5  # Return presses to pick "Use a phone or tablet" (see start_ceremony)
 
 
 @dataclass
@@ -134,25 +135,61 @@ class Lab:
         self.screenshot().save(path)
         return path
 
-    def read_qr(
-        self, timeout: float = QR_TIMEOUT, *, pick_phone: bool = False, same: bool = False
-    ) -> str:
+    def wait_for_log(self, pattern: str, since: int, timeout: float) -> str | None:
+        """The first match of ``pattern`` in what Chromium logged after ``since``, or None."""
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        while True:
+            match = regex.search(self.log_since(since))
+            if match is not None:
+                return match.group(0)
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.05)
+
+    def start_ceremony(
+        self, op: str, options: dict[str, Any], *, pick_phone: bool = False
+    ) -> tuple[int, str]:
+        """Queue a WebAuthn call on the page; its command id and the QR code Chromium shows.
+
+        Chromium's device log says which dialog step it shows, so the screen is read only once
+        the QR step is there (screenshots cost CPU that Chromium needs on a busy machine).
+        ``pick_phone``: Chromium first shows its list of ways ("Use a phone or tablet", "USB
+        security key") despite the hybrid hint, as it does for ``residentKey: "discouraged"``;
+        its first entry has the focus, so Return picks the phone. Without ``pick_phone`` that
+        list is a failure: Chromium changed its behaviour.
+        """
+        since = self.log_offset()
+        command_id = self.page.run(op, options)
+        step = self.wait_for_log(
+            r"UI step: (kCableV2QRCode|kMechanismSelection)", since, QR_TIMEOUT
+        )
+        if step is not None and step.endswith("kMechanismSelection"):
+            if not pick_phone:
+                shot = self.save_screenshot("mechanism-list")
+                raise AssertionError(
+                    f"Chromium showed its list of ways instead of the QR code (see {shot})"
+                )
+            # The step is logged before the list is drawn and focused, so a key press can be
+            # lost: press again until the QR step is logged (it is, at once, once one lands).
+            for _ in range(PICK_ATTEMPTS):
+                self.key("Return")
+                if self.wait_for_log(r"UI step: kCableV2QRCode", since, 1.0):
+                    break
+        elif step is None:
+            shot = self.save_screenshot("no-dialog")
+            raise AssertionError(f"Chromium showed no QR dialog within {QR_TIMEOUT:g} s ({shot})")
+        return command_id, self.read_qr()
+
+    def read_qr(self, timeout: float = QR_TIMEOUT, *, same: bool = False) -> str:
         """The ``FIDO:/`` URL of a QR code on screen that differs from the last one read.
 
-        ``pick_phone``: Chromium first shows its list of ways ("Use a phone or tablet", "USB
-        security key") despite the hybrid hint (seen for ``residentKey: "discouraged"``); its first
-        entry has the focus, so Return picks the phone once the list had time to appear.
         ``same``: the QR code read last is still (or again) on screen.
         """
         import zxingcpp
 
-        started = time.monotonic()
-        deadline = started + timeout
-        picked = not pick_phone
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if not picked and time.monotonic() - started > PICK_PHONE_AFTER:
-                self.key("Return")
-                picked = True
             for barcode in zxingcpp.read_barcodes(self.screenshot()):
                 text = barcode.text
                 if text.upper().startswith("FIDO:/") and (text == self.last_qr) == same:
@@ -240,8 +277,7 @@ class Lab:
         **phone_options: Any,
     ) -> tuple[dict[str, Any], PhoneRun]:
         """Run one create/get through Chromium and our phone; the page's result and the phone's."""
-        command_id = self.page.run(op, options)
-        url = self.read_qr(pick_phone=pick_phone)
+        command_id, url = self.start_ceremony(op, options, pick_phone=pick_phone)
         started = time.monotonic()
         phone = self.start_phone(
             url,
