@@ -229,10 +229,21 @@ def test_prf_at_creation(chromium_case: Lab) -> None:
     options, state = creation(server, extensions={"prf": {"eval": {"first": PRF_SALT_A}}})
     result, phone = lab.ceremony("create", options, lab.case_dir / "phone")
     _ok(result, phone)
-    server.register_complete(state, result["credential"])
+    credential = registered(server, state, result)
     prf = result["extensions"].get("prf")
     assert prf is not None and prf.get("enabled") is True, result["extensions"]
-    assert len(prf["results"]["first"]) == 43  # 32 bytes, base64url
+    # An output at creation is optional (Chromium passes the salt on); if the phone gives one,
+    # it is the credential's PRF and must match what a sign-in with the same salt yields.
+    options, state = request(
+        server, allow=[credential], extensions={"prf": {"eval": {"first": PRF_SALT_A}}}
+    )
+    got, phone = lab.ceremony("get", options, lab.case_dir / "phone")
+    _ok(got, phone)
+    server.authenticate_complete(state, [credential], got["credential"])
+    first = got["extensions"]["prf"]["results"]["first"]
+    assert len(first) == 43  # 32 bytes, base64url
+    if "results" in prf:
+        assert prf["results"]["first"] == first
 
 
 @pytest.mark.xfail(
