@@ -7,7 +7,8 @@ name, which gives each module its own fixture definition, so the lab itself is k
 stopped when pytest finishes.)
 ``chromium_case`` (autouse in the test modules) gives each test a clean dialog state and, when the
 test failed, saves a screenshot and the part of Chromium's log (with the device event log) written
-during the test, then prints where they are.
+during the test into a fresh ``/tmp/chromium-artefacts-<test>-*`` directory (outside pytest's
+basetemp, which keeps only the last few runs of everyone on the machine), then prints its path.
 
 Missing Chromium/Xvfb/dbus-daemon/xdotool skips the tests on a developer machine and fails them
 under CI (``CI=true``): a browser test must not silently stop running there.
@@ -16,7 +17,9 @@ under CI (``CI=true``): a browser test must not silently stop running there.
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -53,18 +56,19 @@ def chromium_case(
     if browser is not None and browser.process is not None and browser.process.poll() is not None:
         pytest.fail(f"Chromium exited with {browser.process.returncode}; log: {browser.log_file}")
     log_start = lab.log_offset()
+    shots_before = len(lab.screenshots)
     failed_before = request.session.testsfailed
     lab.case_dir = tmp_path
     yield lab
     if request.session.testsfailed > failed_before:
-        artefacts = tmp_path / "chromium-artefacts"
-        artefacts.mkdir(exist_ok=True)
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "-", request.node.name)
+        artefacts = Path(tempfile.mkdtemp(prefix=f"chromium-artefacts-{name}-"))
         try:
             lab.screenshot().save(artefacts / "screen.png")
         except Exception as exc:  # the display may be what broke
             (artefacts / "screen-error.txt").write_text(repr(exc))
         (artefacts / "chromium-device.log").write_text(lab.log_since(log_start))
-        for shot in lab.directory.glob("screen-*.png"):
+        for shot in lab.screenshots[shots_before:]:  # the ones this test took
             shutil.copy(shot, artefacts)
         (artefacts / "bluez-calls.txt").write_text("\n".join(lab.bluez.chromium_calls()))
         reporter = request.config.pluginmanager.get_plugin("terminalreporter")

@@ -57,7 +57,7 @@ class Lab:
         self.chromium: Chromium | None = None
         self.last_qr: str | None = None
         self.case_dir = directory
-        self.shots = 0
+        self.screenshots: list[Path] = []  # every screenshot saved, in order
         self._started: list[Any] = []
 
     def start(self) -> Lab:
@@ -130,9 +130,9 @@ class Lab:
         return ImageGrab.grab(xdisplay=self.xvfb.display)
 
     def save_screenshot(self, name: str) -> Path:
-        self.shots += 1
-        path = self.directory / f"screen-{self.shots:02d}-{name}.png"
+        path = self.directory / f"screen-{len(self.screenshots) + 1:02d}-{name}.png"
         self.screenshot().save(path)
+        self.screenshots.append(path)
         return path
 
     def wait_for_log(self, pattern: str, since: int, timeout: float) -> str | None:
