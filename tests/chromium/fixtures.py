@@ -16,7 +16,6 @@ under CI (``CI=true``): a browser test must not silently stop running there.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import tempfile
@@ -26,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from chromium.harness import Lab
-from chromium.processes import missing_tools
+from chromium.processes import missing_tools, under_ci
 
 _lab: Lab | None = None
 
@@ -38,7 +37,7 @@ def chromium_lab(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
         missing = missing_tools()
         if missing:
             why = f"Chromium tests need {', '.join(missing)} (see .ci/apt.d/chromium.txt)"
-            if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            if under_ci():
                 pytest.fail(why)
             pytest.skip(why)
         lab = Lab(tmp_path_factory.mktemp("chromium-lab")).start()

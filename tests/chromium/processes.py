@@ -49,6 +49,11 @@ _BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Confi
 """
 
 
+def under_ci() -> bool:
+    """True on the CI machine, where a missing tool must fail the tests instead of skipping."""
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
 def missing_tools() -> list[str]:
     """The programs these tests need that this machine lacks."""
     missing = [] if CHROMIUM_BINARY.exists() else [str(CHROMIUM_BINARY)]
