@@ -291,6 +291,7 @@ class Chromium:
             "--disable-component-update",
             "--disable-sync",
             "--disable-gpu",
+            "--disable-dev-shm-usage",  # containers often have a tiny /dev/shm
             "--password-store=basic",
             "--lang=en-US",
             f"--host-resolver-rules=MAP {TUNNEL_DOMAIN} 127.0.0.1:{relay_port}",
