@@ -3,8 +3,8 @@
 ``chromium_lab`` starts one ``Lab`` for the whole run: everything must stay well under a minute, so
 the browser, its display, bus, fake BlueZ, relay and page server are shared by all Chromium tests,
 and each test only runs ceremonies through them. (Test modules bind the fixture to a module-level
-name, which gives each module its own fixture definition, so the lab itself is kept here and
-stopped when pytest finishes.)
+name, which gives each module its own fixture definition, so the lab itself is kept here; it is
+stopped after the last module that uses it, or at the latest when pytest finishes.)
 ``chromium_case`` (autouse in the test modules) gives each test a clean dialog state and, when the
 test failed, saves a screenshot and the part of Chromium's log (with the device event log) written
 during the test into a fresh ``/tmp/chromium-artefacts-<test>-*`` directory (outside pytest's
@@ -30,8 +30,10 @@ from chromium.processes import missing_tools, under_ci
 _lab: Lab | None = None
 
 
-@pytest.fixture(scope="session")
-def chromium_lab(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Lab:
+@pytest.fixture(scope="module")
+def chromium_lab(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Lab]:
     global _lab
     if _lab is None:
         missing = missing_tools()
@@ -41,9 +43,17 @@ def chromium_lab(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
                 pytest.fail(why)
             pytest.skip(why)
         lab = Lab(tmp_path_factory.mktemp("chromium-lab")).start()
-        request.config.add_cleanup(lab.stop)
+        request.config.add_cleanup(lab.stop)  # in any case, at the very end
         _lab = lab
-    return _lab
+    yield _lab
+    # Stop as soon as no later test needs Chromium: an idle browser must not slow the rest of
+    # the suite (timing-sensitive relay tests run after these).
+    items = request.session.items
+    here = [n for n, item in enumerate(items) if getattr(item, "module", None) is request.module]
+    later = items[max(here) + 1 :] if here else []
+    if not any("chromium_lab" in getattr(item, "fixturenames", ()) for item in later):
+        _lab.stop()
+        _lab = None
 
 
 @pytest.fixture
