@@ -26,6 +26,7 @@ from chromium.webauthn import (
     unb64url,
     user_verified,
 )
+from fido2.server import Fido2Server
 from fido2.webauthn import AttestedCredentialData
 
 from hybrid.rp import RelyingParty
@@ -132,34 +133,72 @@ def test_resident_key_required(chromium_case: Lab, enrolments: dict[str, Enrolme
     assert result["credential"]["id"] == enrolment.result["credential"]["id"]
 
 
-def test_resident_key_discouraged(chromium_case: Lab) -> None:
+@dataclass
+class Discouraged:
+    """A credential made with residentKey and userVerification "discouraged" (python-fido2)."""
+
+    server: Fido2Server
+    phone_dir: Path
+    result: dict
+    credential: AttestedCredentialData
+    sent: str  # the makeCredential request as Chromium's device log shows it
+
+
+@pytest.fixture(scope="module")
+def discouraged_holder() -> dict[str, Discouraged]:
+    return {}
+
+
+@pytest.fixture
+def discouraged(chromium_case: Lab, discouraged_holder: dict[str, Discouraged]) -> Discouraged:
+    """Made once per module (three tests look at it), through the mechanism list."""
+    if "made" not in discouraged_holder:
+        lab = chromium_case
+        server = server_for(lab.page.origin)
+        options, state = creation(
+            server,
+            resident_key="discouraged",
+            user_verification="discouraged",
+            extensions={"credProps": True},
+        )
+        phone_dir = lab.directory / "discouraged-phone"
+        offset = lab.log_offset()
+        result, phone = lab.ceremony("create", options, phone_dir, pick_phone=True)
+        _ok(result, phone)
+        credential = registered(server, state, result)
+        (sent,) = _requests_in(lab.log_since(offset), "MakeCredential")
+        discouraged_holder["made"] = Discouraged(server, phone_dir, result, credential, sent)
+    return discouraged_holder["made"]
+
+
+def _requests_in(log: str, command: str) -> list[str]:
+    """The CTAP requests of one kind Chromium's device log shows it sent (CBOR diagnostic)."""
+    return re.findall(rf"\(kAuthenticator{command}\) (\{{.*\}})\s*$", log, re.MULTILINE)
+
+
+def test_resident_key_discouraged(chromium_case: Lab, discouraged: Discouraged) -> None:
     lab = chromium_case
-    server = server_for(lab.page.origin)
-    options, state = creation(server, resident_key="discouraged", extensions={"credProps": True})
-    result, phone = lab.ceremony("create", options, lab.case_dir / "phone", pick_phone=True)
-    _ok(result, phone)
-    credential = registered(server, state, result)
-    assert result["extensions"] == {"credProps": {"rk": False}}
+    assert discouraged.result["extensions"] == {"credProps": {"rk": False}}
+    assert '"rk"' not in discouraged.sent, discouraged.sent  # Chromium asked for no rk
     # A non-discoverable credential is used through the allow list.
-    options, state = request(server, allow=[credential])
-    result2, phone = lab.ceremony("get", options, lab.case_dir / "phone")
-    _ok(result2, phone)
-    server.authenticate_complete(state, [credential], result2["credential"])
+    server = discouraged.server
+    options, state = request(server, allow=[discouraged.credential])
+    result, phone = lab.ceremony("get", options, discouraged.phone_dir)
+    _ok(result, phone)
+    server.authenticate_complete(state, [discouraged.credential], result["credential"])
 
 
 @pytest.mark.xfail(
     strict=True, reason="needs issue 9: non-discoverable credential when rk is false"
 )
-def test_resident_key_discouraged_is_not_discoverable(chromium_case: Lab) -> None:
+def test_resident_key_discouraged_is_not_discoverable(
+    chromium_case: Lab, discouraged: Discouraged
+) -> None:
     lab = chromium_case
-    server = server_for(lab.page.origin)
-    options, state = creation(server, resident_key="discouraged")
-    result, phone = lab.ceremony("create", options, lab.case_dir / "phone", pick_phone=True)
-    _ok(result, phone)
-    options, _ = request(server)  # empty allow list: only discoverable credentials answer
-    result2, phone = lab.ceremony("get", options, lab.case_dir / "phone")
+    options, _ = request(discouraged.server)  # empty allow list: only discoverable ones answer
+    result, phone = lab.ceremony("get", options, discouraged.phone_dir)
     assert "NO_CREDENTIALS" in phone.stderr, phone.stderr
-    assert not result2["ok"] and result2["name"] == "NotAllowedError", result2
+    assert not result["ok"] and result["name"] == "NotAllowedError", result
 
 
 def test_user_verification_required(chromium_case: Lab) -> None:
@@ -178,25 +217,12 @@ def test_user_verification_required(chromium_case: Lab) -> None:
     assert user_verified(result2)
 
 
-def _requests_in(log: str, command: str) -> list[str]:
-    """The CTAP requests of one kind Chromium's device log shows it sent (CBOR diagnostic)."""
-    return re.findall(rf"\(kAuthenticator{command}\) (\{{.*\}})\s*$", log, re.MULTILINE)
-
-
-def test_user_verification_discouraged_registration(chromium_case: Lab) -> None:
-    lab = chromium_case
-    server = server_for(lab.page.origin)
-    offset = lab.log_offset()
-    # residentKey "discouraged" too: with "required" Chromium asks for UV anyway.
-    options, state = creation(server, resident_key="discouraged", user_verification="discouraged")
-    result, phone = lab.ceremony("create", options, lab.case_dir / "phone", pick_phone=True)
-    _ok(result, phone)
-    server.register_complete(state, result["credential"])
-    # Chromium asks a hybrid phone for UV in makeCredential even when the page discouraged it,
-    # so a phone that verifies the user here does what it was asked.
-    (sent,) = _requests_in(lab.log_since(offset), "MakeCredential")
-    assert sent.endswith('7: {"uv": true}}'), sent
-    assert user_verified(result)
+def test_user_verification_discouraged_registration(discouraged: Discouraged) -> None:
+    # residentKey "discouraged" too: with "required" Chromium asks for UV anyway. Even so it asks
+    # a hybrid phone for UV in makeCredential although the page discouraged it, so a phone that
+    # verifies the user here does what it was asked.
+    assert discouraged.sent.endswith('7: {"uv": true}}'), discouraged.sent
+    assert user_verified(discouraged.result)
 
 
 @pytest.mark.xfail(strict=True, reason="needs issue 9: user verification only when asked")
