@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from hybrid.errors import HybridError
 
-COMMAND_MODULES = ("qr", "ble", "domain", "demo", "desktop", "phone")
+COMMAND_MODULES = ("qr", "ble", "domain", "demo", "desktop", "phone", "portal")
 
 
 def build_parser() -> argparse.ArgumentParser:

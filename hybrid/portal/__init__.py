@@ -1,0 +1,19 @@
+"""The sign-in portal: the support article's product on top of the hybrid transport.
+
+``hybrid portal`` serves server-rendered pages (Starlette on hypercorn's trio worker, Jinja2
+templates, one small script for live status) for a relying party with the article's passkey
+policies. The portal process is also the desktop: when a page shows a hybrid QR code it scans for
+the phone and runs the tunnel itself (``hybrid.portal.phone_flow`` is its only door to
+``hybrid.desktop``).
+
+Modules: ``store`` (SQLite/PostgreSQL data access, versioned schema), ``security`` (clock,
+argon2, TOTP, attempt limits), ``sessions``, ``accounts``, ``relying_party`` (python-fido2's
+server over the store), ``phone_flow``, ``flows`` (background ceremonies), ``app`` (the pages),
+``server`` (hypercorn), ``config``.
+"""
+
+from hybrid.portal.config import PortalConfig
+from hybrid.portal.security import ManualClock
+from hybrid.portal.server import RunningPortal, serve_portal
+
+__all__ = ["ManualClock", "PortalConfig", "RunningPortal", "serve_portal"]

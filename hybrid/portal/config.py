@@ -1,0 +1,40 @@
+"""What a portal process is configured with (the ``hybrid portal`` options, as one object)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hybrid.portal.phone_flow import PhoneSettings
+from hybrid.portal.security import Clock
+from hybrid.portal.sessions import DEFAULT_IDLE_TIMEOUT
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8000
+DB_FILENAME = "portal.sqlite3"
+PRODUCT_NAME = "Hybrid Portal"
+
+
+@dataclass
+class PortalConfig:
+    """Everything ``serve_portal`` needs; tests build one directly with a ``ManualClock``."""
+
+    db_url: str
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    phone: PhoneSettings = field(default_factory=PhoneSettings)
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT
+    public_host: str = "localhost"  # WebAuthn needs a domain, not an IP: pages use this name
+    rp_id: str | None = None  # default: public_host
+    name: str = PRODUCT_NAME
+    clock: Clock = time.time
+    tls: bool = False  # set when a TLS proxy fronts the portal: cookies get Secure
+
+    @property
+    def effective_rp_id(self) -> str:
+        return self.rp_id or self.public_host
+
+
+def default_db_url(data_dir: Path) -> str:
+    return f"sqlite:///{data_dir / DB_FILENAME}"
