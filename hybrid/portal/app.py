@@ -552,7 +552,7 @@ class Portal:
         last = flow.events[-1] if flow.events else None
         return self.render(
             request, session, "flow.html", flow=flow, qr=qr_data_uri(flow.url),
-            status=str(last.status if last else PhoneStatus.SCAN),
+            status_text=str(last.status if last else PhoneStatus.SCAN),
             signin=flow.operation is Operation.SIGN_IN,
             catalogue=self._browser_catalogue(flow.operation),
         )  # fmt: skip

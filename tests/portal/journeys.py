@@ -1,0 +1,152 @@
+"""Steps of the portal's journeys, driven only through visible names, as a person would.
+
+The browser steps find inputs by their labels ("Username", "Password", "Code") and buttons by
+their text ("Continue", "Log in with passkey", ...). The phone is the real ``hybrid phone``
+command, given the URL read by zxing-cpp from a screenshot of the page.
+"""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import time
+from pathlib import Path
+
+import zxingcpp
+from PIL import Image
+from portal_support import BIN, SCREENSHOTS, PortalUnderTest
+
+from hybrid.portal.accounts import create_account
+from hybrid.portal.security import TOTP_STEP, totp_code
+
+PASSWORD = "correct horse battery"
+
+# Records every text the status line shows, so a test can check the sequence even when the
+# phone answers faster than a person could read.
+STATUS_RECORDER = """
+window.__statuses = [];
+document.addEventListener("DOMContentLoaded", () => {
+  const line = document.getElementById("status");
+  if (!line) return;
+  window.__statuses.push(line.textContent);
+  new MutationObserver(() => window.__statuses.push(line.textContent))
+    .observe(line, {childList: true, characterData: true, subtree: true});
+});
+"""
+
+
+def add_user(portal: PortalUnderTest, name: str, role: str = "user") -> None:
+    create_account(portal.store, name, PASSWORD, role, portal.clock())
+
+
+def add_user_with_command(db_url: str, name: str, tmp: Path, role: str = "user") -> None:
+    """``hybrid portal user add`` exactly as an administrator types it."""
+    password_file = tmp / f"{name}.password"
+    password_file.write_text(PASSWORD + "\n")
+    argv = [str(BIN / "hybrid"), "portal", "user", "add", name, "--password-file",
+            str(password_file), "--db", db_url]  # fmt: skip
+    if role != "user":
+        argv += ["--role", role]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert f"added user {name}" in done.stdout
+
+
+def fresh_totp_step(portal: PortalUnderTest) -> None:
+    """Move the clock to the next 30 s step: codes are single-use, and tests sign in often."""
+    portal.clock.advance(TOTP_STEP)
+
+
+def sign_in_with_password(page, portal: PortalUnderTest, name: str, password: str = PASSWORD):
+    """Username → Continue → (passkey page: use the password) → Password → Code (or enrol)."""
+    page.goto(portal.url + "/signin")
+    page.get_by_label("Username").fill(name)
+    page.get_by_role("button", name="Continue").click()
+    page.wait_for_load_state()
+    if "/signin/passkey" in page.url:
+        page.get_by_role("link", name="Use your password instead").click()
+    page.get_by_label("Password").fill(password)
+    page.get_by_role("button", name="Continue").click()
+    page.wait_for_url("**/signin/**")
+    fresh_totp_step(portal)
+    if "/signin/enrol" in page.url:
+        secret = page.locator("#totp-secret").inner_text().strip()
+    else:
+        user = portal.store.get_user(name)
+        assert user is not None and user.totp_secret
+        secret = user.totp_secret
+    page.get_by_label("Code").fill(totp_code(secret, portal.clock()))
+    page.get_by_role("button", name="Continue").click()
+    page.wait_for_url(lambda url: "/signin/" not in url)
+
+
+def read_qr(page, save_as: str | None = None) -> str:
+    """The FIDO:/ URL in the QR code on the page, read from a screenshot by zxing-cpp."""
+    page.locator("#qr").wait_for()
+    png = page.screenshot(full_page=True)
+    if save_as:
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        (SCREENSHOTS / save_as).write_bytes(png)
+    found = [r.text for r in zxingcpp.read_barcodes(Image.open(io.BytesIO(png)))]
+    urls = [text for text in found if text.upper().startswith("FIDO:/")]
+    assert len(urls) == 1, f"expected one FIDO:/ QR code on the page, found {found}"
+    return urls[0]
+
+
+def phone(
+    portal: PortalUnderTest, relay_url: str, url: str, data_dir: Path, *, approve: bool = True
+) -> subprocess.Popen:
+    """``hybrid phone [--approve] --relay R --ble-port N --data-dir D URL`` as a subprocess."""
+    argv = [str(BIN / "hybrid"), "phone", "--relay", relay_url, "--ble-port",
+            str(portal.ble_port), "--data-dir", str(data_dir), "--timeout", "30", url]  # fmt: skip
+    if approve:
+        argv.insert(2, "--approve")
+    return subprocess.Popen(
+        argv,
+        stdin=subprocess.DEVNULL if approve else subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def finish(process: subprocess.Popen, timeout: float = 30) -> tuple[int, str]:
+    try:
+        _, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        _, err = process.communicate()
+    return process.returncode, err
+
+
+def create_passkey_with_phone(page, portal, relay_url, phone_dir, *, save_as=None) -> str:
+    """From a page with "Create a passkey": scan, approve on the phone, land on Security."""
+    page.get_by_role("button", name="Create a passkey").click()
+    url = read_qr(page, save_as)
+    proc = phone(portal, relay_url, url, phone_dir)
+    page.wait_for_url("**/settings/security", timeout=40_000)
+    code, err = finish(proc)
+    assert code == 0, err
+    return url
+
+
+def log_in_with_phone(page, portal, relay_url, phone_dir, name, *, save_as=None) -> None:
+    page.goto(portal.url + "/signin")
+    page.get_by_label("Username").fill(name)
+    page.get_by_role("button", name="Continue").click()
+    page.get_by_role("button", name="Log in with passkey").click()
+    url = read_qr(page, save_as)
+    proc = phone(portal, relay_url, url, phone_dir)
+    page.wait_for_url("**/home", timeout=40_000)
+    code, err = finish(proc)
+    assert code == 0, err
+
+
+def wait_for_text(page, selector: str, text: str, timeout: float = 40.0) -> None:
+    deadline = time.monotonic() + timeout
+    locator = page.locator(selector)
+    while time.monotonic() < deadline:
+        if locator.count() and text in locator.first.inner_text():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{selector} never showed {text!r}; page says {page.inner_text('main')}")
