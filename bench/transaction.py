@@ -36,7 +36,7 @@ CTAP_OK = b"\x00"
 def authenticator_get_info() -> bytes:
     """The software authenticator's getInfo map, or an equivalent one if it cannot be built."""
     try:
-        from hybrid.authenticator import CredentialStore, SoftwareAuthenticator, auto_approver
+        from hybrid.phone import CredentialStore, SoftwareAuthenticator, auto_approver
 
         with tempfile.TemporaryDirectory() as data_dir:
             store = CredentialStore(Path(data_dir))

@@ -17,7 +17,8 @@ from fido2.webauthn import AuthenticatorData
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hybrid.authenticator import (
+from hybrid.catalogue import Operation
+from hybrid.phone import (
     AAGUID,
     Approval,
     ApprovalRequest,
@@ -28,8 +29,7 @@ from hybrid.authenticator import (
     declining_approver,
     terminal_approver,
 )
-from hybrid.authenticator.store import STORE_FILENAME
-from hybrid.catalogue import Operation
+from hybrid.phone.store import STORE_FILENAME
 
 RP_ID = "example.com"
 CDH = hashlib.sha256(b"client data").digest()

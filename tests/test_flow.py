@@ -13,17 +13,18 @@ import pytest
 import trio
 from fido2 import cbor
 
-from hybrid.authenticator import (
+from hybrid.ble.loopback import LoopbackMedium
+from hybrid.catalogue import Failure, Operation, PasskeyError
+from hybrid.desktop import Deadlines, DesktopSession, register, sign_in
+from hybrid.phone import (
     Approval,
     CredentialStore,
+    PhoneDeadlines,
+    PhoneSession,
     SoftwareAuthenticator,
     auto_approver,
     declining_approver,
 )
-from hybrid.ble.loopback import LoopbackMedium
-from hybrid.catalogue import Failure, Operation, PasskeyError
-from hybrid.desktop import Deadlines, DesktopSession, register, sign_in
-from hybrid.phone import PhoneDeadlines, PhoneSession
 from hybrid.qr.payload import QrPayload
 from hybrid.rp import RelyingParty
 

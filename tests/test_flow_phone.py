@@ -9,11 +9,16 @@ import trio
 from fido2 import cbor
 
 from hybrid import keys
-from hybrid.authenticator import CredentialStore, SoftwareAuthenticator, auto_approver
 from hybrid.ble.eid import Eid, decrypt_advert
 from hybrid.ble.memory import MemoryMedium
 from hybrid.catalogue import Failure, PasskeyError
-from hybrid.phone import PhoneDeadlines, PhoneSession
+from hybrid.phone import (
+    CredentialStore,
+    PhoneDeadlines,
+    PhoneSession,
+    SoftwareAuthenticator,
+    auto_approver,
+)
 from hybrid.qr.errors import QrError
 from hybrid.qr.payload import QrPayload
 from hybrid.tunnel.client import TunnelClosedError, open_tunnel

@@ -26,14 +26,14 @@ from fido2.webauthn import (
     UserVerificationRequirement,
 )
 
-from hybrid.authenticator import (
+from hybrid.catalogue import Failure, Operation, PasskeyError, failure_for_ctap_status
+from hybrid.phone import (
     Approval,
     CredentialStore,
     SoftwareAuthenticator,
     auto_approver,
     declining_approver,
 )
-from hybrid.catalogue import Failure, Operation, PasskeyError, failure_for_ctap_status
 from hybrid.rp import ACCOUNTS_FILENAME, RelyingParty
 
 RP_ID = "example.com"

@@ -16,16 +16,17 @@ import trio
 from fido2.client import ClientError
 from fido2.server import Fido2Server
 
-from hybrid.authenticator import (
+from hybrid.ble.loopback import LoopbackMedium
+from hybrid.catalogue import Failure, PasskeyError
+from hybrid.desktop import Deadlines
+from hybrid.phone import (
     CredentialStore,
+    PhoneDeadlines,
+    PhoneSession,
     SoftwareAuthenticator,
     auto_approver,
     declining_approver,
 )
-from hybrid.ble.loopback import LoopbackMedium
-from hybrid.catalogue import Failure, PasskeyError
-from hybrid.desktop import Deadlines
-from hybrid.phone import PhoneDeadlines, PhoneSession
 from hybrid.webauthn_client import HybridWebAuthnClient
 
 

@@ -29,7 +29,8 @@ from contextlib import asynccontextmanager
 import trio
 
 from hybrid.ble.eid import SERVICE_UUID16S
-from hybrid.ble.medium import Advertiser, NoAdapterError, Scanner, ServiceData, single_exceptions
+from hybrid.ble.medium import Advertiser, NoAdapterError, Scanner, ServiceData
+from hybrid.trio_util import single_exceptions
 
 DEFAULT_PORT = 47474
 PORT_ENV_VAR = "HYBRID_BLE_PORT"

@@ -18,8 +18,8 @@ from hybrid.ble.medium import (
     NoAdapterError,
     Scanner,
     ServiceData,
-    single_exceptions,
 )
+from hybrid.trio_util import single_exceptions
 
 
 class MemoryMedium:

@@ -87,13 +87,13 @@ def _advertiser(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from hybrid.authenticator import (
+    from hybrid.phone import (
         CredentialStore,
         SoftwareAuthenticator,
         auto_approver,
         terminal_approver,
     )
-    from hybrid.phone import PhoneDeadlines, PhoneSession
+    from hybrid.phone.session import PhoneDeadlines, PhoneSession
     from hybrid.qr.payload import QrPayload
 
     if (args.url is None) == (args.qr_image is None):

@@ -28,9 +28,9 @@ from fido2 import cbor
 from fido2.cose import ES256
 from fido2.webauthn import AttestedCredentialData, AuthenticatorData
 
-from hybrid.authenticator.approval import Approval, ApprovalRequest, Approver
-from hybrid.authenticator.store import CredentialStore, StoredCredential
 from hybrid.catalogue import Operation
+from hybrid.phone.approval import Approval, ApprovalRequest, Approver
+from hybrid.phone.store import CredentialStore, StoredCredential
 
 logger = logging.getLogger(__name__)
 

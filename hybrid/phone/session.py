@@ -27,11 +27,12 @@ import trio
 
 from hybrid import keys
 from hybrid.ble.eid import FIDO_SERVICE_UUID16, Eid, encrypt_advert
-from hybrid.ble.medium import Advertiser, single_exceptions
+from hybrid.ble.medium import Advertiser
 from hybrid.catalogue import Failure, Operation, PasskeyError
 from hybrid.errors import HybridError
 from hybrid.qr.payload import QrPayload
 from hybrid.session_errors import catalogue_errors
+from hybrid.trio_util import single_exceptions
 from hybrid.tunnel.client import (
     Tunnel,
     TunnelClosedError,
