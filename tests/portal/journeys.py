@@ -150,3 +150,50 @@ def wait_for_text(page, selector: str, text: str, timeout: float = 40.0) -> None
             return
         time.sleep(0.1)
     raise AssertionError(f"{selector} never showed {text!r}; page says {page.inner_text('main')}")
+
+
+class VirtualAuthenticator:
+    """Chromium's virtual authenticator (DevTools ``WebAuthn`` domain) for "this device"."""
+
+    def __init__(self, page, *, user_verified: bool = True, transport: str = "internal") -> None:
+        self.cdp = page.context.new_cdp_session(page)
+        self.cdp.send("WebAuthn.enable", {"enableUI": False})
+        self.transport = transport
+        self.user_verified = user_verified
+        self.id: str | None = None
+        self.replace()
+
+    def replace(self) -> None:
+        """A new, empty authenticator (an exclude list would refuse the old one)."""
+        if self.id is not None:
+            self.cdp.send("WebAuthn.removeVirtualAuthenticator", {"authenticatorId": self.id})
+        options = {
+            "protocol": "ctap2",
+            "transport": self.transport,
+            "hasResidentKey": True,
+            "hasUserVerification": True,
+            "isUserVerified": self.user_verified,
+            "automaticPresenceSimulation": True,
+        }
+        self.id = self.cdp.send("WebAuthn.addVirtualAuthenticator", {"options": options})[
+            "authenticatorId"
+        ]
+
+    def credentials(self) -> list[dict]:
+        return self.cdp.send("WebAuthn.getCredentials", {"authenticatorId": self.id})["credentials"]
+
+
+def create_passkey_on_this_device(page) -> None:
+    """ "Create a passkey" → "Use this device instead" → the browser's own create()."""
+    page.get_by_role("button", name="Create a passkey").click()
+    page.get_by_role("button", name="Use this device instead").click()
+    page.wait_for_url("**/settings/security")
+
+
+def problem(page) -> tuple[str, str]:
+    """The error shown on the page: (title, message)."""
+    alert = page.locator("[role=alert]:visible").first
+    alert.wait_for(timeout=40_000)
+    return alert.locator("h1, h2").first.inner_text().strip(), alert.locator(
+        "p"
+    ).first.inner_text().strip()
