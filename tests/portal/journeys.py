@@ -197,3 +197,83 @@ def problem(page) -> tuple[str, str]:
     return alert.locator("h1, h2").first.inner_text().strip(), alert.locator(
         "p"
     ).first.inner_text().strip()
+
+
+class TamperingAuthenticator:
+    """The phone's real authenticator, with its answers changed on the way out (``mutate``)."""
+
+    def __init__(self, inner, mutate) -> None:
+        self.inner = inner
+        self.mutate = mutate
+
+    def get_info(self) -> bytes:
+        return self.inner.get_info()
+
+    async def handle(self, request: bytes) -> bytes:
+        return self.mutate(await self.inner.handle(request))
+
+
+def phone_in_thread(portal, relay_url, url, data_dir, *, approver=None, mutate=None):
+    """A real ``PhoneSession`` in a thread, for phones the command line cannot play: one that
+    cannot verify its user, or one whose answers are tampered with. Returns (thread, outcome)."""
+    import threading
+
+    import trio
+
+    from hybrid.ble.loopback import LoopbackAdvertiser
+    from hybrid.phone import (
+        CredentialStore,
+        PhoneDeadlines,
+        PhoneSession,
+        SoftwareAuthenticator,
+        auto_approver,
+    )
+
+    outcome: dict = {}
+
+    def main() -> None:
+        store = CredentialStore(data_dir)
+        try:
+            authenticator = SoftwareAuthenticator(store, approver or auto_approver())
+            if mutate is not None:
+                authenticator = TamperingAuthenticator(authenticator, mutate)
+            session = PhoneSession(
+                url, authenticator, LoopbackAdvertiser(portal.ble_port), relay_url=relay_url,
+                deadlines=PhoneDeadlines(desktop=30, user=30),
+            )  # fmt: skip
+            outcome["result"] = trio.run(session.run)
+        except BaseException as exc:
+            outcome["error"] = exc
+        finally:
+            store.close()
+
+    thread = threading.Thread(target=main, daemon=True)
+    thread.start()
+    return thread, outcome
+
+
+def seed_passkey(portal, name: str) -> None:
+    """A stored passkey whose private key no phone holds (for failures before any phone)."""
+    import os
+
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from fido2.cose import ES256
+    from fido2.webauthn import Aaguid, AttestedCredentialData
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    credential_id = os.urandom(32)
+    data = AttestedCredentialData.create(
+        Aaguid(bytes(16)), credential_id, ES256.from_cryptography_key(key.public_key())
+    )
+    user = portal.store.get_user(name)
+    portal.store.add_passkey(
+        user.id, credential_id=credential_id, credential_data=bytes(data), sign_count=0,
+        kind="Phone via QR", name=None, now=portal.clock(), limit=5, actor="test", subject=name,
+    )  # fmt: skip
+
+
+def start_passkey_login(page, portal, name: str) -> None:
+    page.goto(portal.url + "/signin")
+    page.get_by_label("Username").fill(name)
+    page.get_by_role("button", name="Continue").click()
+    page.get_by_role("button", name="Log in with passkey").click()
