@@ -8,7 +8,9 @@ from journeys import (
     VirtualAuthenticator,
     add_user,
     create_passkey_on_this_device,
+    sign_in_over_http,
     sign_in_with_password,
+    sign_out_over_http,
 )
 
 
@@ -87,9 +89,12 @@ def test_later_is_asked_again_after_ten_more_sign_ins(make_portal, page):
     add_user(portal, "kim")
     sign_in_with_password(page, portal, "kim")
     page.get_by_role("button", name="I'll do this later").click()
-    for n in range(1, 11):
-        page.get_by_role("button", name="Sign out").click()
-        sign_in_with_password(page, portal, "kim")
-        if n < 10:
-            assert page.url.endswith("/home"), f"prompted again after {n} sign-ins"
+    # Sign-ins 1 to 9 after "later" post the same forms without rendering them (faster).
+    for n in range(1, 10):
+        sign_out_over_http(page.request, portal)
+        assert sign_in_over_http(page.request, portal, "kim") == "/home", f"prompted after {n}"
+    page.goto(portal.url + "/home")
+    page.get_by_role("button", name="Sign out").click()
+    sign_in_with_password(page, portal, "kim")
     assert page.url.endswith("/setup"), "not prompted after ten more sign-ins"
+    assert page.get_by_role("button", name="I'll do this later").is_visible()
