@@ -38,9 +38,13 @@ def _add_db_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    from hybrid.portal.config import DEFAULT_HOST, DEFAULT_PORT
+# Kept here rather than imported: every `hybrid` command builds this parser, and the portal's
+# modules (web framework, database drivers) must not slow their start-up.
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8000
 
+
+def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "portal",
         help="serve the sign-in portal: passwords, 2FA and passkeys on a phone over hybrid",

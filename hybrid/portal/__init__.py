@@ -12,8 +12,28 @@ server over the store), ``phone_flow``, ``flows`` (background ceremonies), ``app
 ``server`` (hypercorn), ``config``.
 """
 
-from hybrid.portal.config import PortalConfig
-from hybrid.portal.security import ManualClock
-from hybrid.portal.server import RunningPortal, serve_portal
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from hybrid.portal.config import PortalConfig
+    from hybrid.portal.security import ManualClock
+    from hybrid.portal.server import RunningPortal, serve_portal
+
+_EXPORTS = {
+    "PortalConfig": "hybrid.portal.config",
+    "ManualClock": "hybrid.portal.security",
+    "RunningPortal": "hybrid.portal.server",
+    "serve_portal": "hybrid.portal.server",
+}
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy, so importing one small module of the package does not load the web stack.
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'hybrid.portal' has no attribute {name!r}")
+
 
 __all__ = ["ManualClock", "PortalConfig", "RunningPortal", "serve_portal"]

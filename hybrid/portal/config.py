@@ -6,12 +6,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hybrid.cli.portal import DEFAULT_HOST, DEFAULT_PORT
 from hybrid.portal.phone_flow import PhoneSettings
 from hybrid.portal.security import Clock
 from hybrid.portal.sessions import DEFAULT_IDLE_TIMEOUT
 
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 8000
 DB_FILENAME = "portal.sqlite3"
 PRODUCT_NAME = "Hybrid Portal"
 

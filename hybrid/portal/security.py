@@ -46,7 +46,9 @@ class ManualClock:
         self.offset += seconds
 
 
-_hasher = PasswordHasher()
+# OWASP's argon2id minimum (19 MiB, 2 passes, 1 lane): every sign-in attempt pays it, so a
+# heavier setting would mostly help attackers exhaust the server. Old hashes keep their own cost.
+_hasher = PasswordHasher(time_cost=2, memory_cost=19 * 1024, parallelism=1)
 # Verified against when the account does not exist: same cost, always fails.
 _DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
 
