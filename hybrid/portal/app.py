@@ -35,7 +35,7 @@ from typing import Any
 import jinja2
 import qrcode
 import trio
-from fido2.webauthn import AuthenticatorAttachment
+from fido2.webauthn import AuthenticatorAttachment, PublicKeyCredentialCreationOptions
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import (
@@ -255,7 +255,7 @@ class Portal:
         request.state.rotated = True
         return session
 
-    def _build_app(self) -> Starlette:
+    def _build_app(self) -> _SecurityHeaders:
         p = self.page
         routes = [
             Route("/", p(self.index, fresh_ok=True)),
@@ -514,17 +514,17 @@ class Portal:
 
         async def run(flow: Flow) -> None:
             options = ceremony.options.public_key
-            if op is Operation.REGISTER:
-                response = await phone.make_credential(options, flow.status)  # type: ignore[arg-type]
+            if isinstance(options, PublicKeyCredentialCreationOptions):
+                registration = await phone.make_credential(options, flow.status)
                 flow.status(PhoneStatus.CHECKING)
                 passkey = await self.db(
-                    self.rp.complete_registration, ceremony, response, kind=PasskeyKind.PHONE,
-                    actor=actor, subject=user.name,
+                    self.rp.complete_registration, ceremony, registration,
+                    kind=PasskeyKind.PHONE, actor=actor, subject=user.name,
                 )  # fmt: skip
             else:
-                response = await phone.get_assertion(options, flow.status)  # type: ignore[arg-type]
+                assertion = await phone.get_assertion(options, flow.status)
                 flow.status(PhoneStatus.CHECKING)
-                passkey = await self.db(self.rp.complete_authentication, ceremony, response)
+                passkey = await self.db(self.rp.complete_authentication, ceremony, assertion)
             flow.succeed(passkey, f"/flows/{flow.id}/finish")
 
         flow = self.flows.start(session.id, op, phone.url, run)

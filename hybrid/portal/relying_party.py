@@ -87,7 +87,8 @@ class PortalRelyingParty:
             PublicKeyCredentialRpEntity(name=name, id=rp_id),
             verify_origin=lambda candidate: candidate == origin,
         )
-        self.server.timeout = TIMEOUT_MS
+        # python-fido2 declares the attribute as None; it accepts milliseconds.
+        self.server.timeout = TIMEOUT_MS  # type: ignore[assignment]
 
     # ---- registration -----------------------------------------------------------------------
 
