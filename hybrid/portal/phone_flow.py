@@ -9,17 +9,20 @@ to the desktop's API (typed progress events, new error causes) touch nothing els
   down: "Passkey Unavailable"; BLE medium unusable: "No compatible device found");
   ``await make_credential(...)`` / ``await get_assertion(...)`` run the transaction and return
   python-fido2's responses, or raise ``hybrid.catalogue.PasskeyError``;
-* ``PhoneStatus`` — what the page says while it runs, in the article's words. The desktop reports
-  named steps today; ``status_for_step`` is the one place that turns them into statuses.
+* ``PhoneStatus`` — what the page says while it runs, in the article's words. With the typed
+  progress events of ``hybrid.events`` (issue 9) ``status_for_event`` turns them into statuses;
+  a desktop without them reports named steps, which ``status_for_step`` maps the same way.
 """
 
 from __future__ import annotations
 
 import errno
+import importlib
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
+from types import ModuleType
 from urllib.parse import urlparse
 
 import trio
@@ -35,6 +38,12 @@ from hybrid.ble.medium import Scanner
 from hybrid.catalogue import Failure, Operation, PasskeyError
 from hybrid.desktop import Deadlines, DesktopSession, client_data_for
 
+_events: ModuleType | None
+try:  # the typed progress events (issue 9); older desktops only report step names
+    _events = importlib.import_module("hybrid.events")
+except ImportError:  # pragma: no cover - depends on the desktop's version
+    _events = None
+
 RELAY_CHECK_TIMEOUT = 3.0
 
 
@@ -42,6 +51,7 @@ class PhoneStatus(StrEnum):
     """The live status line under the QR code."""
 
     SCAN = "Scan this code with your phone"
+    OTHER_QR = "A phone is nearby, but it scanned another code"
     FOUND = "Phone found"
     APPROVE = "Approve on your phone"
     CHECKING = "Checking your passkey"
@@ -60,6 +70,20 @@ _STEP_STATUS = {
 def status_for_step(step: str) -> PhoneStatus | None:
     """The status a desktop progress step leads to, or ``None`` if it changes nothing visible."""
     return _STEP_STATUS.get(step)
+
+
+def status_for_event(event: object) -> PhoneStatus | None:
+    """The status a typed desktop event (``hybrid.events``) leads to, or ``None``."""
+    if _events is None:
+        return None
+    table = {
+        "QrShown": PhoneStatus.SCAN,
+        "AdvertForAnotherQrSeen": PhoneStatus.OTHER_QR,
+        "PhoneFound": PhoneStatus.FOUND,
+        "WaitingForUser": PhoneStatus.APPROVE,
+        "ResponseReceived": PhoneStatus.CHECKING,
+    }
+    return table.get(type(event).__name__)
 
 
 @dataclass(frozen=True)
@@ -95,17 +119,25 @@ class PhoneCeremony:
         self.operation = Operation(operation)
         self.origin = origin
         self._on_status: StatusCallback | None = None
+        reporting: dict[str, object] = (
+            {"on_event": self._event} if _events is not None else {"progress": self._progress}
+        )
         self._session = DesktopSession(
             self.operation,
             settings.scanner(),
             relay_url=settings.relay_url,
             deadlines=settings.deadlines(),
-            progress=self._progress,
+            **reporting,  # type: ignore[arg-type]
         )
         self.url = self._session.url
 
     def _progress(self, step: str, seconds: float) -> None:
-        status = status_for_step(step)
+        self._report(status_for_step(step))
+
+    def _event(self, event: object) -> None:
+        self._report(status_for_event(event))
+
+    def _report(self, status: PhoneStatus | None) -> None:
         if status is not None and self._on_status is not None:
             self._on_status(status)
 
