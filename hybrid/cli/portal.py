@@ -94,6 +94,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="host name the pages are served under and the WebAuthn RP ID (default localhost; "
         "WebAuthn does not accept IP addresses)",
     )
+    parser.add_argument("--tls-cert", metavar="F", help="PEM certificate (chain): serve HTTPS")
+    parser.add_argument("--tls-key", metavar="F", help="PEM private key for --tls-cert")
+    parser.add_argument(
+        "--behind-tls-proxy",
+        action="store_true",
+        help="a TLS-terminating proxy serves the pages: https origin and Secure cookies",
+    )
     parser.add_argument(
         "--demo",
         action="store_true",
@@ -184,6 +191,13 @@ def run(args: argparse.Namespace) -> int:
     if args.ble_port is not None and not 1 <= args.ble_port <= 65535:
         print("hybrid portal: --ble-port must be 1..65535", file=sys.stderr)
         return 2
+    if (args.tls_cert is None) != (args.tls_key is None):
+        print("hybrid portal: --tls-cert and --tls-key go together", file=sys.stderr)
+        return 2
+    for path in (args.tls_cert, args.tls_key):
+        if path is not None and not Path(path).is_file():
+            print(f"hybrid portal: {path}: no such file", file=sys.stderr)
+            return 2
     from hybrid.portal.config import PortalConfig
 
     config = PortalConfig(
@@ -195,6 +209,9 @@ def run(args: argparse.Namespace) -> int:
         ),
         idle_timeout=args.session_timeout * 60,
         public_host=args.public_host,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        behind_tls_proxy=args.behind_tls_proxy,
     )
     trio.run(_serve, config, args.demo)
     return 0

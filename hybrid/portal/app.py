@@ -106,6 +106,14 @@ class Forbidden(Exception):
     """Signed in, but this role may not do that."""
 
 
+class Redirect(Exception):
+    """Answer with a redirect to ``target`` (a signed-in user on a sign-in step, say)."""
+
+    def __init__(self, target: str) -> None:
+        super().__init__(target)
+        self.target = target
+
+
 Handler = Callable[[Request, Session], Awaitable[Response]]
 
 
@@ -242,6 +250,13 @@ class Portal:
                 return self._expired_page(request, str(exc))
             except Forbidden as exc:
                 return self.render(request, session, "forbidden.html", 403, why=str(exc))
+            except Redirect as exc:
+                response = RedirectResponse(exc.target, 303)
+            except Exception:
+                # The article's catch-all for unknown edge cases is "Session Expired".
+                logger.exception("%s %s failed", request.method, request.url.path)
+                self.sessions.drop(session)
+                return self._expired_page(request, "internal error")
             current = getattr(request.state, "session", session)
             if created or request.state.rotated or current is not session:
                 self._set_cookie(response, current)
@@ -315,6 +330,8 @@ class Portal:
         return self.render(request, session, "signin.html", notice=notice)
 
     async def signin_submit(self, request: Request, session: Session) -> Response:
+        if session.stage is Stage.SIGNED_IN:
+            return RedirectResponse("/home", 303)
         form = await request.form()
         name = str(form.get("username", "")).strip()
         if not name:
@@ -331,6 +348,8 @@ class Portal:
         return RedirectResponse("/signin/password", 303)
 
     def _need_stage(self, session: Session, *stages: Stage) -> None:
+        if session.stage is Stage.SIGNED_IN and Stage.SIGNED_IN not in stages:
+            raise Redirect("/home")
         if session.stage not in stages or session.username is None:
             raise Expired("this step of the sign-in flow is not the current one")
 

@@ -28,7 +28,13 @@ class PortalConfig:
     rp_id: str | None = None  # default: public_host
     name: str = PRODUCT_NAME
     clock: Clock = time.time
-    tls: bool = False  # set when a TLS proxy fronts the portal: cookies get Secure
+    tls_cert: str | None = None  # PEM certificate chain: serve HTTPS (cookies get Secure)
+    tls_key: str | None = None
+    behind_tls_proxy: bool = False  # a TLS proxy in front: https origin, Secure cookies
+
+    @property
+    def tls(self) -> bool:
+        return self.behind_tls_proxy or self.tls_cert is not None
 
     @property
     def effective_rp_id(self) -> str:

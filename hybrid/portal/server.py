@@ -52,10 +52,22 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _check_tls_files(cert: str, key: str | None) -> None:
+    """Load the certificate and key once, so a bad file is one clear error, not a traceback."""
+    import ssl
+
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise PortalStartError(f"cannot use the TLS certificate {cert}: {exc}") from None
+
+
 async def serve_portal(
     config: PortalConfig, *, task_status: trio.TaskStatus[RunningPortal] = trio.TASK_STATUS_IGNORED
 ) -> None:
     """Serve the portal until cancelled; ``task_status`` gets the ``RunningPortal``."""
+    if config.tls_cert is not None:
+        _check_tls_files(config.tls_cert, config.tls_key)
     store = await trio.to_thread.run_sync(open_store, config.db_url)
     sock = None
     try:
@@ -68,6 +80,8 @@ async def serve_portal(
         # hypercorn adopts the descriptor (and closes it): hand it over.
         hconfig.bind = [f"fd://{sock.detach()}"]
         sock = None
+        if config.tls_cert is not None:
+            hconfig.certfile, hconfig.keyfile = config.tls_cert, config.tls_key
         hconfig.accesslog = None
         hconfig.errorlog = logger
         hconfig.graceful_timeout = 1.0

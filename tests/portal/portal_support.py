@@ -246,7 +246,7 @@ def make_portal(relay_url: str, tmp_path: Path) -> Iterator[Callable[..., Portal
 
     def make(
         db_url: str | None = None, *, relay: str | None = None, timeout: float = 30.0,
-        idle_timeout: float = 600.0,
+        idle_timeout: float = 600.0, **overrides: object,
     ) -> PortalUnderTest:  # fmt: skip
         clock = ManualClock()
         config = PortalConfig(
@@ -257,6 +257,7 @@ def make_portal(relay_url: str, tmp_path: Path) -> Iterator[Callable[..., Portal
             ),
             idle_timeout=idle_timeout,
             clock=clock,
+            **overrides,  # type: ignore[arg-type]
         )
         portal = PortalUnderTest(config, clock).start()
         started.append(portal)

@@ -186,3 +186,38 @@ def test_demo_command_prints_the_url_and_how_to_approve(tmp_path):
     finally:
         process.terminate()
         process.wait(10)
+
+
+def test_under_tls_the_cookie_is_secure(make_portal, tmp_path):
+    import datetime
+    import ssl
+    import urllib.request
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .sign(key, hashes.SHA256())
+    )  # fmt: skip
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ))  # fmt: skip
+    portal = make_portal(tls_cert=str(cert_file), tls_key=str(key_file))
+    assert portal.url.startswith("https://localhost:")
+    context = ssl.create_default_context(cafile=str(cert_file))
+    with urllib.request.urlopen(portal.url + "/signin", context=context, timeout=10) as page:
+        cookie = page.headers["set-cookie"]
+    assert "Secure" in cookie and "HttpOnly" in cookie
