@@ -22,15 +22,20 @@ import trio
 from hybrid.cli.desktop import DEFAULT_TIMEOUT, add_ble_port, default_data_dir
 
 
-def _add_db_options(parser: argparse.ArgumentParser) -> None:
+def _add_db_options(parser: argparse.ArgumentParser, *, inherit: bool = False) -> None:
+    # On `user add`, SUPPRESS keeps a --db given before the sub-command (argparse would otherwise
+    # overwrite it with the sub-parser's default).
+    extra: dict[str, object] = {"default": argparse.SUPPRESS} if inherit else {}
     parser.add_argument(
         "--db",
+        **extra,  # type: ignore[arg-type]
         metavar="URL",
         help="database: sqlite:///PATH or postgresql://USER@HOST:PORT/DB "
         "(default: SQLite file portal.sqlite3 in --data-dir)",
     )
     parser.add_argument(
         "--data-dir",
+        **extra,  # type: ignore[arg-type]
         type=Path,
         metavar="DIR",
         help="where the default SQLite database lives (default: $HYBRID_DATA_DIR/portal or "
@@ -132,7 +137,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="user (default), support (sees the admin pages, cannot remove passkeys), admin, "
         "superuser",
     )
-    _add_db_options(add)
+    _add_db_options(add, inherit=True)
     add.set_defaults(func=run_user_add)
 
 
