@@ -218,6 +218,11 @@ def run(args: argparse.Namespace) -> int:
         tls_key=args.tls_key,
         behind_tls_proxy=args.behind_tls_proxy,
     )
+    import logging
+
+    # Operators see each failed ceremony (catalogue title and technical detail) on stderr.
+    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(levelname)s: %(message)s")
+    logging.getLogger("hybrid.portal").setLevel(logging.INFO)
     trio.run(_serve, config, args.demo)
     return 0
 
