@@ -14,8 +14,8 @@ from journeys import (
 )
 
 
-def test_admin_removes_a_users_passkeys_and_others_cannot(make_portal, browser, page):
-    portal = make_portal()
+def test_admin_removes_a_users_passkeys_and_others_cannot(make_portal, db_url, browser, page):
+    portal = make_portal(db_url)
     for name, role in (("ivy", "user"), ("root", "superuser"), ("sam", "support")):
         add_user(portal, name, role)
     VirtualAuthenticator(page)

@@ -19,8 +19,8 @@ def expected(failure: Failure, op: Operation = Operation.REGISTER) -> tuple[str,
     return entry.title, entry.message
 
 
-def test_this_device_passkey_signs_in_and_the_sixth_is_refused(make_portal, page):
-    portal = make_portal()
+def test_this_device_passkey_signs_in_and_the_sixth_is_refused(make_portal, db_url, page):
+    portal = make_portal(db_url)
     add_user(portal, "dana")
     authenticator = VirtualAuthenticator(page)
     sign_in_with_password(page, portal, "dana")

@@ -94,9 +94,30 @@ def test_sign_in_errors_from_the_phone(make_portal, relay_url, page, tmp_path):
     assert "/home" not in page.url
 
 
-def test_registration_errors_from_the_phone(make_portal, relay_url, page, tmp_path):
-    db_file = tmp_path / "errors.sqlite3"
-    portal = make_portal(f"sqlite:///{db_file}")
+def break_passkey_inserts(db_url: str) -> None:
+    """Make the database refuse every new passkey, as a full disk would."""
+    if db_url.startswith("sqlite:"):
+        with sqlite3.connect(db_url.removeprefix("sqlite:///")) as conn:
+            conn.execute(
+                "CREATE TRIGGER disk_full BEFORE INSERT ON passkeys "
+                "BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END"
+            )
+        return
+    import psycopg
+
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute(
+            "CREATE FUNCTION disk_full() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN RAISE EXCEPTION 'could not extend file: No space left on device'; END $$"
+        )
+        conn.execute(
+            "CREATE TRIGGER disk_full BEFORE INSERT ON passkeys "
+            "FOR EACH ROW EXECUTE FUNCTION disk_full()"
+        )
+
+
+def test_registration_errors_from_the_phone(make_portal, db_url, relay_url, page, tmp_path):
+    portal = make_portal(db_url)
     add_user(portal, "max")
     phone_dir = tmp_path / "phone"
     sign_in_with_password(page, portal, "max")
@@ -119,11 +140,7 @@ def test_registration_errors_from_the_phone(make_portal, relay_url, page, tmp_pa
     finish(proc)
 
     # The database refuses the insert while the passkey is saved.
-    with sqlite3.connect(db_file) as conn:
-        conn.execute(
-            "CREATE TRIGGER disk_full BEFORE INSERT ON passkeys "
-            "BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END"
-        )
+    break_passkey_inserts(db_url)
     proc = phone(portal, relay_url, try_again(page), tmp_path / "second-phone")
     assert problem(page) == expected(Failure.REGISTRATION_FAILED, REGISTER)
     finish(proc)
