@@ -18,6 +18,7 @@ import glob
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -127,23 +128,24 @@ def postgres() -> Iterator[Postgres]:
     root = Path(tempfile.mkdtemp(prefix="portal-pg-"))
     data, sockets = root / "data", root / "sock"
     sockets.mkdir()
-    as_user: list[str] = []
+    as_user: dict[str, object] = {}
     if os.geteuid() == 0:
-        # initdb and postgres refuse to run as root.
+        # initdb and postgres refuse to run as root. Dropping privileges in the child itself (no
+        # runuser in between) lets our signals reach postgres.
         shutil.chown(root, "postgres")
         shutil.chown(sockets, "postgres")
-        as_user = ["runuser", "-u", "postgres", "--"]
+        as_user = {"user": "postgres", "group": "postgres", "extra_groups": [], "cwd": root}
     subprocess.run(
-        [*as_user, str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
+        [str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
          "-E", "UTF8", "--no-sync"],
-        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **as_user,
     )  # fmt: skip
     port = free_tcp_port()
     process = subprocess.Popen(
-        [*as_user, str(bindir / "postgres"), "-D", str(data), "-p", str(port),
+        [str(bindir / "postgres"), "-D", str(data), "-p", str(port),
          "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={sockets}",
          "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"],
-        stdout=subprocess.DEVNULL, stderr=(root / "postgres.log").open("wb"),
+        stdout=subprocess.DEVNULL, stderr=(root / "postgres.log").open("wb"), **as_user,
     )  # fmt: skip
     try:
         import psycopg
@@ -161,7 +163,8 @@ def postgres() -> Iterator[Postgres]:
                 time.sleep(0.1)
         yield Postgres(port)
     finally:
-        process.terminate()
+        # SIGINT is PostgreSQL's "fast" shutdown: it does not wait for clients to disconnect.
+        process.send_signal(signal.SIGINT)
         try:
             process.wait(10)
         except subprocess.TimeoutExpired:

@@ -27,6 +27,8 @@
     });
     let data = {};
     try { data = await response.json(); } catch (e) { data = {}; }
+    // An expired or modified session answers with the "Session Expired" page, not JSON.
+    if (!response.ok && !data.error) data = { error: catalogue.SESSION_EXPIRED };
     return data;
   }
 
