@@ -16,8 +16,13 @@ import argparse
 import secrets
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import trio
+
+if TYPE_CHECKING:
+    from hybrid.portal.app import Portal
+    from hybrid.portal.config import PortalConfig
 
 from hybrid.cli.desktop import DEFAULT_TIMEOUT, add_ble_port, default_data_dir
 
@@ -227,7 +232,15 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _serve(config, demo: bool) -> None:
+async def _serve(config: PortalConfig, demo: bool) -> None:
+    from hybrid.trio_util import single_exceptions
+
+    # A start-up failure (port taken, database down) leaves as its own one-line error.
+    with single_exceptions():
+        await _serve_in_nursery(config, demo)
+
+
+async def _serve_in_nursery(config: PortalConfig, demo: bool) -> None:
     from dataclasses import replace
 
     from hybrid.ble.loopback import resolve_port
@@ -262,7 +275,7 @@ async def _serve(config, demo: bool) -> None:
             )
 
 
-def _demo_account(portal) -> tuple[str, str] | None:
+def _demo_account(portal: Portal) -> tuple[str, str] | None:
     import time
 
     from hybrid.portal.accounts import create_account

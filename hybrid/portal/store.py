@@ -558,7 +558,9 @@ def _open_postgres(url: str) -> Store:
     try:
         conn = psycopg.connect(url, connect_timeout=10)
     except psycopg.Error as exc:
-        safe = urlparse(url)._replace(netloc=urlparse(url).hostname or "").geturl()
+        parts = urlparse(url)  # shown without user name or password
+        where = f"{parts.hostname or ''}" + (f":{parts.port}" if parts.port else "")
+        safe = parts._replace(netloc=where).geturl()
         raise StorageError(f"cannot connect to PostgreSQL at {safe}: {exc}") from None
     store = Store(conn, _postgres_dialect(), "postgresql")
     store.migrate()

@@ -221,3 +221,26 @@ def test_under_tls_the_cookie_is_secure(make_portal, tmp_path):
     with urllib.request.urlopen(portal.url + "/signin", context=context, timeout=10) as page:
         cookie = page.headers["set-cookie"]
     assert "Secure" in cookie and "HttpOnly" in cookie
+
+
+def test_start_up_failures_are_one_line_errors(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        busy = subprocess.run(
+            [str(BIN / "hybrid"), "portal", "--port", str(port), "--data-dir", str(tmp_path)],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert busy.returncode == 1 and "Traceback" not in busy.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in busy.stderr
+    down = subprocess.run(
+        [str(BIN / "hybrid"), "portal", "--port", "0", "--db",
+         "postgresql://someone:s3cret@127.0.0.1:1/portal"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert down.returncode == 1 and "Traceback" not in down.stderr
+    assert "cannot connect to PostgreSQL at postgresql://127.0.0.1:1/portal" in down.stderr
+    assert "s3cret" not in down.stderr
