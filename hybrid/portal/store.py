@@ -394,7 +394,16 @@ class Store:
                 cur, "SELECT 1 FROM passkeys WHERE credential_id = ?", (credential_id,)
             ).fetchone():
                 raise DuplicateCredentialError("this credential id is already registered")
-            label = name or f"Passkey {count + 1}"
+            taken = {
+                r[0]
+                for r in self._run(
+                    cur, "SELECT name FROM passkeys WHERE user_id = ?", (user_id,)
+                ).fetchall()
+            }
+            # "Passkey N" with the smallest N not in use, so names stay unique after removals.
+            label = name or next(
+                f"Passkey {n}" for n in range(1, limit + 2) if f"Passkey {n}" not in taken
+            )
             new_id = self._insert(
                 cur,
                 "INSERT INTO passkeys (user_id, credential_id, credential_data, sign_count, name, "
