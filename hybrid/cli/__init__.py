@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from hybrid.cli.exit_codes import GENERIC, INTERRUPTED, USAGE, exit_code_for
 from hybrid.errors import HybridError, UsageError
 
-COMMAND_MODULES = ("qr", "ble", "domain", "demo", "desktop", "phone")
+COMMAND_MODULES = ("qr", "ble", "domain", "demo", "desktop", "phone", "portal")
 
 
 def version() -> str:
