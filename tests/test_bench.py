@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import skip_unless_ci_must_have
 
 from bench import cli, report, stats
 from bench.loadgen import TUNNEL_LIFE, LoadGen, summarize
@@ -25,6 +24,7 @@ from bench.relays import (
     reference,
 )
 from bench.wire import ws_frame
+from tests.conftest import skip_unless_ci_must_have
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -16,10 +16,10 @@ from collections.abc import Iterator
 
 import pytest
 import trio
-from conftest import skip_unless_ci_must_have
 
 from hybrid.ble.bluez_advertiser import ADVERTISEMENT, BluezAdvertiser, uuid128
 from hybrid.ble.medium import NoAdapterError
+from tests.conftest import skip_unless_ci_must_have
 
 ADAPTER = "/org/bluez/hci0"
 ADVERT = bytes(range(20))

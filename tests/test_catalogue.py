@@ -8,7 +8,6 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import skip_unless_ci_must_have
 
 from hybrid.catalogue import (
     Failure,
@@ -22,6 +21,7 @@ from hybrid.catalogue import (
 )
 from hybrid.cli.exit_codes import GENERIC, INTERRUPTED, OK, USAGE, exit_code_for
 from hybrid.errors import EnvironmentalError, HybridError, ProtocolError, UsageError
+from tests.conftest import skip_unless_ci_must_have
 
 # The support article sits in ../shared/seed/ next to the checkout (so in CI); a worktree elsewhere
 # can point HYBRID_ARTICLE_DIR at it.

@@ -20,9 +20,9 @@ import pytest
 import trio
 from chromium.bluez import ADAPTER, ADAPTER_PATH, DEVICE, FakeBluez, uuid128
 from chromium.processes import PrivateBus, under_ci
-from conftest import free_udp_port
 
 from hybrid.ble.bluez_advertiser import BluezAdvertiser
+from tests.conftest import free_udp_port
 
 ADVERT = bytes(range(20))
 FIDO_UUID = uuid128(0xFFF9)

@@ -17,7 +17,6 @@ from pathlib import Path
 import cbor2
 import pytest
 import trio
-from conftest import free_udp_port
 from interop import (
     ROUTING_ID_HEADER,
     SUBPROTOCOL,
@@ -37,6 +36,8 @@ from interop import (
 from interop.peer_desktop import DesktopResult, run_desktop
 from interop.peer_phone import run_phone
 from trio_websocket import ConnectionClosed, open_websocket_url, serve_websocket
+
+from tests.conftest import free_udp_port
 
 ROOT = Path(__file__).resolve().parent.parent
 STEP_TIMEOUT = 20

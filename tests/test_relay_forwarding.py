@@ -13,12 +13,13 @@ import random
 
 import pytest
 import trio
-from conftest import examples
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from relay_helpers import new_tunnel_id, running_relay, upgrade_request
 from wsproto.connection import CLIENT, Connection
 from wsproto.events import BytesMessage, CloseConnection, Message, Ping, Pong
+
+from tests.conftest import examples
 
 FUZZ = settings(
     # Each example runs a whole tunnel through a real relay.

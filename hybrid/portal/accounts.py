@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 
-from hybrid.errors import HybridError
+from hybrid.errors import UsageError
 from hybrid.portal.security import hash_password
 from hybrid.portal.store import ROLES, Store, User
 
@@ -19,10 +19,8 @@ MAX_PASSWORD_LEN = 1024
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}$")
 
 
-class AccountError(HybridError):
-    """A user name, password or role that the portal does not accept."""
-
-    exit_code = 2
+class AccountError(UsageError):
+    """A user name, password or role that the portal does not accept (a usage error: exit 2)."""
 
 
 def check_new_account(name: str, password: str, role: str) -> None:

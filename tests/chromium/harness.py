@@ -41,7 +41,7 @@ class PhoneRun:
 
 class Lab:
     def __init__(self, directory: Path) -> None:
-        from conftest import free_udp_port
+        from tests.conftest import free_udp_port
 
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,8 @@ command, given the URL read by zxing-cpp from a screenshot of the page.
 from __future__ import annotations
 
 import io
+import os
+import pty
 import subprocess
 import time
 from pathlib import Path
@@ -101,13 +103,32 @@ def phone(
             str(portal.ble_port), "--data-dir", str(data_dir), "--timeout", "30", url]  # fmt: skip
     if approve:
         argv.insert(2, "--approve")
-    return subprocess.Popen(
-        argv,
-        stdin=subprocess.DEVNULL if approve else subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+        return subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    # A phone that asks its user needs a terminal: with stdin a plain pipe it declines at once.
+    controller, terminal = pty.openpty()
+    try:
+        process = subprocess.Popen(
+            argv, stdin=terminal, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+    finally:
+        os.close(terminal)
+    _TERMINALS[process.pid] = controller
+    return process
+
+
+# the controlling side of each asking phone's terminal, by process id
+_TERMINALS: dict[int, int] = {}
+
+
+def answer(process: subprocess.Popen, text: str) -> None:
+    """Type ``text`` and Enter at an asking phone's prompt."""
+    os.write(_TERMINALS[process.pid], text.encode() + b"\n")
 
 
 def finish(process: subprocess.Popen, timeout: float = 30) -> tuple[int, str]:
@@ -116,6 +137,9 @@ def finish(process: subprocess.Popen, timeout: float = 30) -> tuple[int, str]:
     except subprocess.TimeoutExpired:
         process.kill()
         _, err = process.communicate()
+    controller = _TERMINALS.pop(process.pid, None)
+    if controller is not None:
+        os.close(controller)
     return process.returncode, err
 
 

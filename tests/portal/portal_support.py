@@ -274,7 +274,10 @@ def make_portal(relay_url: str, tmp_path: Path) -> Iterator[Callable[..., Portal
 # ---- the browser ---------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
+# Module scope: Playwright's synchronous API keeps an asyncio loop running in this thread while it
+# is open, and tests elsewhere in the suite (the benchmarks) call asyncio.run(), which refuses to
+# start inside a running loop.
+@pytest.fixture(scope="module")
 def browser():
     if not Path(CHROMIUM).exists():
         unavailable(f"{CHROMIUM} not found (Debian package chromium)")

@@ -13,6 +13,7 @@ import sqlite3
 import cbor2
 from journeys import (
     add_user,
+    answer,
     create_passkey_with_phone,
     finish,
     phone,
@@ -64,8 +65,7 @@ def test_sign_in_errors_from_the_phone(make_portal, relay_url, page, tmp_path):
     # Declined on the phone's prompt.
     start_passkey_login(page, portal, "lee")
     proc = phone(portal, relay_url, read_qr(page), phone_dir, approve=False)
-    proc.stdin.write("n\n")
-    proc.stdin.flush()
+    answer(proc, "n")
     assert problem(page) == expected(Failure.USER_DECLINED, SIGN_IN)
     finish(proc)
 
@@ -124,8 +124,7 @@ def test_registration_errors_from_the_phone(make_portal, db_url, relay_url, page
 
     page.get_by_role("button", name="Create a passkey").click()
     proc = phone(portal, relay_url, read_qr(page), phone_dir, approve=False)
-    proc.stdin.write("n\n")
-    proc.stdin.flush()
+    answer(proc, "n")
     assert problem(page) == expected(Failure.USER_DECLINED, REGISTER)
     finish(proc)
 

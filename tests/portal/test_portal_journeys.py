@@ -11,6 +11,7 @@ import pytest
 from journeys import (
     STATUS_RECORDER,
     add_user_with_command,
+    answer,
     create_passkey_with_phone,
     finish,
     phone,
@@ -58,8 +59,7 @@ def test_phone_passkey_journey(make_portal, db_url, relay_url, page, tmp_path):
         "Phone found",
         "Approve on your phone",
     ], statuses
-    proc.stdin.write("y\n")
-    proc.stdin.flush()
+    answer(proc, "y")
     page.wait_for_url("**/home")
     assert finish(proc)[0] == 0
     assert page.get_by_role("heading", name="Welcome, alice").is_visible()
