@@ -159,10 +159,12 @@ class _Child:
 
     async def stop(self) -> int:
         assert self.process is not None
+        code = -1
         with trio.CancelScope(shield=True):
             if self.process.returncode is None:
                 self.process.kill()
-            return await self.process.wait()
+            code = await self.process.wait()
+        return code
 
 
 async def _ceremony(
@@ -340,8 +342,10 @@ def conclusion(report: DemoReport, config: DemoConfig) -> str:
             f"{how} over hybrid."
         )
     failed = next((c for c in report.ceremonies if not c.verified), None)
-    why = f" ({failed.action}: {failed.error or 'exit code ' + str(failed.desktop_code)})"
-    return "RESULT: the relying party did NOT verify the assertion" + (why if failed else "") + "."
+    why = ""
+    if failed is not None:
+        why = f" ({failed.action}: {failed.error or 'exit code ' + str(failed.desktop_code)})"
+    return "RESULT: the relying party did NOT verify the assertion" + why + "."
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -404,7 +408,8 @@ def run(args: argparse.Namespace) -> int:
     if args.json is not None and report.verified:
         document = report.to_json(config.rp_id, config.origin)
         args.json.write_text(json.dumps(document, indent=2) + "\n")
-        print(f"wrote both responses to {args.json}", flush=True)
+        what = "the sign-in response" if report.reused_passkey else "both responses"
+        print(f"wrote {what} to {args.json}", flush=True)
     if report.verified:
         return 0
     failed = next((c for c in report.ceremonies if not c.verified), None)

@@ -93,7 +93,10 @@ def parse_info(get_info: bytes | None, error: ErrorFactory) -> Info | None:
     if get_info is None:
         return None
     try:
-        return Info.from_dict(cbor.decode(get_info))
+        decoded = cbor.decode(get_info)
+        if not isinstance(decoded, dict):
+            raise TypeError("not a CBOR map")
+        return Info.from_dict(decoded)
     except Exception as exc:  # fido2 raises assorted errors on malformed input
         raise error(Failure.PROTOCOL_ERROR, f"the phone's getInfo is malformed: {exc}") from None
 
@@ -161,7 +164,7 @@ def _hashed(values: AuthenticatorExtensionsPRFValues) -> dict[str, bytes]:
 
 
 def _wants(extensions: Mapping[str, Any] | None, name: str) -> bool:
-    return bool(extensions) and name in extensions and extensions[name] is not None
+    return extensions is not None and extensions.get(name) is not None
 
 
 def make_credential_request(
