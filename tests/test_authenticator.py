@@ -491,20 +491,28 @@ async def test_terminal_approver_shows_the_request_and_reads_the_answer() -> Non
     assert not (await terminal_approver(read_line=eof, output=out)(request)).approved
 
 
-async def test_terminal_approver_lists_accounts_by_number(monkeypatch) -> None:
-    out = io.StringIO()
+async def test_terminal_approver_lists_accounts_by_number() -> None:
     accounts = (Account("new", "New One"), Account("old", None))
     request = ApprovalRequest(Operation.SIGN_IN, RP_ID, "Example", accounts=accounts)
-    # the default reader prints its prompt on the same stream as the request it describes
-    monkeypatch.setattr("sys.stdin", io.StringIO("2\n"))
-    chosen = await terminal_approver(output=out)(request)
+
+    async def answer(text: str) -> tuple[Approval, str]:
+        out = io.StringIO()
+        read_fd, write_fd = os.pipe()
+        os.write(write_fd, text.encode() + b"\n")
+        os.close(write_fd)
+        try:
+            approval = await terminal_approver(input_fd=read_fd, output=out)(request)
+        finally:
+            os.close(read_fd)
+        return approval, out.getvalue()
+
+    chosen, text = await answer("2")
     assert chosen == Approval(approved=True, user_verified=False, account=1)
-    text = out.getvalue()
     assert "  1. new (New One)\n  2. old\n" in text
+    # the prompt is on the same stream as the request it describes
     assert text.rstrip().endswith("which account? [1-2, empty cancels]")
-    for answer in ("", "3", "0", "x"):
-        monkeypatch.setattr("sys.stdin", io.StringIO(answer + "\n"))
-        assert not (await terminal_approver(output=out)(request)).approved
+    for wrong in ("", "3", "0", "x"):
+        assert not (await answer(wrong))[0].approved
 
 
 async def test_terminal_approver_is_abandoned_on_cancel() -> None:

@@ -213,6 +213,15 @@ def test_desktop_api_checks_its_relay_url_before_any_qr(ble_port) -> None:
                 on_url=shown.append,
             )
     assert shown == []
+    with pytest.raises(PasskeyError) as caught:
+        DesktopSession(
+            Operation.SIGN_IN, LoopbackMedium(ble_port).scanner(), relay_url="http://relay:80"
+        )
+    assert caught.value.title == "Passkey Unavailable"
+    assert "must start with ws:// or wss://" in caught.value.detail
+    url = DesktopSession(Operation.SIGN_IN, LoopbackMedium(ble_port).scanner()).url
+    with pytest.raises(PasskeyError, match="without a path"):
+        PhoneSession(url, None, LoopbackMedium(ble_port).advertiser(), relay_url="ws://r:1/x")
 
 
 def test_the_advert_names_the_relay_the_phone_uses() -> None:

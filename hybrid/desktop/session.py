@@ -57,7 +57,7 @@ from hybrid.desktop.ctap import (
 )
 from hybrid.errors import HybridError, ProtocolError
 from hybrid.qr.payload import QrPayload
-from hybrid.session_errors import advert_timeout_error, catalogue_errors
+from hybrid.session_errors import advert_timeout_error, catalogue_errors, check_relay_url
 from hybrid.tunnel.client import Tunnel, TunnelClosedError, open_tunnel
 from hybrid.tunnel.crypter import Crypter
 from hybrid.tunnel.messages import (
@@ -140,7 +140,8 @@ class DesktopSession:
     ) -> None:
         self.operation = Operation(operation)
         self.scanner = scanner
-        self.relay_url = relay_url
+        # A relay URL that cannot work fails now, before any QR code exists.
+        self.relay_url = check_relay_url(relay_url, self.operation)
         self.ssl_context = ssl_context  # for a wss:// relay (None: the system's trust store)
         self.deadlines = deadlines or Deadlines()
         self.progress = progress

@@ -21,6 +21,7 @@ account callback), ``declining_approver`` (tests, scripted refusals) and ``unatt
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -131,18 +132,35 @@ def unattended_approver(output: TextIO | None = None) -> Approver:
     return decline
 
 
-def _read_line_on(stream: TextIO) -> Callable[[str], str]:
-    """``input()`` with the prompt on ``stream``: the prompt stays next to what it describes."""
+# An answer is a word or a number; a longer line is consumed but cut to this.
+MAX_ANSWER = 256
 
-    def read_line(prompt: str) -> str:
-        stream.write(prompt)
-        stream.flush()
-        line = sys.stdin.readline()
-        if not line:
-            raise EOFError
-        return line
 
-    return read_line
+async def read_terminal_line(fd: int = 0) -> str:
+    """One line from ``fd`` read by this trio task (no worker thread), ``""`` at end of input.
+
+    Waiting happens in trio, so cancelling the prompt (the desktop gave up, a deadline) leaves
+    nothing blocked on standard input behind. Descriptors that cannot be polled (regular files,
+    ``/dev/null``) never block, so they are read directly.
+    """
+    data = bytearray()
+    while True:
+        try:
+            await trio.lowlevel.wait_readable(fd)
+        except OSError:
+            await trio.lowlevel.checkpoint()
+        try:
+            chunk = os.read(fd, 1024)
+        except BlockingIOError:
+            continue
+        except OSError:
+            chunk = b""
+        if not chunk:
+            break
+        data += chunk[: max(0, MAX_ANSWER - len(data))]
+        if b"\n" in chunk:
+            break
+    return data.split(b"\n", 1)[0].decode("utf-8", "replace")
 
 
 def _request_lines(request: ApprovalRequest) -> list[str]:
@@ -165,6 +183,7 @@ def terminal_approver(
     user_verified: bool = True,
     *,
     read_line: Callable[[str], str] | None = None,
+    input_fd: int = 0,
     output: TextIO | None = None,
 ) -> Approver:
     """Ask on the terminal: show the operation, relying party and user, then ``[y/N]``.
@@ -172,14 +191,15 @@ def terminal_approver(
     With several accounts to choose from, they are listed by number and the answer is the number
     (empty cancels). Answering stands in for the phone's biometric prompt, so when the request
     asks for user verification the approval counts as verified unless ``user_verified`` is False.
-    The prompt goes to the same stream as the description (stderr by default). ``read_line``
-    blocks, so it runs in a worker thread that is abandoned on cancellation: a desktop that gives
-    up (or a timeout) is never held hostage by a prompt nobody answers.
+    The prompt goes to the same stream as the description (stderr by default). The answer is
+    read from ``input_fd`` (standard input) by the prompting task itself (``read_terminal_line``),
+    so a desktop that gives up (or a timeout) cancels the prompt and leaves nothing behind;
+    ``read_line`` replaces that with a blocking callable run in an abandonable worker thread
+    (tests, embedding). End of input declines.
     """
 
     async def ask(request: ApprovalRequest) -> Approval:
         stream = output if output is not None else sys.stderr
-        reader = read_line if read_line is not None else _read_line_on(stream)
         print("\n".join(_request_lines(request)), file=stream, flush=True)
         count = len(request.accounts)
         prompt = (
@@ -187,10 +207,14 @@ def terminal_approver(
             if count
             else f"{request.describe()}? [y/N] "
         )
-        try:
-            answer = await trio.to_thread.run_sync(reader, prompt, abandon_on_cancel=True)
-        except EOFError:
-            answer = ""
+        if read_line is not None:
+            try:
+                answer = await trio.to_thread.run_sync(read_line, prompt, abandon_on_cancel=True)
+            except EOFError:
+                answer = ""
+        else:
+            print(prompt, end="", file=stream, flush=True)
+            answer = await read_terminal_line(input_fd)
         answer = answer.strip().lower()
         account = None
         if count:
