@@ -358,3 +358,23 @@ async def test_a_certificate_that_does_not_verify_says_so_at_once(
     assert caught.value.title == "Passkey Unavailable"
     assert "the relay's TLS certificate does not verify" in caught.value.detail
     assert "--ca-file" in caught.value.detail
+
+
+def test_client_shows_no_qr_when_the_ble_medium_cannot_start(ble_port) -> None:
+    import socket
+
+    from fido2.client import ClientError
+    from fido2.server import Fido2Server
+
+    shown: list[str] = []
+    client = HybridWebAuthnClient(
+        "https://example.com", LoopbackMedium(ble_port).scanner, on_url=shown.append
+    )
+    options, _ = Fido2Server({"id": "example.com", "name": "Example"}).authenticate_begin()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", ble_port))
+        with pytest.raises(ClientError) as caught:
+            client.get_assertion(options["publicKey"])
+    assert caught.value.cause.failure is Failure.NO_BLE_ADAPTER
+    assert "no QR code was shown" in caught.value.cause.detail
+    assert shown == []
