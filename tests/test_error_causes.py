@@ -378,3 +378,21 @@ def test_client_shows_no_qr_when_the_ble_medium_cannot_start(ble_port) -> None:
     assert caught.value.cause.failure is Failure.NO_BLE_ADAPTER
     assert "no QR code was shown" in caught.value.cause.detail
     assert shown == []
+
+
+async def test_register_shows_no_qr_when_the_scanner_cannot_open(ble_port, desktop_dir) -> None:
+    import socket
+
+    shown: list[str] = []
+    session = DesktopSession(Operation.REGISTER, LoopbackMedium(ble_port).scanner())
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", ble_port))
+        with pytest.raises(PasskeyError) as caught:
+            await register(
+                RelyingParty("example.com", "https://example.com", desktop_dir),
+                "alice",
+                session,
+                on_url=shown.append,
+            )
+    assert caught.value.title == "No compatible device found"
+    assert shown == []

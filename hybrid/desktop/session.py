@@ -24,9 +24,9 @@ import logging
 import os
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -55,6 +55,7 @@ from hybrid.desktop.ctap import (
     split_status,
     unsigned_assertion_outputs,
 )
+from hybrid.desktop.prepare import prepared_scanner
 from hybrid.errors import HybridError, ProtocolError
 from hybrid.qr.payload import QrPayload
 from hybrid.session_errors import advert_timeout_error, catalogue_errors, check_relay_url
@@ -71,6 +72,7 @@ from hybrid.tunnel.noise import Initiator
 from hybrid.tunnel.urls import connect_url
 
 logger = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 NOISE_MESSAGE_LEN = 81
 QR_SECRET_LEN = 16
@@ -373,9 +375,9 @@ async def register(
     creation, state = rp.begin_registration(user_name)
     options = creation.public_key
     client_data = client_data_for(Operation.REGISTER, options.challenge, origin or rp.origin)
-    if on_url is not None:
-        on_url(session.url)
-    response = await session.make_credential(options, client_data)
+    response = await _scanning_then_shown(
+        session, on_url, lambda: session.make_credential(options, client_data)
+    )
     started = time.perf_counter()
     rp.complete_registration(state, response)
     _step(session, "relying party verified the registration", time.perf_counter() - started)
@@ -394,13 +396,27 @@ async def sign_in(
     request, state = rp.begin_authentication(user_name)
     options = request.public_key
     client_data = client_data_for(Operation.SIGN_IN, options.challenge, origin or rp.origin)
-    if on_url is not None:
-        on_url(session.url)
-    response = await session.get_assertion(options, client_data)
+    response = await _scanning_then_shown(
+        session, on_url, lambda: session.get_assertion(options, client_data)
+    )
     started = time.perf_counter()
     rp.complete_authentication(state, response)
     _step(session, "relying party verified the assertion", time.perf_counter() - started)
     return CeremonyResult(Operation.SIGN_IN, options.challenge, response, session.transcript)
+
+
+async def _scanning_then_shown(
+    session: DesktopSession,
+    on_url: Callable[[str], None] | None,
+    ceremony: Callable[[], Awaitable[_T]],
+) -> _T:
+    """Open the scanner, then show the QR code, then run: never a QR for a flow that cannot work
+    (a busy loopback port or a missing adapter fails first, as "No compatible device found")."""
+    async with prepared_scanner(session.scanner, session.operation) as opened:
+        session.scanner = opened
+        if on_url is not None:
+            on_url(session.url)
+        return await ceremony()
 
 
 def _step(session: DesktopSession, name: str, elapsed: float) -> None:
