@@ -24,6 +24,7 @@ from hybrid.ble.medium import NoAdapterError
 from hybrid.catalogue import Failure, Operation, PasskeyError
 from hybrid.errors import ProtocolError
 from hybrid.tunnel.client import RelayUnreachableError, TunnelClosedError
+from hybrid.tunnel.relay_url import RelayUrlError, validate_relay_url
 from hybrid.wire import CONNECT_PATH_PREFIX, NEW_PATH_PREFIX
 
 # A QR code older than this is probably no longer awaited by its desktop (which gives up after
@@ -31,6 +32,17 @@ from hybrid.wire import CONNECT_PATH_PREFIX, NEW_PATH_PREFIX
 QR_STALE_AFTER = 180.0
 
 _CERTIFICATE_MARKERS = ("CERTIFICATE_VERIFY_FAILED", "SSLCertVerificationError")
+
+
+def check_relay_url(relay_url: str | None, operation: Operation) -> str | None:
+    """The normalised relay base URL; "Passkey Unavailable" naming the problem if unusable
+    (checked before any QR code is shown or any tunnel opened)."""
+    if relay_url is None:
+        return None
+    try:
+        return validate_relay_url(relay_url)
+    except RelayUrlError as exc:
+        raise PasskeyError(Failure.RELAY_UNREACHABLE, operation, str(exc)) from None
 
 
 def relay_error_detail(exc: RelayUnreachableError) -> str:

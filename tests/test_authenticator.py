@@ -492,28 +492,27 @@ async def test_terminal_approver_shows_the_request_and_reads_the_answer() -> Non
 
 
 async def test_terminal_approver_lists_accounts_by_number() -> None:
-    out = io.StringIO()
     accounts = (Account("new", "New One"), Account("old", None))
     request = ApprovalRequest(Operation.SIGN_IN, RP_ID, "Example", accounts=accounts)
 
-    async def answered(answer: str) -> Approval:
-        # the answer arrives on a descriptor of our own, as it would on the terminal's fd 0
-        read_end, write_end = os.pipe()
+    async def answer(text: str) -> tuple[Approval, str]:
+        out = io.StringIO()
+        read_fd, write_fd = os.pipe()
+        os.write(write_fd, text.encode() + b"\n")
+        os.close(write_fd)
         try:
-            os.write(write_end, answer.encode() + b"\n")
-            return await terminal_approver(output=out, input_fd=read_end)(request)
+            approval = await terminal_approver(input_fd=read_fd, output=out)(request)
         finally:
-            os.close(read_end)
-            os.close(write_end)
+            os.close(read_fd)
+        return approval, out.getvalue()
 
-    chosen = await answered("2")
+    chosen, text = await answer("2")
     assert chosen == Approval(approved=True, user_verified=False, account=1)
-    text = out.getvalue()
-    # the prompt is printed on the same stream as the request it describes
     assert "  1. new (New One)\n  2. old\n" in text
+    # the prompt is on the same stream as the request it describes
     assert text.rstrip().endswith("which account? [1-2, empty cancels]")
-    for answer in ("", "3", "0", "x"):
-        assert not (await answered(answer)).approved
+    for wrong in ("", "3", "0", "x"):
+        assert not (await answer(wrong))[0].approved
 
 
 async def test_terminal_approver_is_abandoned_on_cancel() -> None:

@@ -331,3 +331,26 @@ async def test_desktop_refuses_to_show_a_qr_when_the_loopback_port_is_taken(
     assert "No compatible device found" in stderr and "no QR code was shown" in stderr
     assert "FIDO:/" not in result.stdout.decode()
     assert "Traceback" not in stderr
+
+
+def test_ctrl_c_on_a_waiting_desktop_exits_130(tmp_path: Path) -> None:
+    desktop = subprocess.Popen(
+        [*HYBRID, *DESKTOP, "--no-qr", "--ble-port", str(_free_port()),
+         "--data-dir", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
+    try:
+        assert desktop.stdout is not None
+        assert desktop.stdout.readline().startswith("FIDO:/")  # waiting for a phone now
+        desktop.send_signal(signal.SIGINT)
+        stdout, stderr = desktop.communicate(timeout=20)
+    finally:
+        if desktop.poll() is None:
+            desktop.kill()
+            desktop.wait()
+    assert desktop.returncode == 130
+    assert stderr.strip().splitlines()[-1] == "hybrid: interrupted"
+    assert "Traceback" not in stderr

@@ -88,7 +88,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise errors[0] from None
             raise
     except UsageError as exc:
-        parser_name = f"hybrid {getattr(args, 'command', '')}".strip()
+        words = ["hybrid", getattr(args, "command", ""), getattr(args, "desktop_action", "")]
+        parser_name = " ".join(word for word in words if word)
         print(f"{parser_name}: error: {exc}", file=sys.stderr)
         return USAGE
     except HybridError as exc:

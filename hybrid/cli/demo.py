@@ -145,6 +145,7 @@ class _Child:
 
     async def stop(self) -> int:
         assert self.process is not None
+        code = -1
         with trio.CancelScope(shield=True):
             if self.process.returncode is None:
                 self.process.kill()
@@ -393,7 +394,8 @@ def run(args: argparse.Namespace) -> int:
     if args.json is not None and report.verified:
         document = report.to_json(config.rp_id, config.origin)
         args.json.write_text(json.dumps(document, indent=2) + "\n")
-        print(f"wrote both responses to {args.json}", flush=True)
+        what = "the sign-in response" if report.reused_passkey else "both responses"
+        print(f"wrote {what} to {args.json}", flush=True)
     if report.verified:
         return 0
     failed = next((c for c in report.ceremonies if not c.verified), None)

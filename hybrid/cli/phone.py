@@ -10,6 +10,8 @@ code. Passkeys persist in ``--data-dir``. Without ``--approve`` the user is aske
 from __future__ import annotations
 
 import argparse
+import os
+import stat
 import sys
 import time
 from pathlib import Path
@@ -45,8 +47,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="run the phone side: read a FIDO:/ QR code and answer one request",
         description="Act as the phone: read the desktop's FIDO:/ URL (or QR image), connect to "
         "the relay, advertise over BLE and answer one CTAP2 request with a software passkey. "
-        "Without --approve the request is shown on the terminal and answered there; with no "
-        "terminal on standard input it is declined (nobody can approve).",
+        "Without --approve the request is shown on the terminal and answered there (or by a "
+        "script writing to standard input); with standard input closed or /dev/null it is "
+        "declined, since nobody can approve.",
     )
     parser.add_argument("url", nargs="?", metavar="FIDO_URL", help="the FIDO:/ URL")
     parser.add_argument(
@@ -114,6 +117,22 @@ def say(text: str) -> None:
     print(f"phone: {text}", file=sys.stderr, flush=True)
 
 
+def nobody_can_answer() -> bool:
+    """True when no person and no script can answer a prompt on stdin.
+
+    A terminal has a person behind it, a pipe or a file a driving script; a closed stdin or a
+    character device that is no terminal (``/dev/null``, as under cron, systemd or
+    ``subprocess.DEVNULL``) has nobody.
+    """
+    try:
+        fd = sys.stdin.fileno()
+        if os.isatty(fd):
+            return False
+        return stat.S_ISCHR(os.fstat(fd).st_mode)
+    except (AttributeError, ValueError, OSError):
+        return True
+
+
 def advertised_domain(relay: str | None, requested: int | None) -> tuple[int | None, str | None]:
     """``(domain id pinned by the relay or None, a note for the user or None)``.
 
@@ -175,7 +194,7 @@ def run(args: argparse.Namespace) -> int:
     data_dir.mkdir(parents=True, exist_ok=True)
     if args.approve:
         approver = auto_approver()
-    elif sys.stdin is None or not sys.stdin.isatty():
+    elif nobody_can_answer():
         say("standard input is not a terminal: nobody can approve, so the request will be declined")
         approver = unattended_approver()
     else:

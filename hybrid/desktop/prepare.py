@@ -18,17 +18,9 @@ import trio
 
 from hybrid.ble.medium import NoAdapterError, Scanner, ServiceData
 from hybrid.catalogue import Failure, Operation, PasskeyError
-from hybrid.tunnel.relay_url import RelayUrlError, validate_relay_url
+from hybrid.session_errors import check_relay_url
 
-
-def check_relay_url(relay_url: str | None, operation: Operation) -> str | None:
-    """The normalised relay base URL; "Passkey Unavailable" naming the problem if unusable."""
-    if relay_url is None:
-        return None
-    try:
-        return validate_relay_url(relay_url)
-    except RelayUrlError as exc:
-        raise PasskeyError(Failure.RELAY_UNREACHABLE, operation, str(exc)) from None
+__all__ = ["check_relay_url", "prepared_scanner"]
 
 
 class _OpenedScanner(Scanner):

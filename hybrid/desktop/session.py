@@ -29,10 +29,10 @@ import logging
 import os
 import ssl
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import trio
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -63,10 +63,11 @@ from hybrid.desktop.ctap import (
     rp_id_for,
     unsigned_assertion_outputs,
 )
+from hybrid.desktop.prepare import prepared_scanner
 from hybrid.errors import HybridError, ProtocolError
 from hybrid.events import EventHandler
 from hybrid.qr.payload import GET_ASSERTION, MAKE_CREDENTIAL, QrPayload
-from hybrid.session_errors import advert_timeout_error, catalogue_errors
+from hybrid.session_errors import advert_timeout_error, catalogue_errors, check_relay_url
 from hybrid.tunnel.client import Tunnel, TunnelClosedError, open_tunnel
 from hybrid.tunnel.client import _redact as redact_url
 from hybrid.tunnel.connection import (
@@ -85,6 +86,7 @@ from hybrid.tunnel.urls import connect_url
 from hybrid.wire import QR_SECRET_LEN
 
 logger = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 # The QR's request-type hint (key 5) for each ceremony.
 _QR_REQUEST_TYPE = {Operation.REGISTER: MAKE_CREDENTIAL, Operation.SIGN_IN: GET_ASSERTION}
@@ -169,7 +171,8 @@ class DesktopSession:
     ) -> None:
         self.operation = Operation(operation)
         self.scanner = scanner
-        self.relay_url = relay_url
+        # A relay URL that cannot work fails now, before any QR code exists.
+        self.relay_url = check_relay_url(relay_url, self.operation)
         self.ssl_context = ssl_context  # for a wss:// relay (None: the system's trust store)
         self.deadlines = deadlines or Deadlines()
         self.progress = progress
@@ -490,8 +493,10 @@ async def register(
     """Registration: RP options -> phone over hybrid -> RP verification (raises on failure)."""
     creation, state = rp.begin_registration(user_name)
     options = creation.public_key
-    client_data = _show(session, Operation.REGISTER, options.challenge, origin or rp.origin, on_url)
-    response = await session.make_credential(options, client_data)
+    client_data = client_data_for(Operation.REGISTER, options.challenge, origin or rp.origin)
+    response = await _scanning_then_shown(
+        session, on_url, lambda: session.make_credential(options, client_data)
+    )
     _verified(session, rp, "registration", lambda: rp.complete_registration(state, response))
     return CeremonyResult(Operation.REGISTER, options.challenge, response, session.transcript)
 
@@ -507,23 +512,12 @@ async def sign_in(
     """Sign-in: RP options -> phone over hybrid -> RP verification of the assertion."""
     request, state = rp.begin_authentication(user_name)
     options = request.public_key
-    client_data = _show(session, Operation.SIGN_IN, options.challenge, origin or rp.origin, on_url)
-    response = await session.get_assertion(options, client_data)
+    client_data = client_data_for(Operation.SIGN_IN, options.challenge, origin or rp.origin)
+    response = await _scanning_then_shown(
+        session, on_url, lambda: session.get_assertion(options, client_data)
+    )
     _verified(session, rp, "assertion", lambda: rp.complete_authentication(state, response))
     return CeremonyResult(Operation.SIGN_IN, options.challenge, response, session.transcript)
-
-
-def _show(
-    session: DesktopSession,
-    operation: Operation,
-    challenge: bytes,
-    origin: str,
-    on_url: Callable[[str], None] | None,
-) -> CollectedClientData:
-    """Hand the QR's URL to the caller and build the client data the phone will sign."""
-    if on_url is not None:
-        on_url(session.url)
-    return client_data_for(operation, challenge, origin)
 
 
 def _verified(
@@ -536,6 +530,20 @@ def _verified(
         verify()
     session._emit(events.VerifiedByRelyingParty(session.operation, rp.rp_id))
     _step(session, f"relying party verified the {what}", time.perf_counter() - started)
+
+
+async def _scanning_then_shown(
+    session: DesktopSession,
+    on_url: Callable[[str], None] | None,
+    ceremony: Callable[[], Awaitable[_T]],
+) -> _T:
+    """Open the scanner, then show the QR code, then run: never a QR for a flow that cannot work
+    (a busy loopback port or a missing adapter fails first, as "No compatible device found")."""
+    async with prepared_scanner(session.scanner, session.operation) as opened:
+        session.scanner = opened
+        if on_url is not None:
+            on_url(session.url)
+        return await ceremony()
 
 
 def _step(session: DesktopSession, name: str, elapsed: float) -> None:

@@ -40,7 +40,7 @@ from hybrid.catalogue import Failure, Operation, PasskeyError
 from hybrid.errors import HybridError
 from hybrid.events import EventHandler
 from hybrid.qr.payload import MAKE_CREDENTIAL, QrPayload
-from hybrid.session_errors import catalogue_errors
+from hybrid.session_errors import catalogue_errors, check_relay_url
 from hybrid.trio_util import single_exceptions
 from hybrid.tunnel.client import (
     Tunnel,
@@ -139,7 +139,8 @@ class PhoneSession:
         self.qr = QrPayload.from_url(qr) if isinstance(qr, str) else qr
         self.authenticator = authenticator
         self.advertiser = advertiser
-        self.relay_url = relay_url
+        self._operation = _operation_for(self.qr.effective_request_type)
+        self.relay_url = check_relay_url(relay_url, self._operation)
         self.ssl_context = ssl_context  # for a wss:// relay (None: the system's trust store)
         self.domain_id = domain_id_for_desktop(
             domain_id, fallback_domain_id, self.qr.known_domain_count
