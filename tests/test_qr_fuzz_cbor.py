@@ -46,7 +46,7 @@ def parse_or_typed_error(data: bytes) -> None:
     except QrError:
         return
     url = payload.to_url()
-    # bytes, not objects: an unknown key may hold NaN, which equals nothing, itself included
+    # Compared as bytes: a NaN inside a key makes equal payloads compare unequal as objects.
     assert QrPayload.from_url(url).to_url() == url
     describe(payload, url)
     try:
