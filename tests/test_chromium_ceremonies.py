@@ -188,9 +188,6 @@ def test_resident_key_discouraged(chromium_case: Lab, discouraged: Discouraged) 
     server.authenticate_complete(state, [discouraged.credential], result["credential"])
 
 
-@pytest.mark.xfail(
-    strict=True, reason="needs issue 9: non-discoverable credential when rk is false"
-)
 def test_resident_key_discouraged_is_not_discoverable(
     chromium_case: Lab, discouraged: Discouraged
 ) -> None:
@@ -225,7 +222,6 @@ def test_user_verification_discouraged_registration(discouraged: Discouraged) ->
     assert user_verified(discouraged.result)
 
 
-@pytest.mark.xfail(strict=True, reason="needs issue 9: user verification only when asked")
 def test_user_verification_discouraged_sign_in(
     chromium_case: Lab, enrolments: dict[str, Enrolment]
 ) -> None:
@@ -246,9 +242,6 @@ PRF_SALT_A = b64url(b"salt A".ljust(32, b"\0"))
 PRF_SALT_B = b64url(b"salt B".ljust(32, b"\0"))
 
 
-@pytest.mark.xfail(
-    strict=True, reason="needs issue 9: PRF in the software authenticator and getInfo"
-)
 def test_prf_at_creation(chromium_case: Lab) -> None:
     lab = chromium_case
     server = server_for(lab.page.origin)
@@ -272,9 +265,6 @@ def test_prf_at_creation(chromium_case: Lab) -> None:
         assert prf["results"]["first"] == first
 
 
-@pytest.mark.xfail(
-    strict=True, reason="needs issue 9: PRF in the software authenticator and getInfo"
-)
 def test_prf_at_sign_in(chromium_case: Lab) -> None:
     lab = chromium_case
     server = server_for(lab.page.origin)

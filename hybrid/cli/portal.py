@@ -74,7 +74,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     _add_db_options(parser)
     parser.add_argument(
-        "--relay", metavar="URL", help="relay base URL (ws://host:port) for every phone tunnel"
+        "--relay",
+        metavar="URL",
+        help="relay base URL (ws://host:port) for every phone tunnel "
+        "(default: the relay the phone's advert names)",
     )
     add_ble_port(parser)
     parser.add_argument(
@@ -104,18 +107,23 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="host name the pages are served under and the WebAuthn RP ID (default localhost; "
         "WebAuthn does not accept IP addresses)",
     )
-    parser.add_argument("--tls-cert", metavar="F", help="PEM certificate (chain): serve HTTPS")
-    parser.add_argument("--tls-key", metavar="F", help="PEM private key for --tls-cert")
+    parser.add_argument(
+        "--tls-cert", metavar="F", help="PEM certificate (chain): serve HTTPS (default: plain HTTP)"
+    )
+    parser.add_argument(
+        "--tls-key", metavar="F", help="PEM private key for --tls-cert (default: none)"
+    )
     parser.add_argument(
         "--behind-tls-proxy",
         action="store_true",
-        help="a TLS-terminating proxy serves the pages: https origin and Secure cookies",
+        help="a TLS-terminating proxy serves the pages: https origin and Secure cookies "
+        "(default: off)",
     )
     parser.add_argument(
         "--demo",
         action="store_true",
         help="also start a relay on 127.0.0.1, create user alice if there is none, and print "
-        "how to approve with `hybrid phone`",
+        "how to approve with `hybrid phone` (default: off)",
     )
     parser.set_defaults(func=run)
     actions = parser.add_subparsers(dest="portal_command", metavar="COMMAND")

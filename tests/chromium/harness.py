@@ -266,6 +266,23 @@ class Lab:
 
     # -- a whole ceremony ---------------------------------------------------------------------
 
+    def _result_after_account_choice(self, command_id: int, since: int) -> dict[str, Any] | None:
+        """The page's result; first confirm the account if Chromium asks which one to use.
+
+        Our phone sets ``userSelected`` only when its user picked among several accounts, so after
+        a discoverable sign-in Chromium lists the one account it got and waits for a click, as it
+        does for any phone that leaves the choice to the browser. The list has the focus: Return
+        picks the account. The step is logged before the list is focused, so press until it lands.
+        """
+        if self.wait_for_log(r"UI step: kSelectAccount", since, 1.0) is None:
+            return self.page.result(command_id, RESULT_TIMEOUT)
+        for _ in range(PICK_ATTEMPTS):
+            self.key("Return")
+            result = self.page.result(command_id, 1.0)
+            if result is not None:
+                return result
+        return self.page.result(command_id, RESULT_TIMEOUT)
+
     def ceremony(
         self,
         op: str,
@@ -277,6 +294,7 @@ class Lab:
         **phone_options: Any,
     ) -> tuple[dict[str, Any], PhoneRun]:
         """Run one create/get through Chromium and our phone; the page's result and the phone's."""
+        since = self.log_offset()
         command_id, url = self.start_ceremony(op, options, pick_phone=pick_phone)
         started = time.monotonic()
         phone = self.start_phone(
@@ -291,7 +309,7 @@ class Lab:
             phone.kill()
             _, stderr = phone.communicate()
         run = PhoneRun(phone.returncode, stderr, time.monotonic() - started)
-        result = self.page.result(command_id, RESULT_TIMEOUT)
+        result = self._result_after_account_choice(command_id, since)
         if result is None:
             shot = self.save_screenshot(f"no-result-{command_id}")
             raise AssertionError(
