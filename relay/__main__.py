@@ -85,7 +85,14 @@ _OPTIONS: list[tuple[str, Callable[[str], Any], str, str]] = [
         "--shutdown-grace",
         float,
         "shutdown_grace",
-        "seconds paired tunnels get to finish after SIGTERM/SIGINT",
+        "seconds paired tunnels get to finish once the listener is closed",
+    ),
+    (
+        "--drain-delay",
+        float,
+        "drain_delay",
+        "seconds after SIGTERM/SIGINT during which /healthz answers 503 and new tunnels are "
+        "refused while the listener stays open (for load balancers), before the listener closes",
     ),
     (
         "--allowed-origins",

@@ -30,6 +30,8 @@ DEFAULT_HANDSHAKE_TIMEOUT = 10.0
 DEFAULT_MAX_REQUEST_HEAD = 8 * 1024
 DEFAULT_CLOSE_TIMEOUT = 1.0
 DEFAULT_SHUTDOWN_GRACE = 30.0
+#: Long enough for a balancer checking /healthz every 1-2 s to see a few 503s in a row.
+DEFAULT_DRAIN_DELAY = 5.0
 
 
 @dataclass
@@ -62,6 +64,9 @@ class RelayConfig:
     close_timeout: float = DEFAULT_CLOSE_TIMEOUT
     #: Seconds live tunnels get to finish after SIGTERM/SIGINT before they are closed (1001).
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
+    #: Seconds after SIGTERM during which the listener stays open and /healthz answers 503, so a
+    #: load balancer takes the node out before it stops accepting.
+    drain_delay: float = DEFAULT_DRAIN_DELAY
     #: When non-empty, requests whose Origin header is present and not listed get 403.
     allowed_origins: tuple[str, ...] = ()
     tls_cert: str | None = None
@@ -92,7 +97,7 @@ class RelayConfig:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name.replace('_', '-')} must be positive")
-        for name in ("max_pending_messages", "close_timeout", "shutdown_grace"):
+        for name in ("max_pending_messages", "close_timeout", "shutdown_grace", "drain_delay"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name.replace('_', '-')} must not be negative")
         if (self.tls_cert is None) != (self.tls_key is None):

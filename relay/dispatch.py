@@ -72,7 +72,10 @@ class Dispatcher:
         self.stats = stats
         self.metrics = metrics
         self.tunnels = tunnels
-        #: Set once shutdown starts: new tunnels are refused and /healthz answers 503.
+        #: Set when draining starts (SIGTERM): /healthz answers 503 and /cable/new is refused
+        #: with 503, so the balancer sends new tunnels elsewhere; /cable/connect still pairs.
+        self.draining = False
+        #: Set once the listener closes: every new tunnel request is refused.
         self.closing = False
         self.connections = 0
         self.handshakes = 0
@@ -185,9 +188,17 @@ class Dispatcher:
                 address,
             )
             return None
-        if self.closing:
-            await self.refuse(stream, Refusal(503, "shutting_down", "relay shutting down"), address)
-            return None
+        if self.draining:
+            if self.closing:
+                await self.refuse(
+                    stream, Refusal(503, "shutting_down", "relay shutting down"), address
+                )
+                return None
+            if isinstance(route, NewTunnel):
+                await self.refuse(
+                    stream, Refusal(503, "draining", "relay draining: use another node"), address
+                )
+                return None
         if isinstance(route, NewTunnel):
             return await self._open_tunnel(stream, request, decision.key, route, address)
         assert isinstance(route, ConnectTunnel)
@@ -195,10 +206,11 @@ class Dispatcher:
 
     async def _serve_plain(self, stream: trio.abc.Stream, get: PlainGet, head_only: bool) -> None:
         if get.path == HEALTH_PATH:
-            status = 503 if self.closing else 200
+            status = 503 if self.draining else 200
+            text = "shutting_down" if self.closing else "draining" if self.draining else "ok"
             body = json.dumps(
                 {
-                    "status": "shutting_down" if self.closing else "ok",
+                    "status": text,
                     "tunnels_waiting": self.tunnels.waiting(),
                     "tunnels_paired": self.tunnels.paired(),
                 }

@@ -88,12 +88,26 @@ class Relay:
     def metrics_text(self) -> str:
         return self.metrics.render().decode("utf-8")
 
-    async def shutdown(self, grace: float | None = None) -> None:
-        """Stop accepting, let paired tunnels finish for ``grace`` seconds, then close the rest."""
+    async def shutdown(self, grace: float | None = None, drain_delay: float | None = None) -> None:
+        """Drain, stop accepting, let paired tunnels finish for ``grace`` s, then close the rest.
+
+        Draining (``drain_delay`` seconds, default ``config.drain_delay``): the listener stays
+        open, ``/healthz`` answers 503 and ``/cable/new`` is refused with 503 so that a load
+        balancer moves new tunnels to other nodes, while waiting tunnels can still pair and live
+        ones carry on. Then the listener closes and waiting tunnels are closed with 1001.
+        Returns when the relay has stopped; a second call just waits for that.
+        """
         if grace is not None:
             self._shutdown_grace = grace
-        if not self.dispatcher.closing:
-            self.dispatcher.closing = True
+        dispatcher = self.dispatcher
+        if not dispatcher.draining:
+            dispatcher.draining = True
+            delay = self.config.drain_delay if drain_delay is None else drain_delay
+            if delay > 0:
+                log_event("drain_started", drain_s=delay, tunnels=len(self.tunnels))
+                with trio.move_on_after(delay):
+                    await self._stopped.wait()
+            dispatcher.closing = True
             log_event("shutdown_started", grace_s=self._shutdown_grace)
             if self._accept_scope is not None:
                 self._accept_scope.cancel()

@@ -193,6 +193,8 @@ class Tunnels:
         self._routing = RoutingIdAllocator(config.node_prefix)
         self.by_id: dict[bytes, Tunnel] = {}
         self._routing_ids: set[bytes] = set()
+        # Set when the last tunnel leaves, while someone waits for that (shutdown only).
+        self._empty: trio.Event | None = None
 
     def __len__(self) -> int:
         return len(self.by_id)
@@ -258,6 +260,8 @@ class Tunnels:
         if self.by_id.get(tunnel.tunnel_id) is tunnel:
             del self.by_id[tunnel.tunnel_id]
             self._routing_ids.discard(tunnel.routing_id)
+            if self._empty is not None and not self.by_id:
+                self._empty.set()
         tunnel.state = State.ENDED
 
     # -- running -----------------------------------------------------------------------------
@@ -424,11 +428,14 @@ class Tunnels:
             if tunnel.state is not State.PAIRED:
                 tunnel.finish(SHUTDOWN)
         with trio.move_on_after(grace()):
-            while self.by_id:
-                await trio.sleep(0.05)
+            await self._wait_empty()
         for tunnel in list(self.by_id.values()):
             tunnel.finish(SHUTDOWN)
         # Owners now send their close frames; give them the close timeout, then cut what remains.
         with trio.move_on_after(self.config.close_timeout + 0.5):
-            while self.by_id:
-                await trio.sleep(0.05)
+            await self._wait_empty()
+
+    async def _wait_empty(self) -> None:
+        while self.by_id:
+            self._empty = trio.Event()
+            await self._empty.wait()

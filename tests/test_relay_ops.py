@@ -259,7 +259,9 @@ async def start_relay_process(*args: str, env: dict[str, str] | None = None) -> 
 
 
 async def test_sigterm_lets_paired_tunnels_finish_and_stops_accepting():
-    proc = await start_relay_process("--port", "0", env={"HYBRID_RELAY_SHUTDOWN_GRACE": "10"})
+    proc = await start_relay_process(
+        "--port", "0", "--drain-delay", "0", env={"HYBRID_RELAY_SHUTDOWN_GRACE": "10"}
+    )
     try:
         url_base = proc.base_url
         tid = new_tunnel_id()
@@ -289,7 +291,7 @@ async def test_sigterm_lets_paired_tunnels_finish_and_stops_accepting():
 
 
 async def test_grace_period_expiry_closes_live_tunnels_with_1001_and_logs_are_clean():
-    proc = await start_relay_process("--port", "0", "--shutdown-grace", "0.3")
+    proc = await start_relay_process("--port", "0", "--shutdown-grace", "0.3", "--drain-delay", "0")
     try:
         tid = new_tunnel_id()
         secret = b"PAYLOAD-THAT-MUST-NOT-BE-LOGGED"
@@ -320,7 +322,11 @@ async def test_grace_period_expiry_closes_live_tunnels_with_1001_and_logs_are_cl
 
 async def test_environment_configures_the_process():
     proc = await start_relay_process(
-        env={"HYBRID_RELAY_PORT": "0", "HYBRID_RELAY_NODE_PREFIX": "7F01"}
+        env={
+            "HYBRID_RELAY_PORT": "0",
+            "HYBRID_RELAY_NODE_PREFIX": "7F01",
+            "HYBRID_RELAY_DRAIN_DELAY": "0",
+        }
     )
     try:
         assert proc.lines[0]["node_prefix"] == "7F01"
