@@ -8,6 +8,7 @@ lines on stderr; SIGTERM or SIGINT starts a graceful shutdown.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import os
 import signal
@@ -34,6 +35,31 @@ def _hex_prefix(text: str) -> bytes:
 
 def _origins(text: str) -> tuple[str, ...]:
     return tuple(o.strip() for o in text.split(",") if o.strip())
+
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off", "")
+
+
+def _bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _networks(text: str) -> tuple[str, ...]:
+    networks = _origins(text)
+    for network in networks:
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{network!r} is not an IP address or network (CIDR)"
+            ) from None
+    return networks
 
 
 # (flag, type, config field, help); defaults come from RelayConfig.
@@ -100,6 +126,19 @@ _OPTIONS: list[tuple[str, Callable[[str], Any], str, str]] = [
         "allowed_origins",
         "comma-separated Origin allow-list; requests with another Origin get 403 (empty: off)",
     ),
+    (
+        "--trusted-proxies",
+        _networks,
+        "trusted_proxies",
+        "comma-separated addresses or CIDR networks of proxies whose PROXY header and "
+        "X-Forwarded-For give the real client address (from anyone else they are refused)",
+    ),
+    (
+        "--proxy-protocol",
+        _bool,
+        "proxy_protocol",
+        "expect a PROXY protocol v1/v2 header on connections from --trusted-proxies",
+    ),
     ("--tls-cert", str, "tls_cert", "PEM certificate chain; with --tls-key serves wss://"),
     ("--tls-key", str, "tls_key", "PEM private key for --tls-cert"),
 ]
@@ -112,6 +151,8 @@ def env_name(flag: str) -> str:
 def _default_text(value: Any) -> str:
     if isinstance(value, bytes):
         return value.hex().upper() or "(none)"
+    if isinstance(value, bool):
+        return "true" if value else "false"
     if isinstance(value, tuple):
         return ",".join(value) or "(none)"
     return "(none)" if value is None else str(value)
@@ -125,12 +166,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     config_defaults = {f.name: f.default for f in fields(RelayConfig)}
     for flag, kind, name, text in _OPTIONS:
+        # A switch: "--proxy-protocol" alone means true; "--proxy-protocol false" also works.
+        switch = {"nargs": "?", "const": True} if kind is _bool else {}
         parser.add_argument(
             flag,
             type=kind,
             dest=name,
             default=None,
             help=f"{text} [env {env_name(flag)}; default {_default_text(config_defaults[name])}]",
+            **switch,  # type: ignore[arg-type]
         )
     parser.add_argument(
         "--log-level",

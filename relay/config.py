@@ -6,6 +6,7 @@ operators' guide (``relay/README.md``) lists the same defaults.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 
 from hybrid.wire import ROUTING_ID_LEN
@@ -69,6 +70,11 @@ class RelayConfig:
     drain_delay: float = DEFAULT_DRAIN_DELAY
     #: When non-empty, requests whose Origin header is present and not listed get 403.
     allowed_origins: tuple[str, ...] = ()
+    #: Addresses or networks (CIDR) of proxies whose PROXY header and X-Forwarded-For are
+    #: believed; those headers from any other peer are refused.
+    trusted_proxies: tuple[str, ...] = ()
+    #: Expect a PROXY protocol v1/v2 header on every connection from a trusted proxy.
+    proxy_protocol: bool = False
     tls_cert: str | None = None
     tls_key: str | None = None
 
@@ -100,6 +106,15 @@ class RelayConfig:
         for name in ("max_pending_messages", "close_timeout", "shutdown_grace", "drain_delay"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name.replace('_', '-')} must not be negative")
+        for network in self.trusted_proxies:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                raise ConfigError(
+                    f"trusted-proxies: {network!r} is not an IP address or network (CIDR)"
+                ) from None
+        if self.proxy_protocol and not self.trusted_proxies:
+            raise ConfigError("proxy-protocol needs --trusted-proxies (whose headers to believe)")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError("TLS needs both a certificate and a key")
 

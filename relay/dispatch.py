@@ -38,6 +38,15 @@ from relay.http import (
 )
 from relay.logs import log_event
 from relay.metrics import CONTENT_TYPE, RelayMetrics, Stats
+from relay.proxy import (
+    ForwardedError,
+    ProxyHeaderError,
+    TrustedProxies,
+    forwarded_client,
+    might_be_proxy_header,
+    read_proxy_header,
+    read_start,
+)
 from relay.rawio import STREAM_ERRORS
 from relay.requests import (
     HEALTH_PATH,
@@ -60,6 +69,19 @@ _ROUTING_ID_HEADER = ROUTING_ID_HEADER.encode("ascii")
 #: What a successful handshake leads to: the tunnel, this side's socket, and whether it is the
 #: authenticator (the tunnel's owner).
 Accepted = tuple[Tunnel, WebSocket, bool]
+_FORWARDED_FOR = b"x-forwarded-for"
+
+
+class Client:
+    """Who is on the other end of one connection, as far as limits and logs are concerned."""
+
+    __slots__ = ("address", "counted")
+
+    def __init__(self, address: str, counted: str | None) -> None:
+        #: The real client: the TCP peer, or what a trusted proxy said it forwards.
+        self.address = address
+        #: The address this connection is counted under for the per-address limit, if any.
+        self.counted = counted
 
 
 class Dispatcher:
@@ -80,31 +102,56 @@ class Dispatcher:
         self.connections = 0
         self.handshakes = 0
         self._per_address: Counter[str] = Counter()
+        #: Peers whose PROXY header and X-Forwarded-For are believed.
+        self.trusted = TrustedProxies(config.trusted_proxies)
 
-    async def handle(self, stream: trio.abc.Stream, address: str) -> None:
+    async def handle(self, stream: trio.abc.Stream, peer: str) -> None:
         """One connection's task, from accept to close; never raises."""
         self.stats.connections_accepted += 1
+        client = Client(peer, None)
         try:
-            if self._per_address[address] >= self.config.max_connections_per_address:
-                await self._refuse_over_limit(stream, address)
-                return
-            self._per_address[address] += 1
+            trusted = self.trusted
+            if not (trusted and peer in trusted):
+                # A trusted proxy is counted under the client it forwards, once known.
+                if self._per_address[peer] >= self.config.max_connections_per_address:
+                    await self._refuse_over_limit(stream, peer)
+                    return
+                self._per_address[peer] += 1
+                client.counted = peer
             self.connections += 1
             try:
-                await self._serve_connection(stream, address)
+                await self._serve_connection(stream, client)
             finally:
                 self.connections -= 1
-                self._per_address[address] -= 1
-                if not self._per_address[address]:
-                    del self._per_address[address]
+                self._uncount(client)
         except Exception as exc:  # noqa: BLE001 - one bad connection must never stop the relay
-            log_event("connection_error", logging.ERROR, client=address, error=repr(exc))
+            log_event("connection_error", logging.ERROR, client=client.address, error=repr(exc))
         finally:
             if type(stream) is trio.SocketStream:
                 # What SocketStream.aclose does, minus a scheduler round trip.
                 stream.socket.close()
             else:
                 await trio.aclose_forcefully(stream)
+
+    def _uncount(self, client: Client) -> None:
+        counted = client.counted
+        if counted is not None:
+            client.counted = None
+            self._per_address[counted] -= 1
+            if not self._per_address[counted]:
+                del self._per_address[counted]
+
+    def _recount(self, client: Client, address: str) -> bool:
+        """Count ``client`` under its real ``address``; False if that address is at its limit."""
+        client.address = address
+        if client.counted == address:
+            return True
+        self._uncount(client)
+        if self._per_address[address] >= self.config.max_connections_per_address:
+            return False
+        self._per_address[address] += 1
+        client.counted = address
+        return True
 
     async def _refuse_over_limit(self, stream: trio.abc.Stream, address: str) -> None:
         # Read the request first: closing with unread bytes would reset the connection and the
@@ -121,11 +168,25 @@ class Dispatcher:
             )
 
     async def refuse(
-        self, stream: trio.abc.Stream, refusal: Refusal, address: str, head_only: bool = False
+        self,
+        stream: trio.abc.Stream,
+        refusal: Refusal,
+        address: str,
+        head_only: bool = False,
+        detail: str | None = None,
     ) -> None:
         """Answer ``refusal`` (count it, log it); the caller closes the connection."""
         self.stats.refusals[refusal.reason] += 1
-        log_event("refused", reason=refusal.reason, status=refusal.status, client=address)
+        if detail is None:
+            log_event("refused", reason=refusal.reason, status=refusal.status, client=address)
+        else:
+            log_event(
+                "refused",
+                reason=refusal.reason,
+                status=refusal.status,
+                client=address,
+                detail=detail,
+            )
         await send_response(
             stream,
             refusal.status,
@@ -134,16 +195,16 @@ class Dispatcher:
             head_only=head_only,
         )
 
-    async def _serve_connection(self, stream: trio.abc.Stream, address: str) -> None:
+    async def _serve_connection(self, stream: trio.abc.Stream, client: Client) -> None:
         self.handshakes += 1
         try:
             with trio.move_on_after(self.config.handshake_timeout) as deadline:
-                accepted = await self._handshake(stream, address)
+                accepted = await self._handshake(stream, client)
         finally:
             self.handshakes -= 1
         if deadline.cancelled_caught:
             self.stats.refusals["handshake_timeout"] += 1
-            log_event("refused", reason="handshake_timeout", status=408, client=address)
+            log_event("refused", reason="handshake_timeout", status=408, client=client.address)
             with trio.move_on_after(0.2):
                 await send_response(stream, 408, b"opening handshake took too long\n")
             return
@@ -155,16 +216,95 @@ class Dispatcher:
         else:
             await self.tunnels.run_initiator(tunnel, ws)
 
-    async def _handshake(self, stream: trio.abc.Stream, address: str) -> Accepted | None:
+    async def _identify(self, stream: trio.abc.Stream, client: Client) -> bytes | None:
+        """With ``--proxy-protocol``: read the PROXY header of a trusted proxy and count the
+        connection under the client it names; refuse one from anyone else. Returns the bytes
+        read past it (the start of the request), or None if the connection was refused."""
+        peer = client.address
+        if peer in self.trusted:
+            try:
+                source, rest = await read_proxy_header(stream)
+            except ProxyHeaderError as exc:
+                await self.refuse(
+                    stream,
+                    Refusal(400, "proxy_malformed", "malformed PROXY protocol header"),
+                    peer,
+                    detail=str(exc),
+                )
+                return None
+            except EOFError:
+                self.stats.refusals["incomplete_request"] += 1
+                return None
+            if source is not None and not self._recount(client, source):
+                await self._refuse_limit(stream, client.address)
+                return None
+            return rest
+        start = await read_start(stream)
+        if start and might_be_proxy_header(start):
+            await self.refuse(
+                stream,
+                Refusal(400, "proxy_untrusted", "PROXY protocol header from an untrusted peer"),
+                peer,
+                detail="PROXY header from a peer not in --trusted-proxies",
+            )
+            return None
+        return start
+
+    async def _refuse_limit(self, stream: trio.abc.Stream, address: str) -> None:
+        await self.refuse(
+            stream, Refusal(429, "address_limit", "too many connections from this address"), address
+        )
+
+    async def _handshake(self, stream: trio.abc.Stream, client: Client) -> Accepted | None:
         config = self.config
+        start = b""
+        if config.proxy_protocol:
+            identified = await self._identify(stream, client)
+            if identified is None:
+                return None
+            start = identified
+        address = client.address
         try:
-            request = await read_request(stream, config.max_request_head)
+            request = await read_request(stream, config.max_request_head, start)
         except BadRequest as exc:
             reason = "request_too_large" if exc.status == 431 else "malformed"
             await self.refuse(stream, Refusal(exc.status, reason, str(exc)), address)
             return None
         except ClientGone:
             self.stats.refusals["incomplete_request"] += 1
+            return None
+        forwarded = [v for name, v in request.headers if name == _FORWARDED_FOR]
+        if forwarded:
+            # Believed only from a trusted proxy (behind PROXY protocol: the client it names).
+            if address not in self.trusted:
+                await self.refuse(
+                    stream,
+                    Refusal(
+                        403,
+                        "forwarded_untrusted",
+                        "X-Forwarded-For is accepted only from trusted proxies",
+                    ),
+                    address,
+                    detail="X-Forwarded-For from a peer not in --trusted-proxies",
+                )
+                return None
+            try:
+                real = forwarded_client(forwarded, address, self.trusted)
+            except ForwardedError as exc:
+                await self.refuse(
+                    stream,
+                    Refusal(400, "forwarded_malformed", "malformed X-Forwarded-For"),
+                    address,
+                    detail=str(exc),
+                )
+                return None
+            if not self._recount(client, real):
+                await self._refuse_limit(stream, real)
+                return None
+            address = real
+        elif client.counted is None and not self._recount(client, address):
+            # A trusted proxy's own request (or one it forwarded without saying for whom).
+            await self._refuse_limit(stream, address)
             return None
         decision = decide(request.method, request.target, request.headers, config.allowed_origins)
         head_only = request.method == b"HEAD"

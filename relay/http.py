@@ -102,22 +102,28 @@ def _parse_lean(head: bytes) -> tuple[bytes, bytes, list[tuple[bytes, bytes]]] |
     return match[1], match[2], headers
 
 
-async def read_request(stream: trio.abc.Stream, max_head: int) -> Request:
-    """Read one request head; raise BadRequest or ClientGone."""
-    buf = b""
+async def read_request(stream: trio.abc.Stream, max_head: int, start: bytes = b"") -> Request:
+    """Read one request head; raise BadRequest or ClientGone.
+
+    ``start``: bytes of the request already read off the stream (after a PROXY header).
+    """
+    buf = start
     raw = raw_socket(stream)
+    read = not buf
     while True:
-        try:
-            data = await receive_some(stream, raw, _READ_SIZE, yield_when_ready=False)
-        except STREAM_ERRORS as exc:
-            if not buf:
-                raise ClientGone("connection lost during the request") from exc
-            return await _read_with_h11(stream, max_head, buf, exc)
-        if not data:
-            if not buf:
-                raise ClientGone("connection closed before a request")
-            return await _read_with_h11(stream, max_head, buf + data, eof=True)
-        buf += data
+        if read:
+            try:
+                data = await receive_some(stream, raw, _READ_SIZE, yield_when_ready=False)
+            except STREAM_ERRORS as exc:
+                if not buf:
+                    raise ClientGone("connection lost during the request") from exc
+                return await _read_with_h11(stream, max_head, buf, exc)
+            if not data:
+                if not buf:
+                    raise ClientGone("connection closed before a request")
+                return await _read_with_h11(stream, max_head, buf + data, eof=True)
+            buf += data
+        read = True
         # h11 also ends a head at bare-LF blank lines; those requests go to h11.
         end = buf.find(b"\n\r\n")
         bare = buf.find(b"\n\n")
