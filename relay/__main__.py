@@ -127,6 +127,13 @@ _OPTIONS: list[tuple[str, Callable[[str], Any], str, str]] = [
         "comma-separated Origin allow-list; requests with another Origin get 403 (empty: off)",
     ),
     (
+        "--ping-interval",
+        float,
+        "ping_interval",
+        "seconds between WebSocket pings on each tunnel socket; a peer silent for a whole "
+        "interval is closed (0: no pings)",
+    ),
+    (
         "--trusted-proxies",
         _networks,
         "trusted_proxies",

@@ -33,6 +33,8 @@ DEFAULT_CLOSE_TIMEOUT = 1.0
 DEFAULT_SHUTDOWN_GRACE = 30.0
 #: Long enough for a balancer checking /healthz every 1-2 s to see a few 503s in a row.
 DEFAULT_DRAIN_DELAY = 5.0
+#: Well under common proxy idle timeouts (nginx 60 s, many cloud balancers 60 s).
+DEFAULT_PING_INTERVAL = 20.0
 
 
 @dataclass
@@ -70,6 +72,9 @@ class RelayConfig:
     drain_delay: float = DEFAULT_DRAIN_DELAY
     #: When non-empty, requests whose Origin header is present and not listed get 403.
     allowed_origins: tuple[str, ...] = ()
+    #: Seconds between the relay's WebSocket pings on each tunnel socket; a peer that has not
+    #: answered the previous ping by the next one is closed (ping_timeout). 0 turns pings off.
+    ping_interval: float = DEFAULT_PING_INTERVAL
     #: Addresses or networks (CIDR) of proxies whose PROXY header and X-Forwarded-For are
     #: believed; those headers from any other peer are refused.
     trusted_proxies: tuple[str, ...] = ()
@@ -103,7 +108,13 @@ class RelayConfig:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name.replace('_', '-')} must be positive")
-        for name in ("max_pending_messages", "close_timeout", "shutdown_grace", "drain_delay"):
+        for name in (
+            "max_pending_messages",
+            "close_timeout",
+            "shutdown_grace",
+            "drain_delay",
+            "ping_interval",
+        ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name.replace('_', '-')} must not be negative")
         for network in self.trusted_proxies:

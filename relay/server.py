@@ -20,6 +20,7 @@ import trio
 from relay.accept import accept_loop
 from relay.config import RelayConfig
 from relay.dispatch import Dispatcher
+from relay.keepalive import keep_alive
 from relay.logs import log_event
 from relay.metrics import RelayMetrics, Stats
 from relay.tunnel import Tunnels
@@ -140,6 +141,8 @@ class Relay:
             listeners = [trio.SSLListener(lst, context, https_compatible=True) for lst in listeners]
         try:
             async with trio.open_nursery() as connections:
+                if config.ping_interval > 0:
+                    connections.start_soon(keep_alive, self.tunnels, config.ping_interval)
                 async with trio.open_nursery() as accepting:
                     self._accept_scope = accepting.cancel_scope
                     for listener in listeners:

@@ -93,6 +93,7 @@ class WebSocket:
         "_ended",
         "_queue",
         "_full",
+        "_ping_mark",
     )
 
     def __init__(self, stream: trio.abc.Stream, trailing_data: bytes, max_message_size: int):
@@ -107,6 +108,8 @@ class WebSocket:
         self._state = _OPEN
         # Why the socket stopped delivering, raised once the messages before it are consumed.
         self._ended: WebSocketEnded | None = None
+        # The parser's pong count when the keep-alive last pinged; -1 when no ping is owed.
+        self._ping_mark = -1
         # Messages completed by the trailing handshake bytes, delivered before any read.
         self._queue: list[bytes] = []
         if trailing_data:
@@ -214,6 +217,24 @@ class WebSocket:
                 # The rest follows at once: nothing can take the write flag before _write does.
                 frames = memoryview(frames)[sent:]
         await self._write(frames)
+
+    def silent(self) -> bool:
+        """Whether the last ``ping`` has had no pong (nor any other pong) since it was sent."""
+        return self._ping_mark >= 0 and self._parser.pongs == self._ping_mark
+
+    async def ping(self, frame: bytes) -> None:
+        """Send a prebuilt ping frame (keep-alive); a socket busy writing is skipped this round.
+
+        Never raises: a socket that cannot take it is ending anyway.
+        """
+        if self._state != _OPEN or self._writing or self._broken:
+            self._ping_mark = -1
+            return
+        self._ping_mark = self._parser.pongs
+        try:
+            await self._write(frame)
+        except PeerGone:
+            pass
 
     async def _receive_some(self) -> bytes:
         data = await receive_some(self.stream, self._raw, RECEIVE_SIZE, self._full)

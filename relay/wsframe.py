@@ -175,6 +175,7 @@ class FrameParser:
         "_parts",
         "_size",
         "finished",
+        "pongs",
     )
 
     def __init__(
@@ -190,6 +191,7 @@ class FrameParser:
         self._parts: list[bytes] = []  # unmasked fragments of that message
         self._size = 0  # total size of those fragments
         self.finished = False  # a close frame or a protocol error ended the stream
+        self.pongs = 0  # pong frames received (the relay's keep-alive checks this)
 
     def receive(self, data: bytes | bytearray) -> list[Event]:
         """Parse ``data`` together with any buffered tail; return the events it completes."""
@@ -314,6 +316,8 @@ class FrameParser:
                     events.append(_parse_close(payload))
                     self.finished = True
                     return pos
+                else:
+                    self.pongs += 1
             elif not b0 & 0x80:
                 if opcode:
                     self._op = opcode
@@ -366,6 +370,11 @@ def _control_frame(opcode: int, payload: bytes) -> bytes:
     if len(payload) > MAX_CONTROL_PAYLOAD:
         raise ValueError("control frame payload longer than 125 bytes")
     return _HEADER_SHORT.pack(0x80 | opcode, len(payload)) + payload
+
+
+def ping_frame(payload: bytes = b"") -> bytes:
+    """A server ping carrying ``payload``."""
+    return _control_frame(OP_PING, payload)
 
 
 def pong_frame(payload: bytes = b"") -> bytes:
