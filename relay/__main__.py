@@ -134,6 +134,14 @@ _OPTIONS: list[tuple[str, Callable[[str], Any], str, str]] = [
         "interval is closed (0: no pings)",
     ),
     (
+        "--rate-limit",
+        float,
+        "rate_limit",
+        "requests per second per client address to /cable/new, and separately to /cable/connect "
+        "(token bucket; over: 429 with Retry-After; 0: off)",
+    ),
+    ("--rate-burst", int, "rate_burst", "requests a client address may make at once (bucket size)"),
+    (
         "--trusted-proxies",
         _networks,
         "trusted_proxies",

@@ -35,6 +35,7 @@ DEFAULT_SHUTDOWN_GRACE = 30.0
 DEFAULT_DRAIN_DELAY = 5.0
 #: Well under common proxy idle timeouts (nginx 60 s, many cloud balancers 60 s).
 DEFAULT_PING_INTERVAL = 20.0
+DEFAULT_RATE_BURST = 20
 
 
 @dataclass
@@ -75,6 +76,11 @@ class RelayConfig:
     #: Seconds between the relay's WebSocket pings on each tunnel socket; a peer that has not
     #: answered the previous ping by the next one is closed (ping_timeout). 0 turns pings off.
     ping_interval: float = DEFAULT_PING_INTERVAL
+    #: /cable/new and /cable/connect requests per second per client address, each endpoint with
+    #: its own token bucket; beyond it 429 with Retry-After. 0 turns rate limiting off.
+    rate_limit: float = 0.0
+    #: Requests a client address may make at once before rate_limit applies (bucket size).
+    rate_burst: int = DEFAULT_RATE_BURST
     #: Addresses or networks (CIDR) of proxies whose PROXY header and X-Forwarded-For are
     #: believed; those headers from any other peer are refused.
     trusted_proxies: tuple[str, ...] = ()
@@ -114,9 +120,12 @@ class RelayConfig:
             "shutdown_grace",
             "drain_delay",
             "ping_interval",
+            "rate_limit",
         ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name.replace('_', '-')} must not be negative")
+        if self.rate_burst < 1:
+            raise ConfigError("rate-burst must be at least 1")
         for network in self.trusted_proxies:
             try:
                 ipaddress.ip_network(network, strict=False)

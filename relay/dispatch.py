@@ -47,6 +47,7 @@ from relay.proxy import (
     read_proxy_header,
     read_start,
 )
+from relay.ratelimit import RateLimiter
 from relay.rawio import STREAM_ERRORS
 from relay.requests import (
     HEALTH_PATH,
@@ -102,6 +103,12 @@ class Dispatcher:
         self.connections = 0
         self.handshakes = 0
         self._per_address: Counter[str] = Counter()
+        #: Token buckets per client address for /cable/new and /cable/connect (None: off).
+        self.new_limiter: RateLimiter | None = None
+        self.connect_limiter: RateLimiter | None = None
+        if config.rate_limit > 0:
+            self.new_limiter = RateLimiter(config.rate_limit, config.rate_burst)
+            self.connect_limiter = RateLimiter(config.rate_limit, config.rate_burst)
         #: Peers whose PROXY header and X-Forwarded-For are believed.
         self.trusted = TrustedProxies(config.trusted_proxies)
 
@@ -328,6 +335,17 @@ class Dispatcher:
                 address,
             )
             return None
+        limiter = self.new_limiter if isinstance(route, NewTunnel) else self.connect_limiter
+        if limiter is not None:
+            wait = limiter.take(address, trio.current_time())
+            if wait:
+                retry = (("Retry-After", limiter.retry_after(wait)),)
+                await self.refuse(
+                    stream,
+                    Refusal(429, "rate_limited", "too many requests from this address", retry),
+                    address,
+                )
+                return None
         if self.draining:
             if self.closing:
                 await self.refuse(
