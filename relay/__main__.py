@@ -177,7 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hybrid-relay",
         description="caBLE v2 / FIDO hybrid tunnel relay (WebSocket rendezvous server).",
-        epilog="Every option can also be set with the environment variable shown.",
+        epilog="Every option can also be set with the environment variable shown. Other "
+        "commands: 'hybrid-relay lb-config --help' (nginx/HAProxy configuration for several "
+        "nodes), 'hybrid-relay cluster --help' (a local cluster behind nginx or HAProxy).",
     )
     config_defaults = {f.name: f.default for f in fields(RelayConfig)}
     for flag, kind, name, text in _OPTIONS:
@@ -247,7 +249,16 @@ async def _shut_down(relay: Relay, scope: trio.CancelScope) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    config, level = config_from(argv)
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] == "lb-config":
+        from relay import balancer
+
+        return balancer.main(args[1:])
+    if args and args[0] == "cluster":
+        from relay import cluster
+
+        return cluster.main(args[1:])
+    config, level = config_from(args)
     configure(level)
     failure: OSError | None = None
     try:
