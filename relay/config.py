@@ -86,6 +86,9 @@ class RelayConfig:
     trusted_proxies: tuple[str, ...] = ()
     #: Expect a PROXY protocol v1/v2 header on every connection from a trusted proxy.
     proxy_protocol: bool = False
+    #: HOST:PORT of a separate listener for /metrics and /healthz (then /metrics is not served
+    #: on the public port). None: everything on the public port.
+    admin: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
 
@@ -135,8 +138,18 @@ class RelayConfig:
                 ) from None
         if self.proxy_protocol and not self.trusted_proxies:
             raise ConfigError("proxy-protocol needs --trusted-proxies (whose headers to believe)")
+        if self.admin is not None:
+            self.admin_address()
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError("TLS needs both a certificate and a key")
+
+    def admin_address(self) -> tuple[str, int]:
+        """``admin`` as (host, port)."""
+        host, sep, port = (self.admin or "").rpartition(":")
+        host = host.strip("[]")
+        if not sep or not host or not port.isdigit() or int(port) > 65535:
+            raise ConfigError(f"admin: expected HOST:PORT, got {self.admin!r}")
+        return host, int(port)
 
     @property
     def tls(self) -> bool:

@@ -51,6 +51,7 @@ from relay.ratelimit import RateLimiter
 from relay.rawio import STREAM_ERRORS
 from relay.requests import (
     HEALTH_PATH,
+    METRICS_PATH,
     ConnectTunnel,
     ContactTunnel,
     NewTunnel,
@@ -319,7 +320,12 @@ class Dispatcher:
             await self.refuse(stream, decision, address, head_only)
             return None
         if isinstance(decision, PlainGet):
-            await self._serve_plain(stream, decision, head_only)
+            if decision.path == METRICS_PATH and config.admin is not None:
+                await self.refuse(
+                    stream, Refusal(404, "unknown_path", "no such endpoint"), address, head_only
+                )
+            else:
+                await self._serve_plain(stream, decision, head_only)
             return None
         assert isinstance(decision, Upgrade)
         try:
@@ -361,6 +367,29 @@ class Dispatcher:
             return await self._open_tunnel(stream, request, decision.key, route, address)
         assert isinstance(route, ConnectTunnel)
         return await self._join_tunnel(stream, request, decision.key, route, address)
+
+    async def handle_admin(self, stream: trio.abc.Stream, address: str) -> None:
+        """A connection to the admin listener: /metrics and /healthz only; never raises."""
+        try:
+            with trio.move_on_after(self.config.handshake_timeout):
+                try:
+                    request = await read_request(stream, self.config.max_request_head)
+                except (BadRequest, ClientGone):
+                    return
+                decision = decide(request.method, request.target, request.headers)
+                head_only = request.method == b"HEAD"
+                if isinstance(decision, PlainGet):
+                    await self._serve_plain(stream, decision, head_only)
+                elif isinstance(decision, Refusal) and decision.status == 405:
+                    await send_response(stream, 405, b"use GET\n", headers=decision.headers)
+                else:
+                    await send_response(
+                        stream, 404, b"the admin listener serves /metrics and /healthz\n"
+                    )
+        except Exception as exc:  # noqa: BLE001 - never let one request stop the listener
+            log_event("connection_error", logging.ERROR, client=address, error=repr(exc))
+        finally:
+            await trio.aclose_forcefully(stream)
 
     async def _serve_plain(self, stream: trio.abc.Stream, get: PlainGet, head_only: bool) -> None:
         if get.path == HEALTH_PATH:

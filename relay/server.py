@@ -47,6 +47,8 @@ class Relay:
         config.validate()
         self.config = config
         self.port = 0
+        #: Port of the admin listener (``config.admin``), 0 when there is none.
+        self.admin_port = 0
         self.stats = Stats()
         self.metrics = RelayMetrics(self.stats, self._gauges)
         self.tunnels = Tunnels(config, self.stats, self.metrics.pairing_latency.observe)
@@ -139,10 +141,20 @@ class Relay:
         self.port = listeners[0].socket.getsockname()[1]  # type: ignore[attr-defined]
         if context is not None:
             listeners = [trio.SSLListener(lst, context, https_compatible=True) for lst in listeners]
+        admin: list[trio.SocketListener] = []
+        if config.admin is not None:
+            admin_host, admin_port = config.admin_address()
+            admin = list(await trio.open_tcp_listeners(admin_port, host=admin_host))
+            self.admin_port = admin[0].socket.getsockname()[1]
         try:
             async with trio.open_nursery() as connections:
                 if config.ping_interval > 0:
                     connections.start_soon(keep_alive, self.tunnels, config.ping_interval)
+                # The admin listener stays open through draining and the grace period.
+                for listener in admin:
+                    connections.start_soon(
+                        accept_loop, listener, connections, self.dispatcher.handle_admin
+                    )
                 async with trio.open_nursery() as accepting:
                     self._accept_scope = accepting.cancel_scope
                     for listener in listeners:
@@ -155,6 +167,7 @@ class Relay:
                         port=self.port,
                         tls=config.tls,
                         node_prefix=config.node_prefix.hex().upper(),
+                        admin_port=self.admin_port or None,
                     )
                     task_status.started(self)
                 await self.tunnels.drain(lambda: self._shutdown_grace)

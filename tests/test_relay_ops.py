@@ -329,7 +329,8 @@ async def test_environment_configures_the_process():
         }
     )
     try:
-        assert proc.lines[0]["node_prefix"] == "7F01"
+        listening = next(line for line in proc.lines if line["event"] == "listening")
+        assert listening["node_prefix"] == "7F01"
         async with open_ws(f"{proc.base_url}/cable/new/{new_tunnel_id()}") as ws:
             assert routing_id_of(ws).startswith("7F01")
         proc.process.send_signal(signal.SIGTERM)
