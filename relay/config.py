@@ -10,13 +10,9 @@ import ipaddress
 from dataclasses import dataclass
 
 from hybrid.wire import ROUTING_ID_LEN
-from relay.errors import RelayError
+from relay.errors import ConfigError
 
-
-class ConfigError(RelayError):
-    """A relay option has a value the relay cannot run with."""
-
-    exit_code = 2
+__all__ = ["ConfigError", "RelayConfig"]
 
 
 #: The reference relay's defaults (protocol notes section 14) unless noted.

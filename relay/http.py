@@ -24,7 +24,10 @@ import h11
 import trio
 
 from hybrid.wire import SUBPROTOCOL
+from relay.errors import BadRequest, ClientGone
 from relay.rawio import STREAM_ERRORS, raw_socket, receive_some, send_all
+
+__all__ = ["BadRequest", "ClientGone", "Request", "read_request", "send_response"]
 
 _READ_SIZE = 4096
 
@@ -40,18 +43,6 @@ _SWITCHING = (
     b"Sec-WebSocket-Accept: "
 )
 _SUBPROTOCOL_LINE = b"\r\nSec-WebSocket-Protocol: " + SUBPROTOCOL.encode("ascii") + b"\r\n"
-
-
-class BadRequest(Exception):
-    """The bytes received are not an acceptable HTTP/1.1 request."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-class ClientGone(Exception):
-    """The client closed or reset the connection before a whole request arrived."""
 
 
 class Request:

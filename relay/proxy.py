@@ -25,7 +25,7 @@ from typing import Final, NoReturn
 
 import trio
 
-from relay.errors import RelayProtocolError
+from relay.errors import ForwardedError, ProxyHeaderError
 from relay.rawio import raw_socket, receive_some
 
 V1_PREFIX: Final = b"PROXY "
@@ -40,10 +40,6 @@ _V6_ADDRESSES = struct.Struct("!16s16sHH")
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-class ProxyHeaderError(RelayProtocolError):
-    """A PROXY protocol header is malformed, or came from a peer that is not trusted."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,10 +218,6 @@ class TrustedProxies:
             self._cache.clear()
         self._cache[address] = trusted
         return trusted
-
-
-class ForwardedError(RelayProtocolError):
-    """An X-Forwarded-For header that cannot be believed or parsed."""
 
 
 def forwarded_client(values: list[bytes], peer: str, trusted: TrustedProxies) -> str:

@@ -29,18 +29,18 @@ from typing import NamedTuple
 import trio
 
 from relay.config import RelayConfig
+from relay.errors import (
+    FrameError,
+    MessageTooBigError,
+    PeerClosed,
+    TextFrameError,
+    WebSocketEnded,
+)
 from relay.logs import log_event, tunnel_tag
 from relay.metrics import Stats
 from relay.reasons import ENDS, FRAMING, LIFETIME, PENDING_OVERFLOW, SHUTDOWN, WAIT_TIMEOUT, End
 from relay.routing import RoutingIdAllocator
-from relay.websocket import (
-    MessageTooBig,
-    PeerClosed,
-    PeerProtocolError,
-    TextFrame,
-    WebSocket,
-    WebSocketEnded,
-)
+from relay.websocket import WebSocket
 from relay.wsframe import CLOSE_PROTOCOL_ERROR, write_binary
 
 
@@ -144,11 +144,11 @@ class _Side(NamedTuple):
     def ended(self, exc: WebSocketEnded) -> End:
         if isinstance(exc, PeerClosed):
             return self.closed
-        if isinstance(exc, TextFrame):
+        if isinstance(exc, TextFrameError):
             return self.text_frame
-        if isinstance(exc, MessageTooBig):
+        if isinstance(exc, MessageTooBigError):
             return self.too_big
-        if isinstance(exc, PeerProtocolError):
+        if isinstance(exc, FrameError):
             return self.framing
         return self.gone
 
@@ -352,10 +352,11 @@ class Tunnels:
                 try:
                     batch = await source.receive_batch()
                 except WebSocketEnded as exc:
-                    if isinstance(exc, PeerProtocolError):
-                        tunnel.finish(side.framing, exc.ws_code)
+                    end = side.ended(exc)
+                    if end is side.framing:
+                        tunnel.finish(end, exc.code)  # type: ignore[attr-defined]
                     else:
-                        tunnel.finish(side.ended(exc))
+                        tunnel.finish(end)
                     return
                 # Messages past the quota are not forwarded; the ones before it are.
                 over_quota = count + len(batch) > limit

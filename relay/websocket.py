@@ -17,14 +17,19 @@ from __future__ import annotations
 import trio
 from trio.lowlevel import ParkingLot, wait_readable
 
+from relay.errors import (
+    FrameError,
+    MessageTooBigError,
+    PeerClosed,
+    PeerGone,
+    TextFrameError,
+    WebSocketEnded,
+)
 from relay.rawio import STREAM_ERRORS, raw_socket, receive_some, send_all
 from relay.wsframe import (
-    CLOSE_MESSAGE_TOO_BIG,
     Close,
-    FrameError,
     FrameParser,
     Ping,
-    TextFrameError,
     binary_frame,
     close_frame,
     pong_frame,
@@ -39,44 +44,20 @@ _LOCAL_CLOSING = 2  # our close frame went out; the client's is awaited
 _CLOSED = 3
 
 
-class WebSocketEnded(Exception):
-    """Base of the ways a socket stops delivering messages; ``code`` is what its peer should get."""
+# Historical names of the framing errors, kept for callers of this module.
+PeerProtocolError = FrameError
+TextFrame = TextFrameError
+MessageTooBig = MessageTooBigError
 
-    code = 1001
-
-
-class PeerClosed(WebSocketEnded):
-    """The client sent a close frame: a clean end."""
-
-    code = 1000
-
-
-class PeerGone(WebSocketEnded):
-    """The connection dropped (EOF, reset, TLS failure) without a close frame."""
-
-    code = 1001
-
-
-class PeerProtocolError(WebSocketEnded):
-    """The client broke WebSocket framing (RFC 6455); the socket itself gets ``ws_code``."""
-
-    code = 1001
-
-    def __init__(self, ws_code: int, reason: str) -> None:
-        super().__init__(reason)
-        self.ws_code = ws_code
-
-
-class TextFrame(WebSocketEnded):
-    """The client sent a text message, which the tunnel protocol forbids (section 7.3)."""
-
-    code = 1003
-
-
-class MessageTooBig(WebSocketEnded):
-    """The client's message exceeded the relay's size limit."""
-
-    code = 1009
+__all__ = [
+    "MessageTooBig",
+    "PeerClosed",
+    "PeerGone",
+    "PeerProtocolError",
+    "TextFrame",
+    "WebSocket",
+    "WebSocketEnded",
+]
 
 
 class WebSocket:
@@ -132,12 +113,9 @@ class WebSocket:
     def _terminal(self, event: object) -> WebSocketEnded:
         if isinstance(event, Close):
             return PeerClosed(f"client closed with {event.code}")
-        if isinstance(event, TextFrameError):
-            return TextFrame("text frames are not allowed")
+        # The parser's framing errors (text frame, too big, broken framing) are raised as they are.
         assert isinstance(event, FrameError)
-        if event.code == CLOSE_MESSAGE_TOO_BIG:
-            return MessageTooBig(str(event))
-        return PeerProtocolError(event.code, str(event))
+        return event
 
     async def receive_batch(self) -> list[bytes]:
         """The whole binary messages of the next read (at least one), oldest first.

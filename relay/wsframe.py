@@ -33,7 +33,7 @@ import struct
 from dataclasses import dataclass
 from typing import Final
 
-from relay.errors import RelayProtocolError
+from relay.errors import FrameError, MessageTooBigError, TextFrameError
 
 try:  # The C helper is ~100x faster; it is an optional accelerator, not a requirement.
     from websockets.speedups import apply_mask as _c_apply_mask
@@ -74,33 +74,6 @@ _CODE = struct.Struct("!H")
 
 # Below this size copying the slice is cheaper than building a memoryview of it.
 _VIEW_THRESHOLD: Final = 16384
-
-
-class FrameError(RelayProtocolError):
-    """A client broke RFC 6455 framing; ``code`` is the close code to answer with."""
-
-    def __init__(self, message: str, code: int = CLOSE_PROTOCOL_ERROR) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-class TextFrameError(FrameError):
-    """A client started a text message where only binary ones are allowed (close code 1003)."""
-
-    def __init__(self) -> None:
-        super().__init__("text frame: only binary messages are allowed", CLOSE_UNSUPPORTED_DATA)
-
-
-class MessageTooBigError(FrameError):
-    """A client message exceeded the relay's maximum message size (close code 1009)."""
-
-    def __init__(self, size: int, limit: int) -> None:
-        super().__init__(
-            f"websocket message of at least {size} bytes exceeds the {limit}-byte limit",
-            CLOSE_MESSAGE_TOO_BIG,
-        )
-        self.size = size
-        self.limit = limit
 
 
 @dataclass(frozen=True, slots=True)
