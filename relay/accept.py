@@ -14,6 +14,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import trio
 from trio.lowlevel import wait_readable
@@ -55,7 +56,7 @@ _ACCEPT_LOG_INTERVAL = 1.0
 
 def peer_address(stream: trio.abc.Stream) -> str:
     """The client IP address of an accepted stream (TLS or plain), or ``"unknown"``."""
-    inner = getattr(stream, "transport_stream", stream)
+    inner: Any = getattr(stream, "transport_stream", stream)
     try:
         return str(inner.socket.getpeername()[0])
     except (AttributeError, OSError, IndexError):

@@ -160,7 +160,7 @@ async def _read_with_h11(
                 raise ClientGone("connection lost during the request") from exc
             if not data and conn.their_state is h11.IDLE and not conn.trailing_data[0]:
                 raise ClientGone("connection closed before a request")
-            conn.receive_data(data)
+            conn.receive_data(bytes(data))
             continue
         if isinstance(event, h11.Request):
             return Request(event.method, event.target, list(event.headers), conn, b"")

@@ -151,9 +151,9 @@ class Relay:
                 if config.ping_interval > 0:
                     connections.start_soon(keep_alive, self.tunnels, config.ping_interval)
                 # The admin listener stays open through draining and the grace period.
-                for listener in admin:
+                for admin_listener in admin:
                     connections.start_soon(
-                        accept_loop, listener, connections, self.dispatcher.handle_admin
+                        accept_loop, admin_listener, connections, self.dispatcher.handle_admin
                     )
                 async with trio.open_nursery() as accepting:
                     self._accept_scope = accepting.cancel_scope

@@ -152,7 +152,7 @@ class WebSocket:
                 if not events:
                     continue
                 if len(events) == 1 and type(events[0]) is bytes:
-                    return events
+                    return events  # type: ignore[return-value]  # the one event is bytes
                 batch = self._digest(events)
             if any(type(m) is Ping for m in batch):
                 messages: list[bytes] = []
@@ -176,7 +176,7 @@ class WebSocket:
         """Send one binary message; raises ``PeerGone`` if this socket can no longer take it."""
         await self.send_frames(binary_frame(data))
 
-    async def send_frames(self, frames: bytes | bytearray) -> None:
+    async def send_frames(self, frames: bytes | bytearray | memoryview) -> None:
         """Send prebuilt binary frames; raises ``PeerGone`` if the socket cannot take them."""
         if self._state != _OPEN:
             raise PeerGone("socket is closing")
@@ -220,7 +220,7 @@ class WebSocket:
         self._full = len(data) == RECEIVE_SIZE
         return data
 
-    async def _write(self, frame: bytes | bytearray) -> None:
+    async def _write(self, frame: bytes | bytearray | memoryview) -> None:
         # A socket has at most two writers (the peer's task with data, its own reader with pongs
         # and the close), so a flag and a parking lot made on first contention replace a lock.
         if self._writing:

@@ -38,7 +38,7 @@ from relay.errors import FrameError, MessageTooBigError, TextFrameError
 try:  # The C helper is ~100x faster; it is an optional accelerator, not a requirement.
     from websockets.speedups import apply_mask as _c_apply_mask
 except ImportError:  # pragma: no cover - depends on the environment
-    _c_apply_mask = None
+    _c_apply_mask = None  # type: ignore[assignment]
 
 OP_CONTINUATION: Final = 0x0
 OP_TEXT: Final = 0x1
