@@ -130,6 +130,10 @@ class Relay:
                 "Connections still in their opening handshake.",
                 self.dispatcher.handshakes,
             ),
+            "draining": (
+                "1 while the node drains or shuts down (/healthz answers 503), else 0.",
+                1 if self.dispatcher.draining else 0,
+            ),
         }
 
     async def _run(self, task_status: trio.TaskStatus[Relay]) -> None:
