@@ -103,3 +103,48 @@ def test_bad_cluster_arguments_are_usage_errors(args: list[str], message: str) -
     )
     assert result.returncode == 2
     assert message in result.stderr
+
+
+def test_cluster_keeps_its_workdir_and_stops_on_sigint(tmp_path):
+    _binary("haproxy")
+    import json
+    import signal
+
+    workdir = tmp_path / "cluster"
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "relay",
+            "cluster",
+            "--nodes",
+            "1",
+            "--balancer",
+            "haproxy",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--json",
+            "--workdir",
+            str(workdir),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        info = json.loads(process.stdout.readline())
+        assert info["workdir"] == str(workdir)
+        assert json.loads((workdir / "cluster.json").read_text()) == info
+        assert (workdir / "haproxy.cfg").exists()
+        assert info["balancer"]["url"].startswith("ws://127.0.0.1:")
+        (node,) = info["nodes"]
+        assert node["prefix"] == "01" and node["metrics"].endswith("/metrics")
+    finally:
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=20) == 0
+    assert "stopped" in process.stderr.read()
+    assert (workdir / "node-01.log").exists()  # kept: --workdir was given
+    with pytest.raises(ProcessLookupError):
+        os.kill(node["pid"], 0)
