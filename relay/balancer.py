@@ -246,7 +246,9 @@ def _haproxy(nodes: list[Node], listen: tuple[str, int], timeout: int) -> str:
         "    option httpchk",
         "    http-check send meth GET uri /healthz",
         "    http-check expect status 200",
-        "    default-server inter 1s fall 2 rise 2",
+        # Passive checks too: the first refused (503) or failed request takes a node out at
+        # once, until its /healthz passes twice again.
+        "    default-server inter 1s fall 2 rise 2 observe layer7 error-limit 1 on-error mark-down",
     ]
     for node in nodes:
         lines.append(f"    server {node.name} {node.address} check")
