@@ -349,7 +349,7 @@ class LoadGen:
         await close_all([c for pair in pairs for c in pair])
         if state["broken"]:
             raise WireError(state["broken"])
-        messages = int(state["received"])  # type: ignore[arg-type]
+        messages = int(state["received"])
         wall = meter["wall_s"]
         return {
             "tunnels": tunnels,

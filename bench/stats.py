@@ -31,7 +31,7 @@ def merge(results: list[dict[str, Any]]) -> dict[str, Any]:
     for key, v0 in first.items():
         values: list[Any] = [r.get(key) for r in results]
         if key in SUMMED and _numeric(values):
-            out[key] = sum(values)  # type: ignore[arg-type]
+            out[key] = sum(values)
         elif key == "cdf" and all(isinstance(v, list) and len(v) == len(v0) for v in values):
             out[key] = [
                 [point[0], _median([v[i][1] for v in values])] for i, point in enumerate(v0)
@@ -39,8 +39,8 @@ def merge(results: list[dict[str, Any]]) -> dict[str, Any]:
         elif key == "levels" and all(isinstance(v, list) and len(v) == len(v0) for v in values):
             out[key] = [merge([v[i] for v in values]) for i in range(len(v0))]
         elif values and _numeric(values):
-            out[key] = _median(values)  # type: ignore[arg-type]
-            spread[key] = [min(values), max(values)]  # type: ignore[type-var]
+            out[key] = _median(values)
+            spread[key] = [min(values), max(values)]
         else:
             out[key] = v0
     if len(results) > 1:

@@ -3,7 +3,8 @@
 It is ``trio.serve_listeners`` without its per-connection wrapper task layer. On a plain TCP
 listener the loop accepts on the stdlib socket until the backlog is empty and only then waits: no
 scheduler round trip per connection, and the peer address comes with the accept instead of a
-getpeername call. Running out of file descriptors or memory backs off and retries, as trio does.
+getpeername call. Running out of file descriptors or memory backs off and retries, as trio
+does, and says so in the relay's JSON log (``accept_failed``, at most once a second).
 """
 
 from __future__ import annotations
@@ -11,11 +12,14 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import trio
 from trio.lowlevel import wait_readable
 
+from relay.logs import log_event
 from relay.rawio import raw_listener_socket
 
 #: What a connection handler looks like: the stream and the client's address.
@@ -46,12 +50,13 @@ _IGNORABLE_ACCEPT_ERRNOS = frozenset(
     )
     if hasattr(errno, name)
 )
-_ACCEPT_LOGGER = logging.getLogger("trio.serve_listeners")
+#: At most one accept_failed log line per this many seconds (the loop retries every 0.1 s).
+_ACCEPT_LOG_INTERVAL = 1.0
 
 
 def peer_address(stream: trio.abc.Stream) -> str:
     """The client IP address of an accepted stream (TLS or plain), or ``"unknown"``."""
-    inner = getattr(stream, "transport_stream", stream)
+    inner: Any = getattr(stream, "transport_stream", stream)
     try:
         return str(inner.socket.getpeername()[0])
     except (AttributeError, OSError, IndexError):
@@ -63,6 +68,8 @@ async def accept_loop(
 ) -> None:
     """Accept on ``listener`` until cancelled; each connection runs ``handle`` in ``nursery``."""
     raw = raw_listener_socket(listener)
+    logged_at = -_ACCEPT_LOG_INTERVAL
+    failures = 0
     async with listener:
         burst = 0
         while True:
@@ -95,12 +102,19 @@ async def accept_loop(
                 if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
                     raise
                 # Out of file descriptors or memory: back off like trio.serve_listeners.
-                _ACCEPT_LOGGER.error(
-                    "accept returned %s (%s); retrying in %s seconds",
-                    errno.errorcode[exc.errno],
-                    os.strerror(exc.errno),
-                    _ACCEPT_BACKOFF,
-                )
+                failures += 1
+                now = time.monotonic()
+                if now - logged_at >= _ACCEPT_LOG_INTERVAL:
+                    log_event(
+                        "accept_failed",
+                        logging.ERROR,
+                        errno=errno.errorcode[exc.errno],
+                        error=os.strerror(exc.errno),
+                        failures=failures,
+                        retry_s=_ACCEPT_BACKOFF,
+                    )
+                    logged_at = now
+                    failures = 0
                 await trio.sleep(_ACCEPT_BACKOFF)
             else:
                 nursery.start_soon(handle, stream, address)

@@ -6,17 +6,14 @@ operators' guide (``relay/README.md``) lists the same defaults.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import dataclass, field
 
 from hybrid.wire import ROUTING_ID_LEN
-from relay.errors import RelayError
+from relay.errors import ConfigError
 
-
-class ConfigError(RelayError):
-    """A relay option has a value the relay cannot run with."""
-
-    exit_code = 2
+__all__ = ["ConfigError", "RelayConfig"]
 
 
 #: The reference relay's defaults (docs/protocol.md section 14) unless noted.
@@ -66,6 +63,12 @@ _DERIVED = (
     "max_waiting_per_network",
 )
 
+#: Long enough for a balancer checking /healthz every 1-2 s to see a few 503s in a row.
+DEFAULT_DRAIN_DELAY = 5.0
+#: Well under common proxy idle timeouts (nginx 60 s, many cloud balancers 60 s).
+DEFAULT_PING_INTERVAL = 20.0
+DEFAULT_RATE_BURST = 20
+
 
 @dataclass
 class RelayConfig:
@@ -73,7 +76,7 @@ class RelayConfig:
 
     host: str = "127.0.0.1"
     port: int = 0
-    #: Fixed leading bytes of every routing id (0..2 bytes) naming this node behind a balancer.
+    #: Fixed leading byte of every routing id (0 or 1 byte) naming this node behind a balancer.
     node_prefix: bytes = b""
     #: Seconds a /cable/new socket waits for its initiator before it is closed (1008).
     wait_timeout: float = DEFAULT_WAIT_TIMEOUT
@@ -108,6 +111,9 @@ class RelayConfig:
     close_timeout: float = DEFAULT_CLOSE_TIMEOUT
     #: Seconds live tunnels get to finish after SIGTERM/SIGINT before they are closed (1001).
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
+    #: Seconds after SIGTERM during which the listener stays open and /healthz answers 503, so a
+    #: load balancer takes the node out before it stops accepting.
+    drain_delay: float = DEFAULT_DRAIN_DELAY
     #: When non-empty, requests whose Origin header is present and not listed get 403.
     allowed_origins: tuple[str, ...] = ()
     #: Failed /cable/connect attempts one client may make at once, then per second (429 beyond).
@@ -116,6 +122,22 @@ class RelayConfig:
     #: The same per tunnel id, whoever tries (guessing from many addresses).
     tunnel_connect_failure_burst: int = DEFAULT_TUNNEL_CONNECT_FAILURE_BURST
     tunnel_connect_failure_rate: float = DEFAULT_TUNNEL_CONNECT_FAILURE_RATE
+    #: Seconds between the relay's WebSocket pings on each tunnel socket; a peer that has not
+    #: answered the previous ping by the next one is closed (ping_timeout). 0 turns pings off.
+    ping_interval: float = DEFAULT_PING_INTERVAL
+    #: /cable/new and /cable/connect requests per second per client address, each endpoint with
+    #: its own token bucket; beyond it 429 with Retry-After. 0 turns rate limiting off.
+    rate_limit: float = 0.0
+    #: Requests a client address may make at once before rate_limit applies (bucket size).
+    rate_burst: int = DEFAULT_RATE_BURST
+    #: Addresses or networks (CIDR) of proxies whose PROXY header and X-Forwarded-For are
+    #: believed; those headers from any other peer are refused.
+    trusted_proxies: tuple[str, ...] = ()
+    #: Expect a PROXY protocol v1/v2 header on every connection from a trusted proxy.
+    proxy_protocol: bool = False
+    #: HOST:PORT of a separate listener for /metrics and /healthz (then /metrics is not served
+    #: on the public port). None: everything on the public port.
+    admin: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
 
@@ -184,9 +206,25 @@ class RelayConfig:
             "max_pending_bytes_total",
             "close_timeout",
             "shutdown_grace",
+            "drain_delay",
+            "ping_interval",
+            "rate_limit",
         ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name.replace('_', '-')} must not be negative")
+        if self.rate_burst < 1:
+            raise ConfigError("rate-burst must be at least 1")
+        for network in self.trusted_proxies:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                raise ConfigError(
+                    f"trusted-proxies: {network!r} is not an IP address or network (CIDR)"
+                ) from None
+        if self.proxy_protocol and not self.trusted_proxies:
+            raise ConfigError("proxy-protocol needs --trusted-proxies (whose headers to believe)")
+        if self.admin is not None:
+            self.admin_address()
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError("TLS needs both a certificate and a key")
 
@@ -209,6 +247,14 @@ class RelayConfig:
         """``max_tunnels`` as resolved at construction (always a number)."""
         assert self.max_tunnels is not None
         return self.max_tunnels
+
+    def admin_address(self) -> tuple[str, int]:
+        """``admin`` as (host, port)."""
+        host, sep, port = (self.admin or "").rpartition(":")
+        host = host.strip("[]")
+        if not sep or not host or not port.isdigit() or int(port) > 65535:
+            raise ConfigError(f"admin: expected HOST:PORT, got {self.admin!r}")
+        return host, int(port)
 
     @property
     def tls(self) -> bool:

@@ -40,9 +40,20 @@ from relay.http import (
 )
 from relay.logs import log_event, tunnel_tag
 from relay.metrics import CONTENT_TYPE, RelayMetrics, Stats
+from relay.proxy import (
+    ForwardedError,
+    ProxyHeaderError,
+    TrustedProxies,
+    forwarded_client,
+    might_be_proxy_header,
+    read_proxy_header,
+    read_start,
+)
+from relay.ratelimit import RateLimiter
 from relay.rawio import STREAM_ERRORS
 from relay.requests import (
     HEALTH_PATH,
+    METRICS_PATH,
     ConnectTunnel,
     ContactTunnel,
     NewTunnel,
@@ -62,6 +73,19 @@ _ROUTING_ID_HEADER = ROUTING_ID_HEADER.encode("ascii")
 #: What a successful handshake leads to: the tunnel, this side's socket, and whether it is the
 #: authenticator (the tunnel's owner).
 Accepted = tuple[Tunnel, WebSocket, bool]
+_FORWARDED_FOR = b"x-forwarded-for"
+
+
+class Client:
+    """Who is on the other end of one connection, as far as limits and logs are concerned."""
+
+    __slots__ = ("address", "counted")
+
+    def __init__(self, address: str, counted: str | None) -> None:
+        #: The real client: the TCP peer, or what a trusted proxy said it forwards.
+        self.address = address
+        #: The address this connection is counted under for the per-address limit, if any.
+        self.counted = counted
 
 
 class Dispatcher:
@@ -79,7 +103,10 @@ class Dispatcher:
         self.stats = stats
         self.metrics = metrics
         self.tunnels = tunnels
-        #: Set once shutdown starts: new tunnels are refused and /healthz answers 503.
+        #: Set when draining starts (SIGTERM): /healthz answers 503 and /cable/new is refused
+        #: with 503, so the balancer sends new tunnels elsewhere; /cable/connect still pairs.
+        self.draining = False
+        #: Set once the listener closes: every new tunnel request is refused.
         self.closing = False
         self.connections = 0
         self.handshakes = 0
@@ -94,34 +121,41 @@ class Dispatcher:
         self.tunnel_connect_failures = FailureBudget(
             config.tunnel_connect_failure_burst, config.tunnel_connect_failure_rate
         )
+        #: Token buckets per client address for /cable/new and /cable/connect (None: off).
+        self.new_limiter: RateLimiter | None = None
+        self.connect_limiter: RateLimiter | None = None
+        if config.rate_limit > 0:
+            self.new_limiter = RateLimiter(config.rate_limit, config.rate_burst)
+            self.connect_limiter = RateLimiter(config.rate_limit, config.rate_burst)
+        #: Peers whose PROXY header and X-Forwarded-For are believed.
+        self.trusted = TrustedProxies(config.trusted_proxies)
 
-    async def handle(self, stream: trio.abc.Stream, address: str) -> None:
+    async def handle(self, stream: trio.abc.Stream, peer: str) -> None:
         """One connection's task, from accept to close; never raises."""
         self.stats.connections_accepted += 1
         self.sockets += 1
+        client = Client(peer, None)
         try:
-            held = self._per_address[address]
             if self.sockets > self.descriptors.connections:
                 # Out of descriptors: answer at once and keep nothing, so accept never runs dry.
-                await self._refuse_now(stream, Refusal(503, "fd_limit", "relay is full"), address)
+                await self._refuse_now(stream, Refusal(503, "fd_limit", "relay is full"), peer)
                 return
-            if held >= self.config.address_limit or (
-                held >= HONEST_HOLD
-                and self.sockets > self.descriptors.connections - self.descriptors.reserve
-            ):
-                await self._refuse_over_limit(stream, address)
-                return
-            self._per_address[address] += 1
+            trusted = self.trusted
+            if not (trusted and peer in trusted):
+                # A trusted proxy is counted under the client it forwards, once known.
+                if not self._may_hold(peer):
+                    await self._refuse_over_limit(stream, peer)
+                    return
+                self._per_address[peer] += 1
+                client.counted = peer
             self.connections += 1
             try:
-                await self._serve_connection(stream, address)
+                await self._serve_connection(stream, client)
             finally:
                 self.connections -= 1
-                self._per_address[address] -= 1
-                if not self._per_address[address]:
-                    del self._per_address[address]
+                self._uncount(client)
         except Exception as exc:  # noqa: BLE001 - one bad connection must never stop the relay
-            log_event("connection_error", logging.ERROR, client=address, error=repr(exc))
+            log_event("connection_error", logging.ERROR, client=client.address, error=repr(exc))
         finally:
             self.sockets -= 1
             if type(stream) is trio.SocketStream:
@@ -129,6 +163,38 @@ class Dispatcher:
                 stream.socket.close()
             else:
                 await trio.aclose_forcefully(stream)
+
+    def _uncount(self, client: Client) -> None:
+        counted = client.counted
+        if counted is not None:
+            client.counted = None
+            self._per_address[counted] -= 1
+            if not self._per_address[counted]:
+                del self._per_address[counted]
+
+    def _recount(self, client: Client, address: str) -> bool:
+        """Count ``client`` under its real ``address``; False if that address is at its limit."""
+        client.address = address
+        if client.counted == address:
+            return True
+        self._uncount(client)
+        if not self._may_hold(address):
+            return False
+        self._per_address[address] += 1
+        client.counted = address
+        return True
+
+    def _may_hold(self, address: str) -> bool:
+        """Whether one more connection from ``address`` fits its limit and the descriptor reserve.
+
+        Past the reserve line only clients holding fewer than ``HONEST_HOLD`` connections get in,
+        so one flooding address cannot take the last descriptors from everyone else.
+        """
+        held = self._per_address[address]
+        return held < self.config.address_limit and not (
+            held >= HONEST_HOLD
+            and self.sockets > self.descriptors.connections - self.descriptors.reserve
+        )
 
     async def _refuse_over_limit(self, stream: trio.abc.Stream, address: str) -> None:
         refusal = Refusal(429, "address_limit", "too many connections from this address")
@@ -155,11 +221,25 @@ class Dispatcher:
             await self.refuse(stream, refusal, address)
 
     async def refuse(
-        self, stream: trio.abc.Stream, refusal: Refusal, address: str, head_only: bool = False
+        self,
+        stream: trio.abc.Stream,
+        refusal: Refusal,
+        address: str,
+        head_only: bool = False,
+        detail: str | None = None,
     ) -> None:
         """Answer ``refusal`` (count it, log it); the caller closes the connection."""
         self.stats.refusals[refusal.reason] += 1
-        log_event("refused", reason=refusal.reason, status=refusal.status, client=address)
+        if detail is None:
+            log_event("refused", reason=refusal.reason, status=refusal.status, client=address)
+        else:
+            log_event(
+                "refused",
+                reason=refusal.reason,
+                status=refusal.status,
+                client=address,
+                detail=detail,
+            )
         await send_response(
             stream,
             refusal.status,
@@ -168,16 +248,16 @@ class Dispatcher:
             head_only=head_only,
         )
 
-    async def _serve_connection(self, stream: trio.abc.Stream, address: str) -> None:
+    async def _serve_connection(self, stream: trio.abc.Stream, client: Client) -> None:
         self.handshakes += 1
         try:
             with trio.move_on_after(self.config.handshake_timeout) as deadline:
-                accepted = await self._handshake(stream, address)
+                accepted = await self._handshake(stream, client)
         finally:
             self.handshakes -= 1
         if deadline.cancelled_caught:
             self.stats.refusals["handshake_timeout"] += 1
-            log_event("refused", reason="handshake_timeout", status=408, client=address)
+            log_event("refused", reason="handshake_timeout", status=408, client=client.address)
             with trio.move_on_after(0.2):
                 await send_response(stream, 408, b"opening handshake took too long\n")
             return
@@ -189,16 +269,95 @@ class Dispatcher:
         else:
             await self.tunnels.run_initiator(tunnel, ws)
 
-    async def _handshake(self, stream: trio.abc.Stream, address: str) -> Accepted | None:
+    async def _identify(self, stream: trio.abc.Stream, client: Client) -> bytes | None:
+        """With ``--proxy-protocol``: read the PROXY header of a trusted proxy and count the
+        connection under the client it names; refuse one from anyone else. Returns the bytes
+        read past it (the start of the request), or None if the connection was refused."""
+        peer = client.address
+        if peer in self.trusted:
+            try:
+                source, rest = await read_proxy_header(stream)
+            except ProxyHeaderError as exc:
+                await self.refuse(
+                    stream,
+                    Refusal(400, "proxy_malformed", "malformed PROXY protocol header"),
+                    peer,
+                    detail=str(exc),
+                )
+                return None
+            except EOFError:
+                self.stats.refusals["incomplete_request"] += 1
+                return None
+            if source is not None and not self._recount(client, source):
+                await self._refuse_limit(stream, client.address)
+                return None
+            return rest
+        start = await read_start(stream)
+        if start and might_be_proxy_header(start):
+            await self.refuse(
+                stream,
+                Refusal(400, "proxy_untrusted", "PROXY protocol header from an untrusted peer"),
+                peer,
+                detail="PROXY header from a peer not in --trusted-proxies",
+            )
+            return None
+        return start
+
+    async def _refuse_limit(self, stream: trio.abc.Stream, address: str) -> None:
+        await self.refuse(
+            stream, Refusal(429, "address_limit", "too many connections from this address"), address
+        )
+
+    async def _handshake(self, stream: trio.abc.Stream, client: Client) -> Accepted | None:
         config = self.config
+        start = b""
+        if config.proxy_protocol:
+            identified = await self._identify(stream, client)
+            if identified is None:
+                return None
+            start = identified
+        address = client.address
         try:
-            request = await read_request(stream, config.max_request_head)
+            request = await read_request(stream, config.max_request_head, start)
         except BadRequest as exc:
             reason = "request_too_large" if exc.status == 431 else "malformed"
             await self.refuse(stream, Refusal(exc.status, reason, str(exc)), address)
             return None
         except ClientGone:
             self.stats.refusals["incomplete_request"] += 1
+            return None
+        forwarded = [v for name, v in request.headers if name == _FORWARDED_FOR]
+        if forwarded:
+            # Believed only from a trusted proxy (behind PROXY protocol: the client it names).
+            if address not in self.trusted:
+                await self.refuse(
+                    stream,
+                    Refusal(
+                        403,
+                        "forwarded_untrusted",
+                        "X-Forwarded-For is accepted only from trusted proxies",
+                    ),
+                    address,
+                    detail="X-Forwarded-For from a peer not in --trusted-proxies",
+                )
+                return None
+            try:
+                real = forwarded_client(forwarded, address, self.trusted)
+            except ForwardedError as exc:
+                await self.refuse(
+                    stream,
+                    Refusal(400, "forwarded_malformed", "malformed X-Forwarded-For"),
+                    address,
+                    detail=str(exc),
+                )
+                return None
+            if not self._recount(client, real):
+                await self._refuse_limit(stream, real)
+                return None
+            address = real
+        elif client.counted is None and not self._recount(client, address):
+            # A trusted proxy's own request (or one it forwarded without saying for whom).
+            await self._refuse_limit(stream, address)
             return None
         decision = decide(
             request.method, request.target, request.headers, config.allowed_origins, request.version
@@ -208,7 +367,12 @@ class Dispatcher:
             await self.refuse(stream, decision, address, head_only)
             return None
         if isinstance(decision, PlainGet):
-            await self._serve_plain(stream, decision, head_only)
+            if decision.path == METRICS_PATH and config.admin is not None:
+                await self.refuse(
+                    stream, Refusal(404, "unknown_path", "no such endpoint"), address, head_only
+                )
+            else:
+                await self._serve_plain(stream, decision, head_only)
             return None
         assert isinstance(decision, Upgrade)
         try:
@@ -224,20 +388,63 @@ class Dispatcher:
                 address,
             )
             return None
-        if self.closing:
-            await self.refuse(stream, Refusal(503, "shutting_down", "relay shutting down"), address)
-            return None
+        limiter = self.new_limiter if isinstance(route, NewTunnel) else self.connect_limiter
+        if limiter is not None:
+            wait = limiter.take(address, trio.current_time())
+            if wait:
+                retry = (("Retry-After", limiter.retry_after(wait)),)
+                await self.refuse(
+                    stream,
+                    Refusal(429, "rate_limited", "too many requests from this address", retry),
+                    address,
+                )
+                return None
+        if self.draining:
+            if self.closing:
+                await self.refuse(
+                    stream, Refusal(503, "shutting_down", "relay shutting down"), address
+                )
+                return None
+            if isinstance(route, NewTunnel):
+                await self.refuse(
+                    stream, Refusal(503, "draining", "relay draining: use another node"), address
+                )
+                return None
         if isinstance(route, NewTunnel):
             return await self._open_tunnel(stream, request, decision.key, route, address)
         assert isinstance(route, ConnectTunnel)
         return await self._join_tunnel(stream, request, decision.key, route, address)
 
+    async def handle_admin(self, stream: trio.abc.Stream, address: str) -> None:
+        """A connection to the admin listener: /metrics and /healthz only; never raises."""
+        try:
+            with trio.move_on_after(self.config.handshake_timeout):
+                try:
+                    request = await read_request(stream, self.config.max_request_head)
+                except (BadRequest, ClientGone):
+                    return
+                decision = decide(request.method, request.target, request.headers)
+                head_only = request.method == b"HEAD"
+                if isinstance(decision, PlainGet):
+                    await self._serve_plain(stream, decision, head_only)
+                elif isinstance(decision, Refusal) and decision.status == 405:
+                    await send_response(stream, 405, b"use GET\n", headers=decision.headers)
+                else:
+                    await send_response(
+                        stream, 404, b"the admin listener serves /metrics and /healthz\n"
+                    )
+        except Exception as exc:  # noqa: BLE001 - never let one request stop the listener
+            log_event("connection_error", logging.ERROR, client=address, error=repr(exc))
+        finally:
+            await trio.aclose_forcefully(stream)
+
     async def _serve_plain(self, stream: trio.abc.Stream, get: PlainGet, head_only: bool) -> None:
         if get.path == HEALTH_PATH:
-            status = 503 if self.closing else 200
+            status = 503 if self.draining else 200
+            text = "shutting_down" if self.closing else "draining" if self.draining else "ok"
             body = json.dumps(
                 {
-                    "status": "shutting_down" if self.closing else "ok",
+                    "status": text,
                     "tunnels_waiting": self.tunnels.waiting(),
                     "tunnels_paired": self.tunnels.paired(),
                 }

@@ -24,7 +24,10 @@ import h11
 import trio
 
 from hybrid.wire import SUBPROTOCOL
+from relay.errors import BadRequest, ClientGone
 from relay.rawio import STREAM_ERRORS, raw_socket, receive_some, send_all
+
+__all__ = ["BadRequest", "ClientGone", "Request", "read_request", "send_response"]
 
 _READ_SIZE = 4096
 
@@ -41,18 +44,6 @@ _SWITCHING = (
     b"Sec-WebSocket-Accept: "
 )
 _SUBPROTOCOL_LINE = b"\r\nSec-WebSocket-Protocol: " + SUBPROTOCOL.encode("ascii") + b"\r\n"
-
-
-class BadRequest(Exception):
-    """The bytes received are not an acceptable HTTP/1.1 request."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-class ClientGone(Exception):
-    """The client closed or reset the connection before a whole request arrived."""
 
 
 class Request:
@@ -137,26 +128,31 @@ def _head_length(buf: bytes) -> int | None:
     return min(ends) if ends else None
 
 
-async def read_request(stream: trio.abc.Stream, max_head: int) -> Request:
+async def read_request(stream: trio.abc.Stream, max_head: int, start: bytes = b"") -> Request:
     """Read one request head; raise BadRequest or ClientGone.
 
     ``max_head`` bounds the head (request line through the blank line, empty lines before it
     not counted) exactly, however the client splits it into segments: longer is 431.
+    ``start``: bytes of the request already read off the stream (after a PROXY header).
     """
-    buf = b""
+    buf = start
     raw = raw_socket(stream)
+    read = not buf
     while True:
-        try:
-            data = await receive_some(stream, raw, _READ_SIZE, yield_when_ready=False)
-        except STREAM_ERRORS as exc:
-            if not buf:
-                raise ClientGone("connection lost during the request") from exc
-            return await _read_with_h11(stream, max_head, buf, exc)
-        if not data:
-            if not buf:
-                raise ClientGone("connection closed before a request")
-            return await _read_with_h11(stream, max_head, buf + data, eof=True)
-        buf = _strip_empty_lines(buf + data)
+        if read:
+            try:
+                data = await receive_some(stream, raw, _READ_SIZE, yield_when_ready=False)
+            except STREAM_ERRORS as exc:
+                if not buf:
+                    raise ClientGone("connection lost during the request") from exc
+                return await _read_with_h11(stream, max_head, buf, exc)
+            if not data:
+                if not buf:
+                    raise ClientGone("connection closed before a request")
+                return await _read_with_h11(stream, max_head, buf + data, eof=True)
+            buf += data
+        read = True
+        buf = _strip_empty_lines(buf)
         if _cannot_start_request(buf):
             raise BadRequest(400, "not an HTTP request")
         head_len = _head_length(buf)
@@ -207,7 +203,7 @@ async def _read_with_h11(
                 raise ClientGone("connection lost during the request") from exc
             if not data and conn.their_state is h11.IDLE and not conn.trailing_data[0]:
                 raise ClientGone("connection closed before a request")
-            conn.receive_data(data)
+            conn.receive_data(bytes(data))
             fed += len(data)
             continue
         if isinstance(event, h11.Request):

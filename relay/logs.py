@@ -107,3 +107,9 @@ def configure(level: str = "info", stream: Any = None) -> None:
     logging.logMultiprocessing = False
     logger.setLevel(level.upper())
     logger.propagate = False
+    # Everything else that logs (trio, the stdlib, warnings) comes out as JSON lines too.
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    if root.level > logging.WARNING or root.level == logging.NOTSET:
+        root.setLevel(logging.WARNING)
+    logging.captureWarnings(True)

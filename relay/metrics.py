@@ -8,10 +8,12 @@ observed once per pairing.
 
 from __future__ import annotations
 
+import platform
 from collections import Counter
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
+import trio
+from prometheus_client import CollectorRegistry, Histogram, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -60,6 +62,13 @@ class _StatsCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         s = self._stats
+        build = GaugeMetricFamily(
+            f"{PREFIX}_build_info",
+            "Relay version and runtime; the value is always 1.",
+            labels=["version", "python", "trio"],
+        )
+        build.add_metric([_version(), platform.python_version(), trio.__version__], 1)
+        yield build
         for name, (doc, value) in self._gauges().items():
             yield GaugeMetricFamily(f"{PREFIX}_{name}", doc, value=value)
         yield CounterMetricFamily(
@@ -103,12 +112,20 @@ class _StatsCollector(Collector):
         yield data
 
 
+def _version() -> str:
+    from relay.version import __version__
+
+    return __version__
+
+
 class RelayMetrics:
     """The registry of one relay instance."""
 
     def __init__(self, stats: Stats, gauges: Callable[[], dict[str, tuple[str, float]]]):
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_StatsCollector(stats, gauges))
+        # process_cpu_seconds_total, process_open_fds, process_max_fds, memory, start time.
+        ProcessCollector(registry=self.registry)
         self.pairing_latency = Histogram(
             f"{PREFIX}_pairing_latency_seconds",
             "Time from /cable/new upgrade to the initiator joining.",

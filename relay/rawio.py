@@ -11,6 +11,7 @@ both.
 from __future__ import annotations
 
 import socket
+from typing import cast
 
 import trio
 from trio.lowlevel import cancel_shielded_checkpoint, wait_readable, wait_writable
@@ -55,7 +56,8 @@ async def receive_some(
     exception for nothing) before the wait that follows anyway.
     """
     if raw is None:
-        return await stream.receive_some(size)
+        # trio's streams return bytes (their annotation also allows bytearray).
+        return cast(bytes, await stream.receive_some(size))
     if eager:
         try:
             data = raw.recv(size)
@@ -76,7 +78,7 @@ async def receive_some(
 
 
 async def send_all(
-    stream: trio.abc.Stream, raw: socket.socket | None, data: bytes | bytearray
+    stream: trio.abc.Stream, raw: socket.socket | None, data: bytes | bytearray | memoryview
 ) -> None:
     """Write all of ``data``.
 

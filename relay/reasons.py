@@ -46,6 +46,8 @@ ENDS: Final[dict[str, End]] = {
     "initiator_framing":        End("protocol_error",       1001, FRAMING, "initiator broke WebSocket framing"),
     "authenticator_quota":      End("message_quota",        1008, 1008, "authenticator sent too many messages"),
     "initiator_quota":          End("message_quota",        1008, 1008, "initiator sent too many messages"),
+    "authenticator_silent":     End("ping_timeout",         1001, 1001, "authenticator stopped answering pings"),
+    "initiator_silent":         End("ping_timeout",         1001, 1001, "initiator stopped answering pings"),
     "pending_overflow":         End("pending_overflow",     1008, 1008, "too many messages before the initiator joined"),
     "wait_timeout":             End("wait_timeout",         1008, 1008, "no initiator joined in time"),
     "lifetime":                 End("lifetime",             1008, 1008, "tunnel lifetime exceeded"),

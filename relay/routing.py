@@ -15,14 +15,10 @@ import secrets
 from collections.abc import Callable, Container
 
 from hybrid.wire import ROUTING_ID_LEN
-from relay.errors import RelayError
+from relay.errors import RoutingIdsExhausted
 
 #: Draws before giving up; only reachable when almost every id under the prefix is live.
 MAX_DRAWS = 32
-
-
-class RoutingIdsExhausted(RelayError):
-    """No unused routing id could be drawn under this node's prefix."""
 
 
 def routing_id_hex(routing_id: bytes) -> str:

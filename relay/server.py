@@ -21,6 +21,7 @@ from relay.accept import accept_loop
 from relay.config import RelayConfig
 from relay.descriptors import DescriptorBudget
 from relay.dispatch import Dispatcher
+from relay.keepalive import keep_alive
 from relay.logs import log_event
 from relay.metrics import RelayMetrics, Stats
 from relay.tunnel import Tunnels
@@ -52,6 +53,8 @@ class Relay:
             self.descriptors.connections, self.descriptors.per_address_default()
         )
         self.port = 0
+        #: Port of the admin listener (``config.admin``), 0 when there is none.
+        self.admin_port = 0
         self.stats = Stats()
         self.metrics = RelayMetrics(self.stats, self._gauges)
         self.tunnels = Tunnels(config, self.stats, self.metrics.pairing_latency.observe)
@@ -96,12 +99,26 @@ class Relay:
     def metrics_text(self) -> str:
         return self.metrics.render().decode("utf-8")
 
-    async def shutdown(self, grace: float | None = None) -> None:
-        """Stop accepting, let paired tunnels finish for ``grace`` seconds, then close the rest."""
+    async def shutdown(self, grace: float | None = None, drain_delay: float | None = None) -> None:
+        """Drain, stop accepting, let paired tunnels finish for ``grace`` s, then close the rest.
+
+        Draining (``drain_delay`` seconds, default ``config.drain_delay``): the listener stays
+        open, ``/healthz`` answers 503 and ``/cable/new`` is refused with 503 so that a load
+        balancer moves new tunnels to other nodes, while waiting tunnels can still pair and live
+        ones carry on. Then the listener closes and waiting tunnels are closed with 1001.
+        Returns when the relay has stopped; a second call just waits for that.
+        """
         if grace is not None:
             self._shutdown_grace = grace
-        if not self.dispatcher.closing:
-            self.dispatcher.closing = True
+        dispatcher = self.dispatcher
+        if not dispatcher.draining:
+            dispatcher.draining = True
+            delay = self.config.drain_delay if drain_delay is None else drain_delay
+            if delay > 0:
+                log_event("drain_started", drain_s=delay, tunnels=len(self.tunnels))
+                with trio.move_on_after(delay):
+                    await self._stopped.wait()
+            dispatcher.closing = True
             log_event("shutdown_started", grace_s=self._shutdown_grace)
             if self._accept_scope is not None:
                 self._accept_scope.cancel()
@@ -121,6 +138,10 @@ class Relay:
                 "Connections still in their opening handshake.",
                 self.dispatcher.handshakes,
             ),
+            "draining": (
+                "1 while the node drains or shuts down (/healthz answers 503), else 0.",
+                1 if self.dispatcher.draining else 0,
+            ),
         }
 
     async def _run(self, task_status: trio.TaskStatus[Relay]) -> None:
@@ -132,8 +153,20 @@ class Relay:
         self.port = listeners[0].socket.getsockname()[1]  # type: ignore[attr-defined]
         if context is not None:
             listeners = [trio.SSLListener(lst, context, https_compatible=True) for lst in listeners]
+        admin: list[trio.SocketListener] = []
+        if config.admin is not None:
+            admin_host, admin_port = config.admin_address()
+            admin = list(await trio.open_tcp_listeners(admin_port, host=admin_host))
+            self.admin_port = admin[0].socket.getsockname()[1]
         try:
             async with trio.open_nursery() as connections:
+                if config.ping_interval > 0:
+                    connections.start_soon(keep_alive, self.tunnels, config.ping_interval)
+                # The admin listener stays open through draining and the grace period.
+                for admin_listener in admin:
+                    connections.start_soon(
+                        accept_loop, admin_listener, connections, self.dispatcher.handle_admin
+                    )
                 async with trio.open_nursery() as accepting:
                     self._accept_scope = accepting.cancel_scope
                     for listener in listeners:
@@ -153,6 +186,7 @@ class Relay:
                         max_waiting_per_address=config.max_waiting_per_address,
                         max_waiting_per_network=config.max_waiting_per_network,
                         max_tunnels=config.max_tunnels,
+                        admin_port=self.admin_port or None,
                     )
                     task_status.started(self)
                 await self.tunnels.drain(lambda: self._shutdown_grace)

@@ -31,19 +31,19 @@ from typing import NamedTuple
 import trio
 
 from relay.config import PRESSURE_SHARE, RelayConfig
+from relay.errors import (
+    FrameError,
+    MessageTooBigError,
+    PeerClosed,
+    TextFrameError,
+    WebSocketEnded,
+)
 from relay.guard import Quota, client_key, network_key
 from relay.logs import log_event, tunnel_tag
 from relay.metrics import Stats
 from relay.reasons import ENDS, FRAMING, LIFETIME, PENDING_OVERFLOW, SHUTDOWN, WAIT_TIMEOUT, End
 from relay.routing import RoutingIdAllocator
-from relay.websocket import (
-    MessageTooBig,
-    PeerClosed,
-    PeerProtocolError,
-    TextFrame,
-    WebSocket,
-    WebSocketEnded,
-)
+from relay.websocket import WebSocket
 from relay.wsframe import CLOSE_PROTOCOL_ERROR, write_binary
 
 
@@ -152,11 +152,11 @@ class _Side(NamedTuple):
     def ended(self, exc: WebSocketEnded) -> End:
         if isinstance(exc, PeerClosed):
             return self.closed
-        if isinstance(exc, TextFrame):
+        if isinstance(exc, TextFrameError):
             return self.text_frame
-        if isinstance(exc, MessageTooBig):
+        if isinstance(exc, MessageTooBigError):
             return self.too_big
-        if isinstance(exc, PeerProtocolError):
+        if isinstance(exc, FrameError):
             return self.framing
         return self.gone
 
@@ -207,6 +207,8 @@ class Tunnels:
         self.waiting_per_network = Quota(config.max_waiting_per_network or 1)
         # Waiting tunnels, oldest first: where the pressure sweep looks for idle ones.
         self._waiting: dict[bytes, Tunnel] = {}
+        # Set when the last tunnel leaves, while someone waits for that (shutdown only).
+        self._empty: trio.Event | None = None
 
     def __len__(self) -> int:
         return len(self.by_id)
@@ -335,6 +337,8 @@ class Tunnels:
         if self.by_id.get(tunnel.tunnel_id) is tunnel:
             del self.by_id[tunnel.tunnel_id]
             self._routing_ids.discard(tunnel.routing_id)
+            if self._empty is not None and not self.by_id:
+                self._empty.set()
         tunnel.state = State.ENDED
 
     # -- running -----------------------------------------------------------------------------
@@ -428,13 +432,18 @@ class Tunnels:
                 try:
                     batch = await source.receive_batch()
                 except WebSocketEnded as exc:
-                    if isinstance(exc, MessageTooBig) and sinks[sink] is None and not tunnel.paired:
+                    end = side.ended(exc)
+                    if (
+                        isinstance(exc, MessageTooBigError)
+                        and sinks[sink] is None
+                        and not tunnel.paired
+                    ):
                         # Over the waiting-phase message limit, which is the pending byte cap.
                         tunnel.finish(PENDING_OVERFLOW)
-                    elif isinstance(exc, PeerProtocolError):
-                        tunnel.finish(side.framing, exc.ws_code)
+                    elif isinstance(exc, FrameError) and end is side.framing:
+                        tunnel.finish(end, exc.code)
                     else:
-                        tunnel.finish(side.ended(exc))
+                        tunnel.finish(end)
                     return
                 # Messages past the quota are not forwarded; the ones before it are.
                 over_quota = count + len(batch) > limit
@@ -515,11 +524,14 @@ class Tunnels:
             if tunnel.state is not State.PAIRED:
                 tunnel.finish(SHUTDOWN)
         with trio.move_on_after(grace()):
-            while self.by_id:
-                await trio.sleep(0.05)
+            await self._wait_empty()
         for tunnel in list(self.by_id.values()):
             tunnel.finish(SHUTDOWN)
         # Owners now send their close frames; give them the close timeout, then cut what remains.
         with trio.move_on_after(self.config.close_timeout + 0.5):
-            while self.by_id:
-                await trio.sleep(0.05)
+            await self._wait_empty()
+
+    async def _wait_empty(self) -> None:
+        while self.by_id:
+            self._empty = trio.Event()
+            await self._empty.wait()

@@ -17,14 +17,19 @@ from __future__ import annotations
 import trio
 from trio.lowlevel import ParkingLot, wait_readable
 
+from relay.errors import (
+    FrameError,
+    MessageTooBigError,
+    PeerClosed,
+    PeerGone,
+    TextFrameError,
+    WebSocketEnded,
+)
 from relay.rawio import STREAM_ERRORS, raw_socket, receive_some, send_all
 from relay.wsframe import (
-    CLOSE_MESSAGE_TOO_BIG,
     Close,
-    FrameError,
     FrameParser,
     Ping,
-    TextFrameError,
     binary_frame,
     close_frame,
     pong_frame,
@@ -39,44 +44,20 @@ _LOCAL_CLOSING = 2  # our close frame went out; the client's is awaited
 _CLOSED = 3
 
 
-class WebSocketEnded(Exception):
-    """Base of the ways a socket stops delivering messages; ``code`` is what its peer should get."""
+# Historical names of the framing errors, kept for callers of this module.
+PeerProtocolError = FrameError
+TextFrame = TextFrameError
+MessageTooBig = MessageTooBigError
 
-    code = 1001
-
-
-class PeerClosed(WebSocketEnded):
-    """The client sent a close frame: a clean end."""
-
-    code = 1000
-
-
-class PeerGone(WebSocketEnded):
-    """The connection dropped (EOF, reset, TLS failure) without a close frame."""
-
-    code = 1001
-
-
-class PeerProtocolError(WebSocketEnded):
-    """The client broke WebSocket framing (RFC 6455); the socket itself gets ``ws_code``."""
-
-    code = 1001
-
-    def __init__(self, ws_code: int, reason: str) -> None:
-        super().__init__(reason)
-        self.ws_code = ws_code
-
-
-class TextFrame(WebSocketEnded):
-    """The client sent a text message, which the tunnel protocol forbids (section 7.3)."""
-
-    code = 1003
-
-
-class MessageTooBig(WebSocketEnded):
-    """The client's message exceeded the relay's size limit."""
-
-    code = 1009
+__all__ = [
+    "MessageTooBig",
+    "PeerClosed",
+    "PeerGone",
+    "PeerProtocolError",
+    "TextFrame",
+    "WebSocket",
+    "WebSocketEnded",
+]
 
 
 class WebSocket:
@@ -94,6 +75,7 @@ class WebSocket:
         "_queue",
         "_full",
         "_receive_size",
+        "_ping_mark",
     )
 
     def __init__(self, stream: trio.abc.Stream, trailing_data: bytes, max_message_size: int):
@@ -109,6 +91,8 @@ class WebSocket:
         self._state = _OPEN
         # Why the socket stopped delivering, raised once the messages before it are consumed.
         self._ended: WebSocketEnded | None = None
+        # The parser's pong count when the keep-alive last pinged; -1 when no ping is owed.
+        self._ping_mark = -1
         # Messages completed by the trailing handshake bytes, delivered before any read.
         self._queue: list[bytes] = []
         if trailing_data:
@@ -131,12 +115,9 @@ class WebSocket:
     def _terminal(self, event: object) -> WebSocketEnded:
         if isinstance(event, Close):
             return PeerClosed(f"client closed with {event.code}")
-        if isinstance(event, TextFrameError):
-            return TextFrame("text frames are not allowed")
+        # The parser's framing errors (text frame, too big, broken framing) are raised as they are.
         assert isinstance(event, FrameError)
-        if event.code == CLOSE_MESSAGE_TOO_BIG:
-            return MessageTooBig(str(event))
-        return PeerProtocolError(event.code, str(event))
+        return event
 
     def limit_message_size(self, max_message_size: int) -> None:
         """Change the largest message accepted from now on (checked from each frame header).
@@ -182,13 +163,13 @@ class WebSocket:
                 if not events:
                     continue
                 if len(events) == 1 and type(events[0]) is bytes:
-                    return events
+                    return events  # type: ignore[return-value]  # the one event is bytes
                 batch = self._digest(events)
             if any(type(m) is Ping for m in batch):
                 messages: list[bytes] = []
                 for item in batch:
                     if type(item) is Ping:
-                        await self._write(pong_frame(item.payload))  # type: ignore[attr-defined]
+                        await self._write(pong_frame(item.payload))
                     else:
                         messages.append(item)
                 batch = messages
@@ -206,7 +187,7 @@ class WebSocket:
         """Send one binary message; raises ``PeerGone`` if this socket can no longer take it."""
         await self.send_frames(binary_frame(data))
 
-    async def send_frames(self, frames: bytes | bytearray) -> None:
+    async def send_frames(self, frames: bytes | bytearray | memoryview) -> None:
         """Send prebuilt binary frames; raises ``PeerGone`` if the socket cannot take them."""
         if self._state != _OPEN:
             raise PeerGone("socket is closing")
@@ -226,6 +207,24 @@ class WebSocket:
                 frames = memoryview(frames)[sent:]
         await self._write(frames)
 
+    def silent(self) -> bool:
+        """Whether the last ``ping`` has had no pong (nor any other pong) since it was sent."""
+        return self._ping_mark >= 0 and self._parser.pongs == self._ping_mark
+
+    async def ping(self, frame: bytes) -> None:
+        """Send a prebuilt ping frame (keep-alive); a socket busy writing is skipped this round.
+
+        Never raises: a socket that cannot take it is ending anyway.
+        """
+        if self._state != _OPEN or self._writing or self._broken:
+            self._ping_mark = -1
+            return
+        self._ping_mark = self._parser.pongs
+        try:
+            await self._write(frame)
+        except PeerGone:
+            pass
+
     async def _receive_some(self) -> bytes:
         size = self._receive_size
         data = await receive_some(self.stream, self._raw, size, self._full)
@@ -233,7 +232,7 @@ class WebSocket:
         self._full = len(data) == size
         return data
 
-    async def _write(self, frame: bytes | bytearray) -> None:
+    async def _write(self, frame: bytes | bytearray | memoryview) -> None:
         # A socket has at most two writers (the peer's task with data, its own reader with pongs
         # and the close), so a flag and a parking lot made on first contention replace a lock.
         if self._writing:

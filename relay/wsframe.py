@@ -33,12 +33,12 @@ import struct
 from dataclasses import dataclass
 from typing import Final
 
-from relay.errors import RelayProtocolError
+from relay.errors import FrameError, MessageTooBigError, TextFrameError
 
 try:  # The C helper is ~100x faster; it is an optional accelerator, not a requirement.
     from websockets.speedups import apply_mask as _c_apply_mask
 except ImportError:  # pragma: no cover - depends on the environment
-    _c_apply_mask = None
+    _c_apply_mask = None  # type: ignore[assignment]
 
 OP_CONTINUATION: Final = 0x0
 OP_TEXT: Final = 0x1
@@ -74,33 +74,6 @@ _CODE = struct.Struct("!H")
 
 # Below this size copying the slice is cheaper than building a memoryview of it.
 _VIEW_THRESHOLD: Final = 16384
-
-
-class FrameError(RelayProtocolError):
-    """A client broke RFC 6455 framing; ``code`` is the close code to answer with."""
-
-    def __init__(self, message: str, code: int = CLOSE_PROTOCOL_ERROR) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-class TextFrameError(FrameError):
-    """A client started a text message where only binary ones are allowed (close code 1003)."""
-
-    def __init__(self) -> None:
-        super().__init__("text frame: only binary messages are allowed", CLOSE_UNSUPPORTED_DATA)
-
-
-class MessageTooBigError(FrameError):
-    """A client message exceeded the relay's maximum message size (close code 1009)."""
-
-    def __init__(self, size: int, limit: int) -> None:
-        super().__init__(
-            f"websocket message of at least {size} bytes exceeds the {limit}-byte limit",
-            CLOSE_MESSAGE_TOO_BIG,
-        )
-        self.size = size
-        self.limit = limit
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +148,7 @@ class FrameParser:
         "_parts",
         "_size",
         "finished",
+        "pongs",
     )
 
     def __init__(
@@ -190,6 +164,7 @@ class FrameParser:
         self._parts: list[bytes] = []  # unmasked fragments of that message
         self._size = 0  # total size of those fragments
         self.finished = False  # a close frame or a protocol error ended the stream
+        self.pongs = 0  # pong frames received (the relay's keep-alive checks this)
 
     def receive(self, data: bytes | bytearray) -> list[Event]:
         """Parse ``data`` together with any buffered tail; return the events it completes."""
@@ -314,6 +289,8 @@ class FrameParser:
                     events.append(_parse_close(payload))
                     self.finished = True
                     return pos
+                else:
+                    self.pongs += 1
             elif not b0 & 0x80:
                 if opcode:
                     self._op = opcode
@@ -366,6 +343,11 @@ def _control_frame(opcode: int, payload: bytes) -> bytes:
     if len(payload) > MAX_CONTROL_PAYLOAD:
         raise ValueError("control frame payload longer than 125 bytes")
     return _HEADER_SHORT.pack(0x80 | opcode, len(payload)) + payload
+
+
+def ping_frame(payload: bytes = b"") -> bytes:
+    """A server ping carrying ``payload``."""
+    return _control_frame(OP_PING, payload)
 
 
 def pong_frame(payload: bytes = b"") -> bytes:

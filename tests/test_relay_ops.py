@@ -265,7 +265,9 @@ async def start_relay_process(*args: str, env: dict[str, str] | None = None) -> 
 
 
 async def test_sigterm_lets_paired_tunnels_finish_and_stops_accepting():
-    proc = await start_relay_process("--port", "0", env={"HYBRID_RELAY_SHUTDOWN_GRACE": "10"})
+    proc = await start_relay_process(
+        "--port", "0", "--drain-delay", "0", env={"HYBRID_RELAY_SHUTDOWN_GRACE": "10"}
+    )
     try:
         url_base = proc.base_url
         tid = new_tunnel_id()
@@ -295,7 +297,7 @@ async def test_sigterm_lets_paired_tunnels_finish_and_stops_accepting():
 
 
 async def test_grace_period_expiry_closes_live_tunnels_with_1001_and_logs_are_clean():
-    proc = await start_relay_process("--port", "0", "--shutdown-grace", "0.3")
+    proc = await start_relay_process("--port", "0", "--shutdown-grace", "0.3", "--drain-delay", "0")
     try:
         tid = new_tunnel_id()
         secret = b"PAYLOAD-THAT-MUST-NOT-BE-LOGGED"
@@ -326,10 +328,15 @@ async def test_grace_period_expiry_closes_live_tunnels_with_1001_and_logs_are_cl
 
 async def test_environment_configures_the_process():
     proc = await start_relay_process(
-        env={"HYBRID_RELAY_PORT": "0", "HYBRID_RELAY_NODE_PREFIX": "7F"}
+        env={
+            "HYBRID_RELAY_PORT": "0",
+            "HYBRID_RELAY_NODE_PREFIX": "7F",
+            "HYBRID_RELAY_DRAIN_DELAY": "0",
+        }
     )
     try:
-        assert proc.lines[0]["node_prefix"] == "7F"
+        listening = next(line for line in proc.lines if line["event"] == "listening")
+        assert listening["node_prefix"] == "7F"
         async with open_ws(f"{proc.base_url}/cable/new/{new_tunnel_id()}") as ws:
             assert routing_id_of(ws).startswith("7F")
         proc.process.send_signal(signal.SIGTERM)

@@ -352,7 +352,7 @@ async def test_in_process_shutdown_closes_waiting_tunnels_and_returns():
     async with running_relay() as relay:
         async with open_ws(new_url(relay, new_tunnel_id())) as waiting:
             with trio.fail_after(3):
-                await relay.shutdown(grace=1)
+                await relay.shutdown(grace=1, drain_delay=0)
             assert await expect_close(waiting) == 1001
         assert relay.live_tunnels() == 0
         assert relay.open_connections() == 0
