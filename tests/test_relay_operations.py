@@ -92,9 +92,22 @@ def _limit_fds(soft: int, hard: int):
     return apply
 
 
+# The relay keeps its sockets within a descriptor budget (relay/descriptors.py), so a real EMFILE
+# needs a budget that overstates the limit: this relay believes it has 4096 descriptors.
+_OVERSTATED_BUDGET = """
+import sys
+from relay import descriptors
+from relay.__main__ import main
+descriptors.DescriptorBudget.measure = classmethod(
+    lambda cls: cls.for_limit(4096, descriptors.open_descriptors() + descriptors.STARTUP_EXTRA)
+)
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 async def test_accept_failures_are_json_log_lines_and_the_relay_recovers():
     process = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "relay", "--port", "0", "--max-tunnels", "10"],
+        [sys.executable, "-c", _OVERSTATED_BUDGET, "--port", "0", "--max-tunnels", "10"],
         stderr=subprocess.PIPE,
         preexec_fn=_limit_fds(48, 48),
     )
