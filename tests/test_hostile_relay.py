@@ -187,7 +187,7 @@ async def test_desktop_blames_the_relay_when_it_shuts_down_mid_request(relay) ->
             kind, _ = parse_message(crypter.decrypt(await t.receive()))
             assert kind is MessageType.CTAP
             # The request is with the "user" now; the relay operator restarts the relay.
-            await relay.shutdown(grace=0)
+            await relay.shutdown(grace=0, drain_delay=0)
 
     with trio.fail_after(15):
         async with trio.open_nursery() as nursery:
