@@ -21,7 +21,7 @@ from functools import partial
 
 from _local_phone import LocalPhone, parse_args
 
-from hybrid.catalogue import Operation
+from hybrid.catalogue import Operation, PasskeyError
 from hybrid.desktop import DesktopSession, default_scanner, register, run_trio, sign_in
 from hybrid.events import Event
 from hybrid.qr.render import render_terminal
@@ -90,4 +90,7 @@ async def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(asyncio.run(main()))
+    try:
+        raise SystemExit(asyncio.run(main()))
+    except PasskeyError as error:  # the catalogue's text, written for people
+        raise SystemExit(f"Failed: {error}") from None

@@ -57,6 +57,7 @@ class SignInScreen:
     def __init__(self, local: LocalPhone | None) -> None:
         self.local = local
         self.started = time.monotonic()
+        self.failure_shown = False
 
     def __call__(self, event: Event) -> None:
         elapsed = time.monotonic() - self.started
@@ -77,11 +78,15 @@ class SignInScreen:
             case VerifiedByRelyingParty(rp_id=rp_id):
                 self.show(6, f"Done: {rp_id} accepted your passkey ({elapsed:.2f} s)")
             case Failed(error=error):
-                # The catalogue's title and message are written for people; detail is for logs.
-                self.show(None, f"{error.title}: {error.message}")
-                print(f"    (why: {error.detail})", flush=True)
+                self.show_failure(error)
             case _ if type(event) in STEPS:
                 self.show(STEPS.index(type(event)) + 1, event.message)
+
+    def show_failure(self, error: PasskeyError) -> None:
+        # The catalogue's title and message are written for people; detail says what happened.
+        self.show(None, f"{error.title}: {error.message}")
+        print(f"    (why: {error.detail})", flush=True)
+        self.failure_shown = True
 
     def show(self, step: int | None, text: str) -> None:
         where = f"[{step}/{len(STEPS)}]" if step is not None else "[ ! ]"
@@ -116,8 +121,12 @@ def main() -> int:
             trio.run(partial(register, rp, "alice", session(Operation.REGISTER)))
             print("== Sign in as alice ==", flush=True)
             trio.run(partial(sign_in, rp, "alice", session(Operation.SIGN_IN)))
-        except PasskeyError:
-            return 1  # already shown by the Failed event
+        except PasskeyError as error:
+            # Usually already shown by the Failed event; a medium that cannot even be opened
+            # fails before the session starts, with no event.
+            if not screen.failure_shown:
+                screen.show_failure(error)
+            return 1
     return 0
 
 

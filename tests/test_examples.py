@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -181,4 +182,20 @@ def test_with_local_phone_and_relay_is_a_usage_error(tmp_path: Path) -> None:
     )  # fmt: skip
     assert run.returncode == 2
     assert "not allowed with argument" in run.stderr
+    assert "Traceback" not in run.stderr
+
+
+@pytest.mark.parametrize(
+    "script", ["register_and_authenticate.py", "asyncio_app.py", "progress_display.py"]
+)
+def test_a_busy_ble_port_is_reported_without_a_traceback(
+    script: str, ble_socket: socket.socket, tmp_path: Path
+) -> None:
+    # Another scanner holds the medium's port: the catalogue's entry, exit 1, and no QR code.
+    port = str(ble_socket.getsockname()[1])
+    run = run_example(script, "--ble-port", port, relay_url=None, phone_dir=None, tmp_path=tmp_path)
+    assert run.returncode == 1
+    assert "No compatible device found" in run.stdout + run.stderr
+    assert f"cannot bind 127.0.0.1:{port}" in run.stdout + run.stderr
+    assert "FIDO:/" not in run.stdout
     assert "Traceback" not in run.stderr
