@@ -34,7 +34,8 @@ from hybrid.catalogue import Operation, PasskeyError
 
 @dataclass(frozen=True)
 class Event:
-    """Base of every progress event."""
+    """Base of every progress event. Events are built by the sessions, not by callers; each
+    subclass's fields are its constructor's keyword arguments."""
 
     @property
     def message(self) -> str:

@@ -228,13 +228,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _scanner(args: argparse.Namespace) -> Scanner:
-    if args.ble == "bleak":
-        from hybrid.ble.bleak_scanner import BleakAdvertScanner
+    from hybrid.desktop.scanners import default_scanner
 
-        return BleakAdvertScanner()
-    from hybrid.ble.loopback import LoopbackScanner
-
-    return LoopbackScanner(args.ble_port)
+    return default_scanner(args.ble_port, medium="bleak" if args.ble == "bleak" else "loopback")
 
 
 def check_origin(rp_id: str, origin: str) -> None:

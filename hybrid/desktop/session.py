@@ -113,7 +113,11 @@ class Deadlines:
 
 @dataclass
 class Transcript:
-    """What happened during one session, for callers that display or log it."""
+    """What happened during one session, for callers that display or log it.
+
+    Filled in by the session as it goes (``DesktopSession.transcript``): ``steps`` are
+    ``(name, seconds)`` pairs, then what the advert and the handshake revealed.
+    """
 
     steps: list[tuple[str, float]] = field(default_factory=list)
     uuid16: int | None = None
@@ -169,6 +173,13 @@ class DesktopSession:
         now: Callable[[], float] = time.time,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
+        """Make the QR code (``url``) for one ``operation`` to be found on ``scanner``
+        (``default_scanner()``: the loopback medium). ``relay_url`` overrides the advert's relay
+        and is checked now (``RelayUrlError``, a ``ValueError``, before any QR exists);
+        ``ssl_context`` trusts a private ``wss://`` relay; ``deadlines`` bounds each wait;
+        ``on_event`` gets ``hybrid.events``; ``progress`` the older ``(step, seconds)`` calls.
+        Nothing is opened until ``make_credential`` / ``get_assertion`` / ``transact``.
+        """
         self.operation = Operation(operation)
         self.scanner = scanner
         # A relay URL that cannot work fails now, before any QR code exists.

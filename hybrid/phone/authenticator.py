@@ -103,6 +103,8 @@ class SoftwareAuthenticator:
         new_private_key: Callable[[], ec.EllipticCurvePrivateKey] | None = None,
         random_bytes: Callable[[int], bytes] = os.urandom,
     ) -> None:
+        """Answer CTAP2 requests from the passkeys in ``store``, asking ``approver`` (for example
+        ``auto_approver()`` or ``terminal_approver()``) before each one is used or created."""
         self.store = store
         self.approver = approver
         self.approval_timeout = approval_timeout

@@ -80,7 +80,7 @@ class Authenticator(Protocol):
 
 @dataclass(frozen=True)
 class PhoneDeadlines:
-    """Seconds allowed for each wait of the phone."""
+    """Seconds allowed for each wait of the phone; every field has the default shown."""
 
     tunnel: float = 10.0  # TCP + WebSocket upgrade to the relay
     desktop: float = 60.0  # advertising -> the desktop's Noise message arrives
@@ -91,7 +91,11 @@ class PhoneDeadlines:
 
 @dataclass
 class PhoneResult:
-    """What the phone did: the command it served and the CTAP status it answered with."""
+    """What the phone did: the command it served and the CTAP status it answered with.
+
+    ``command`` is the CTAP command byte, ``status`` the status byte sent back (0 = success),
+    ``steps`` the ``(name, seconds)`` pairs the session went through.
+    """
 
     command: int
     status: int
@@ -135,6 +139,10 @@ class PhoneSession:
         on_event: EventHandler | None = None,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
+        """Validate ``qr`` at once (``QrError`` for a malformed or unsupported code, before any
+        network use) and prepare to serve it with ``authenticator`` over ``advertiser``;
+        ``relay_url`` is checked now too. ``run()`` then serves the one transaction.
+        """
         # Strict validation first: a bad QR must not open any tunnel (docs/protocol.md section 3.5).
         self.qr = QrPayload.from_url(qr) if isinstance(qr, str) else qr
         self.authenticator = authenticator

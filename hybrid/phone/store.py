@@ -63,7 +63,11 @@ class CredentialStoreError(EnvironmentalError):
 
 @dataclass(frozen=True)
 class StoredCredential:
-    """One discoverable credential as stored on the phone."""
+    """One credential as stored on the phone (``discoverable`` False for ``rk: false``).
+
+    ``seq`` orders credentials by creation; ``prf_secret`` is the per-credential PRF key, ``None``
+    for a credential made without ``prf``. Built by the store, not by callers.
+    """
 
     credential_id: bytes
     rp_id: str
@@ -88,6 +92,8 @@ class CredentialStore:
     """SQLite-backed credential store in ``data_dir`` (created if missing)."""
 
     def __init__(self, data_dir: Path) -> None:
+        """Open (or create, readable by its owner only) the store in ``data_dir``;
+        ``CredentialStoreError`` if it cannot be opened or is not ours."""
         self.data_dir = Path(data_dir)
         self.path = self.data_dir / STORE_FILENAME
         try:
