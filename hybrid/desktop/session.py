@@ -68,11 +68,9 @@ from hybrid.errors import HybridError, ProtocolError
 from hybrid.events import EventHandler
 from hybrid.qr.payload import GET_ASSERTION, MAKE_CREDENTIAL, QrPayload
 from hybrid.session_errors import advert_timeout_error, catalogue_errors, check_relay_url
-from hybrid.tunnel.client import Tunnel, TunnelClosedError, open_tunnel
+from hybrid.tunnel.client import Tunnel, TunnelClosedError, next_connection_event, open_tunnel
 from hybrid.tunnel.client import _redact as redact_url
 from hybrid.tunnel.connection import (
-    NEED_DATA,
-    ConnectionEvent,
     CtapResponse,
     DesktopConnection,
     HandshakeComplete,
@@ -346,19 +344,6 @@ class DesktopSession:
                 clock.step("gave up: shutdown sent to the phone")
             raise
 
-    async def _receive(self, tunnel: Tunnel, conn: DesktopConnection) -> ConnectionEvent:
-        """The next event: from what is queued, else from the next tunnel message."""
-        while True:
-            event = conn.next_event()
-            if event is not NEED_DATA:
-                assert isinstance(event, ConnectionEvent)
-                return event
-            try:
-                message = await tunnel.receive()
-            except TunnelClosedError:
-                conn.receive_close()
-                continue
-            conn.receive_data(message)
 
     async def _converse(
         self, tunnel: Tunnel, conn: DesktopConnection, ctap_request: CtapRequest, clock: _Clock
@@ -366,10 +351,10 @@ class DesktopSession:
         await tunnel.send(conn.send_handshake())
         post: PostHandshakeReceived | None = None
         with trio.move_on_after(self.deadlines.handshake):
-            event = await self._receive(tunnel, conn)
+            event = await next_connection_event(tunnel, conn)
             if isinstance(event, HandshakeComplete):
                 clock.step("handshake done")
-                event = await self._receive(tunnel, conn)
+                event = await next_connection_event(tunnel, conn)
             if isinstance(event, TunnelClosed):
                 raise self._error(
                     Failure.PROTOCOL_ERROR, "phone closed the tunnel during the handshake"
@@ -397,7 +382,7 @@ class DesktopSession:
         response: CtapResponse | None = None
         with trio.move_on_after(self.deadlines.user) as scope:
             while response is None:
-                event = await self._receive(tunnel, conn)
+                event = await next_connection_event(tunnel, conn)
                 if isinstance(event, UpdateReceived):
                     self._update(event)
                 elif isinstance(event, TunnelClosed):
@@ -431,7 +416,7 @@ class DesktopSession:
                 await tunnel.send(shutdown)
             with trio.move_on_after(self.deadlines.linger):
                 while True:
-                    event = await self._receive(tunnel, conn)
+                    event = await next_connection_event(tunnel, conn)
                     if isinstance(event, TunnelClosed):
                         return
                     if isinstance(event, UpdateReceived):

@@ -45,11 +45,10 @@ from hybrid.trio_util import single_exceptions
 from hybrid.tunnel.client import (
     Tunnel,
     TunnelClosedError,
+    next_connection_event,
     open_tunnel,
 )
 from hybrid.tunnel.connection import (
-    NEED_DATA,
-    ConnectionEvent,
     CtapRequest,
     PhoneConnection,
     ShutdownReceived,
@@ -195,19 +194,6 @@ class PhoneSession:
             self._emit(events.Failed(exc))
             raise
 
-    async def _next(self, tunnel: Tunnel, conn: PhoneConnection) -> ConnectionEvent:
-        """The next connection event: queued, else from the next tunnel message (or its close)."""
-        while True:
-            event = conn.next_event()
-            if event is not NEED_DATA:
-                assert isinstance(event, ConnectionEvent)
-                return event
-            try:
-                message = await tunnel.receive()
-            except TunnelClosedError:
-                conn.receive_close()
-                continue
-            conn.receive_data(message)
 
     def _stopped_waiting(self, reason: str) -> PasskeyError:
         self._step(f"the desktop stopped waiting ({reason})")
@@ -255,7 +241,7 @@ class PhoneSession:
     async def _receive_request(self, tunnel: Tunnel, conn: PhoneConnection) -> CtapRequest:
         with trio.move_on_after(self.deadlines.request):
             while True:
-                event = await self._next(tunnel, conn)
+                event = await next_connection_event(tunnel, conn)
                 if isinstance(event, CtapRequest):
                     return event
                 if isinstance(event, ShutdownReceived):
@@ -288,7 +274,7 @@ class PhoneSession:
             # Update messages may arrive at any time; only shutdown or a hang-up ends the prompt.
             try:
                 while True:
-                    event = await self._next(tunnel, conn)
+                    event = await next_connection_event(tunnel, conn)
                     if isinstance(event, ShutdownReceived):
                         outcome["gone"] = "it sent shutdown while you were deciding"
                         break
@@ -323,7 +309,7 @@ class PhoneSession:
         with trio.move_on_after(self.deadlines.linger):
             try:
                 while True:
-                    event = await self._next(tunnel, conn)
+                    event = await next_connection_event(tunnel, conn)
                     if isinstance(event, ShutdownReceived | TunnelClosed):
                         return
             except (TunnelClosedError, HybridError) as exc:

@@ -52,6 +52,7 @@ from wsproto.events import (
 from wsproto.utilities import LocalProtocolError
 
 from hybrid.errors import EnvironmentalError, HybridError, ProtocolError, UsageError
+from hybrid.tunnel.connection import ConnectionEvent, DesktopConnection, PhoneConnection
 from hybrid.tunnel.urls import ROUTING_ID_HEADER, ROUTING_ID_LEN, SUBPROTOCOL
 
 # Browsers accept up to 1 MiB per message (7.3); so do we.
@@ -493,3 +494,20 @@ async def open_tunnel(
         yield tunnel
     finally:
         await tunnel.aclose()
+
+
+async def next_connection_event(
+    tunnel: Tunnel, conn: DesktopConnection | PhoneConnection
+) -> ConnectionEvent:
+    """The transaction's next event: one already queued in ``conn``, else from the next tunnel
+    message (or the tunnel's close), fed to ``conn`` until it has an event to give."""
+    while True:
+        event = conn.next_event()
+        if isinstance(event, ConnectionEvent):
+            return event
+        try:
+            message = await tunnel.receive()
+        except TunnelClosedError:
+            conn.receive_close()
+            continue
+        conn.receive_data(message)
