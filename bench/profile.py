@@ -194,6 +194,8 @@ async def drive(port: int, pids: list[int], scenario: str, seconds: float) -> in
 
 
 def main(argv: list[str] | None = None) -> int:
+    # As in bench.cli: the relay under test stops at once on SIGTERM (no load-balancer drain).
+    os.environ.setdefault("HYBRID_RELAY_DRAIN_DELAY", "0")
     parser = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__)
     parser.add_argument(
         "--tool", choices=("py-spy", "cprofile", "trace"), default="py-spy", help="profiler"
