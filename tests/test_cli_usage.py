@@ -56,6 +56,7 @@ DESKTOP = ["desktop", "login", "--rp-id", "example.com"]
         (["phone", "--relay", "wss://relay.example/x?y", URL], ["without a path"]),
         ([*DESKTOP, "--timeout", "-5"], ["argument --timeout", "positive number of seconds"]),
         (["phone", "--timeout", "-1", URL], ["positive number of seconds"]),
+        (["portal", "--timeout", "-1"], ["argument --timeout", "positive number of seconds"]),
         (["demo", "--timeout", "-3"], ["positive number of seconds"]),
         (["demo", "--timeout", "nan"], ["positive number of seconds"]),
         (["phone", "--domain-id", "70000", URL], ["argument --domain-id", "outside 0..65535"]),

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from hybrid.portal.app import Portal
     from hybrid.portal.config import PortalConfig
 
+from hybrid.cli.args import seconds_arg
 from hybrid.cli.desktop import DEFAULT_TIMEOUT, add_ble_port, default_data_dir
 
 
@@ -88,7 +89,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--timeout",
-        type=float,
+        type=seconds_arg,
         default=DEFAULT_TIMEOUT,
         metavar="S",
         help="seconds to wait for the phone and for its user (default 60)",
