@@ -31,6 +31,7 @@ def test_decline_is_not_allowed_error(chromium_case: Lab) -> None:
         "create", options, lab.case_dir / "phone", approve=False, stdin_text="n\n"
     )
     assert "status OPERATION_DENIED" in phone.stderr, phone.stderr
+    assert phone.returncode == 0, phone.stderr  # it answered: exit 0, the status says how
     assert not result["ok"] and result["name"] == "NotAllowedError", result
 
 
@@ -45,6 +46,7 @@ def test_exclude_list_is_invalid_state_error(chromium_case: Lab) -> None:
     options, _ = creation(server, exclude=[credential])
     result, phone = lab.ceremony("create", options, lab.case_dir / "phone")
     assert "status CREDENTIAL_EXCLUDED" in phone.stderr, phone.stderr
+    assert phone.returncode == 0, phone.stderr
     assert not result["ok"] and result["name"] == "InvalidStateError", result
 
 
