@@ -16,6 +16,7 @@ import time
 import pytest
 from chromium import fixtures
 from chromium.harness import Lab
+from chromium.processes import Relay
 from chromium.webauthn import creation, registered, request, server_for
 
 pytestmark = pytest.mark.usefixtures("chromium_case")
@@ -31,6 +32,7 @@ def test_decline_is_not_allowed_error(chromium_case: Lab) -> None:
         "create", options, lab.case_dir / "phone", approve=False, stdin_text="n\n"
     )
     assert "status OPERATION_DENIED" in phone.stderr, phone.stderr
+    assert phone.returncode == 0, phone.stderr  # it answered: exit 0, the status says how
     assert not result["ok"] and result["name"] == "NotAllowedError", result
 
 
@@ -45,6 +47,7 @@ def test_exclude_list_is_invalid_state_error(chromium_case: Lab) -> None:
     options, _ = creation(server, exclude=[credential])
     result, phone = lab.ceremony("create", options, lab.case_dir / "phone")
     assert "status CREDENTIAL_EXCLUDED" in phone.stderr, phone.stderr
+    assert phone.returncode == 0, phone.stderr
     assert not result["ok"] and result["name"] == "InvalidStateError", result
 
 
@@ -130,6 +133,33 @@ def test_relay_down(chromium_case: Lab) -> None:
     # Chromium never sees an advert (the phone needs a routing id from the relay first), so it
     # keeps showing its QR code until the user cancels.
     assert lab.page.result(command_id, 0.5) is None
+    lab.read_qr(timeout=2, same=True)
+    lab.key("Escape")
+    result = lab.page.result(command_id, 5)
+    assert result is not None and result["name"] == "NotAllowedError", result
+
+
+def test_relay_refuses_the_phone(chromium_case: Lab) -> None:
+    """The phone's relay is full (503): side by side with Chromium, which never hears of it."""
+    import ssl
+
+    from websockets.sync.client import connect
+
+    lab = chromium_case
+    full = Relay(lab.tls, lab.case_dir / "full-relay.log", "--max-tunnels", "1").start()
+    context = ssl.create_default_context(cafile=str(lab.tls.ca_file))
+    try:
+        # Someone else's tunnel takes the only place.
+        with connect(f"{full.url}/cable/new/{'00' * 16}", ssl=context, subprotocols=["fido.cable"]):
+            options, _ = request(server_for(lab.page.origin))
+            command_id, url = lab.start_ceremony("get", options)
+            phone = _run_phone(lab, url, relay_url=full.url)
+            assert phone.returncode == 10, phone.stderr
+            assert "hybrid: error: Passkey Unavailable" in phone.stderr, phone.stderr
+            assert "503" in phone.stderr, phone.stderr  # the relay's answer is named
+    finally:
+        full.stop()
+    assert lab.page.result(command_id, 0.5) is None  # Chromium still shows its QR code
     lab.read_qr(timeout=2, same=True)
     lab.key("Escape")
     result = lab.page.result(command_id, 5)

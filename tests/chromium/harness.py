@@ -1,8 +1,9 @@
 """``Lab``: one Chromium with everything around it, and the steps of a ceremony through it.
 
-Start order: private bus, fake BlueZ (also reading the loopback medium's port), TLS material, the
-relay, Xvfb, the page server, Chromium. Stop order is the reverse, with Chromium always before
-its bus (Chromium aborts when its system bus disappears) and before Xvfb.
+Start order (TLS material is made first): private bus, fake BlueZ (also reading the loopback
+medium's port), the relay, Xvfb, the page server, the forwarder Chromium reaches the relay
+through, Chromium, and a second relay while Chromium boots. Stop order is the reverse, so Chromium
+always stops before its bus (it aborts when its system bus disappears) and before Xvfb.
 
 A ceremony: queue a WebAuthn call on the page, wait for a *new* ``FIDO:/`` QR code on the screen
 (screenshot of the whole X display read by zxing-cpp: the dialog is browser UI, not page content),
@@ -19,11 +20,14 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from chromium.bluez import FakeBluez
 from chromium.page import PageServer
 from chromium.processes import Chromium, Forwarder, PrivateBus, Relay, TlsMaterial, Xvfb
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 QR_TIMEOUT = 10.0
 RESULT_TIMEOUT = 20.0
@@ -124,7 +128,7 @@ class Lab:
 
     # -- the screen ---------------------------------------------------------------------------
 
-    def screenshot(self):
+    def screenshot(self) -> Image.Image:
         from PIL import ImageGrab
 
         return ImageGrab.grab(xdisplay=self.xvfb.display)
