@@ -219,6 +219,11 @@ def run(args: argparse.Namespace) -> int:
             return 2
     from hybrid.portal.config import PortalConfig
 
+    if args.demo and not args.db and args.data_dir is None:
+        import tempfile
+
+        # Like `hybrid demo`: a fresh database each time, so the printed password always works.
+        args.data_dir = Path(tempfile.mkdtemp(prefix="hybrid-portal-demo-"))
     config = PortalConfig(
         db_url=_db_url(args),
         host=args.host,
@@ -273,7 +278,7 @@ async def _serve_in_nursery(config: PortalConfig, demo: bool) -> None:
                 + (
                     f"portal: sign in as {account[0]} with password {account[1]}\n"
                     if account
-                    else ""
+                    else "portal: the database already has users: sign in with one of them\n"
                 )
                 + "portal: when a page shows a QR code, approve with a phone in another terminal:\n"
                 f"  hybrid phone --approve --relay {config.phone.relay_url} --ble-port {ble_port} "

@@ -83,7 +83,10 @@ async def serve_portal(
         if config.tls_cert is not None:
             hconfig.certfile, hconfig.keyfile = config.tls_cert, config.tls_key
         hconfig.accesslog = None
-        hconfig.errorlog = logger
+        # hypercorn's own "Running on http://127.0.0.1:..." would contradict the localhost URL.
+        http_log = logging.getLogger("hybrid.portal.http")
+        http_log.setLevel(logging.WARNING)
+        hconfig.errorlog = http_log
         hconfig.graceful_timeout = 1.0
         async with trio.open_nursery() as nursery:
             portal.flows.nursery = nursery

@@ -16,10 +16,11 @@ from pathlib import Path
 
 import zxingcpp
 from PIL import Image
-from portal_support import BIN, SCREENSHOTS, PortalUnderTest
 
 from hybrid.portal.accounts import create_account
 from hybrid.portal.security import TOTP_STEP, totp_code
+
+from .portal_support import BIN, SCREENSHOTS, PortalUnderTest
 
 PASSWORD = "correct horse battery"
 

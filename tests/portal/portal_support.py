@@ -274,10 +274,9 @@ def make_portal(relay_url: str, tmp_path: Path) -> Iterator[Callable[..., Portal
 # ---- the browser ---------------------------------------------------------------------------------
 
 
-# Module scope: Playwright's synchronous API keeps an asyncio loop running in this thread while it
-# is open, and tests elsewhere in the suite (the benchmarks) call asyncio.run(), which refuses to
-# start inside a running loop.
-@pytest.fixture(scope="module")
+# Package scope: Playwright's sync API keeps an asyncio loop running in this thread while it is
+# open, which would break later tests that call asyncio.run().
+@pytest.fixture(scope="package")
 def browser():
     if not Path(CHROMIUM).exists():
         unavailable(f"{CHROMIUM} not found (Debian package chromium)")

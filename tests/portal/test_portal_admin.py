@@ -3,7 +3,7 @@ and super users; every add and remove in the audit log; the set-up prompt's snoo
 
 from __future__ import annotations
 
-from journeys import (
+from .journeys import (
     PASSWORD,
     VirtualAuthenticator,
     add_user,

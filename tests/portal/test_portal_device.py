@@ -3,15 +3,15 @@ authenticator, the five-passkey limit, and the administrators' Security tab."""
 
 from __future__ import annotations
 
-from journeys import (
+from hybrid.catalogue import Failure, Operation, catalogue_entry
+
+from .journeys import (
     VirtualAuthenticator,
     add_user,
     create_passkey_on_this_device,
     problem,
     sign_in_with_password,
 )
-
-from hybrid.catalogue import Failure, Operation, catalogue_entry
 
 
 def expected(failure: Failure, op: Operation = Operation.REGISTER) -> tuple[str, str]:

@@ -11,7 +11,11 @@ import socket
 import sqlite3
 
 import cbor2
-from journeys import (
+
+from hybrid.catalogue import Failure, Operation, catalogue_entry
+from hybrid.phone import Approval
+
+from .journeys import (
     add_user,
     answer,
     create_passkey_with_phone,
@@ -24,10 +28,7 @@ from journeys import (
     sign_in_with_password,
     start_passkey_login,
 )
-from portal_support import free_tcp_port
-
-from hybrid.catalogue import Failure, Operation, catalogue_entry
-from hybrid.phone import Approval
+from .portal_support import free_tcp_port
 
 SIGN_IN, REGISTER = Operation.SIGN_IN, Operation.REGISTER
 

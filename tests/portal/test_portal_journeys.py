@@ -8,7 +8,8 @@ SQLite and PostgreSQL.
 from __future__ import annotations
 
 import pytest
-from journeys import (
+
+from .journeys import (
     STATUS_RECORDER,
     add_user_with_command,
     answer,
@@ -19,7 +20,7 @@ from journeys import (
     sign_in_with_password,
     wait_for_text,
 )
-from portal_support import SCREENSHOTS
+from .portal_support import SCREENSHOTS
 
 
 def test_phone_passkey_journey(make_portal, db_url, relay_url, page, tmp_path):

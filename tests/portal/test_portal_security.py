@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import subprocess
 
-from journeys import PASSWORD, add_user, csrf_of, fresh_totp_step, sign_in_over_http
-from portal_support import BIN
-
 from hybrid.portal.app import TOO_MANY, WRONG_CODE, WRONG_PASSWORD
 from hybrid.portal.security import totp_code
+
+from .journeys import PASSWORD, add_user, csrf_of, fresh_totp_step, sign_in_over_http
+from .portal_support import BIN
 
 
 def _start(request, portal, name: str) -> tuple[str, str]:
@@ -160,7 +160,7 @@ def test_demo_command_prints_the_url_and_how_to_approve(tmp_path):
     import time
     import urllib.request
 
-    from portal_support import free_udp_port
+    from .portal_support import free_udp_port
 
     process = subprocess.Popen(
         [str(BIN / "hybrid"), "portal", "--demo", "--port", "0", "--data-dir", str(tmp_path),

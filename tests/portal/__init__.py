@@ -1,0 +1,1 @@
+"""Browser, storage and security tests of `hybrid portal`."""
