@@ -95,7 +95,8 @@ async def test_relay_wheel_runs_with_the_client_side_unimportable(tmp_path):
     ]
 
     process = await trio.lowlevel.open_process(
-        [sys.executable, "-I", "-c", BOOT, str(extracted), ",".join(BLOCKED), "--port", "0"],
+        [sys.executable, "-I", "-c", BOOT, str(extracted), ",".join(BLOCKED), "--port", "0",
+         "--drain-delay", "0"],  # fmt: skip
         stderr=subprocess.PIPE,
         cwd=tmp_path,
     )
@@ -129,7 +130,8 @@ async def test_relay_wheel_runs_with_the_client_side_unimportable(tmp_path):
         closed = await read_until("tunnel_closed")
         assert closed["paired"] is True and closed["messages_to_initiator"] == 1
     finally:
-        process.terminate()
+        # One SIGTERM, no drain: a second one could land after the relay restored the default
+        # handler on its way out and kill it (-15) instead of letting it exit 0.
         process.terminate()
         with trio.fail_after(15):
             code = await process.wait()
