@@ -250,6 +250,14 @@ _OPTIONS: list[tuple[str, Callable[[str], Any], str, str]] = [
     ),
     ("--tls-cert", _str, "tls_cert", "PEM certificate chain; with --tls-key serves wss://"),
     ("--tls-key", _str, "tls_key", "PEM private key for --tls-cert"),
+    (
+        "--engine",
+        _str,
+        "engine",
+        "auto, reactor or tasks: 'reactor' serves plain-TCP connections from one callback loop "
+        "(Linux, no TLS, no --proxy-protocol), 'tasks' runs one trio task per connection; 'auto' "
+        "takes the reactor where it applies. Behaviour is the same; the reactor costs less CPU",
+    ),
 ]
 
 

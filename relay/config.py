@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import select
 from dataclasses import dataclass, field
 
 from hybrid.wire import ROUTING_ID_LEN
@@ -68,6 +69,15 @@ DEFAULT_DRAIN_DELAY = 5.0
 #: Well under common proxy idle timeouts (nginx 60 s, many cloud balancers 60 s).
 DEFAULT_PING_INTERVAL = 20.0
 DEFAULT_RATE_BURST = 20
+
+
+#: The values of ``RelayConfig.engine``.
+ENGINES = ("auto", "reactor", "tasks")
+
+
+def reactor_available() -> bool:
+    """Whether this platform has what the reactor engine needs (Linux epoll)."""
+    return hasattr(select, "epoll")
 
 
 @dataclass
@@ -140,6 +150,10 @@ class RelayConfig:
     admin: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
+    #: How connections are served: "reactor" (one callback loop over a relay-owned epoll set,
+    #: plain TCP on Linux only), "tasks" (one trio task per connection, every listener) or
+    #: "auto" (the reactor where it applies, else tasks). Same behaviour either way.
+    engine: str = "auto"
 
     #: The limits left to their defaults, which the relay may fit to its descriptors at start.
     derived: frozenset[str] = field(default=frozenset(), init=False, repr=False, compare=False)
@@ -152,6 +166,12 @@ class RelayConfig:
             self.max_connections_per_address = DEFAULT_MAX_CONNECTIONS_PER_ADDRESS
         self.resolve_waiting_limits()
         self.validate()
+
+    def uses_reactor(self) -> bool:
+        """Whether connections are served by the reactor (``relay.reactor``) rather than tasks."""
+        if self.engine == "tasks":
+            return False
+        return reactor_available() and self.tls_cert is None and not self.proxy_protocol
 
     def fit_to_descriptors(self, connections: int, per_address: int) -> None:
         """Fit the limits left to their defaults to ``connections`` sockets at once.
@@ -225,6 +245,19 @@ class RelayConfig:
             raise ConfigError("proxy-protocol needs --trusted-proxies (whose headers to believe)")
         if self.admin is not None:
             self.admin_address()
+        if self.engine not in ENGINES:
+            raise ConfigError(
+                f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}"
+            )
+        if self.engine == "reactor" and not reactor_available():
+            raise ConfigError(
+                "engine 'reactor' needs Linux epoll (select.epoll); use 'auto' or 'tasks'"
+            )
+        if self.engine == "reactor" and (self.tls_cert is not None or self.proxy_protocol):
+            raise ConfigError(
+                "engine 'reactor' serves plain TCP without --proxy-protocol only; "
+                "use 'auto' (then TLS and PROXY protocol run on 'tasks') or 'tasks'"
+            )
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError("TLS needs both a certificate and a key")
 
