@@ -17,14 +17,13 @@ phase of ``Dispatcher.handle``, the forwarding of ``Tunnels._pump``, the tunnel 
 ``run_authenticator``/``run_initiator`` and the close handshake of ``WebSocket.close``.
 ``tests/test_relay_engines.py`` runs both engines side by side on the same byte streams.
 
-Living inside trio: the reactor is a trio task. When trio has nothing runnable and no deadline due,
-the task blocks in its own ``epoll_wait`` with trio's epoll descriptor in the same set, so any I/O
-trio waits for (signals, the admin listener, other tasks' sockets) wakes it, and it yields to trio
-at once; the timeout is the earlier of its own next deadline and trio's. Where trio's epoll
-descriptor cannot be found (another trio version, a test clock), it waits through
-``trio.lowlevel.wait_readable`` on its epoll descriptor instead (slower, same behaviour). Work
-handed to it from other tasks (the keep-alive ending a silent tunnel, shutdown) is queued and
-wakes it.
+Living inside trio: the reactor is one trio task. It takes every ready event with
+``epoll.poll(0)`` and handles them; only when none is left does it wait, with
+``trio.lowlevel.wait_readable`` on its epoll descriptor under a deadline that is its next timer, so
+trio's scheduler stays in charge (signals, the admin listener, the keep-alive and every other task
+run as before) and one trio wait serves however many events arrived meanwhile. Under a steady
+load it yields with a checkpoint after every ``_BATCH`` events. Work handed to it from other tasks
+(the keep-alive ending a silent tunnel, shutdown) is queued and cancels its wait.
 """
 
 from __future__ import annotations
@@ -41,7 +40,7 @@ from itertools import count
 from typing import Any
 
 import trio
-from trio.lowlevel import checkpoint, current_statistics, wait_readable
+from trio.lowlevel import checkpoint, wait_readable
 
 from relay import logs
 from relay.accept import _ACCEPT_BACKOFF, _ACCEPT_CAPACITY_ERRNOS, _IGNORABLE_ACCEPT_ERRNOS
@@ -72,8 +71,6 @@ _BATCH = 256
 #: Connections accepted per listener readiness before other events get their turn.
 _ACCEPT_BURST = 64
 _INF = float("inf")
-#: Block in the reactor's own epoll_wait when trio is idle (see the module docstring).
-OWN_WAIT = False
 
 # Connection phases.
 _HEAD = 0  # reading the request head
@@ -87,19 +84,6 @@ _WS_OPEN = 0
 _WS_REMOTE_CLOSING = 1
 _WS_LOCAL_CLOSING = 2
 _WS_CLOSED = 3
-
-
-def _trio_epoll_fd() -> int | None:
-    """trio's own epoll descriptor, when this trio run has one and a real clock; else None."""
-    try:
-        runner: Any = trio._core._run.GLOBAL_RUN_CONTEXT.runner
-        epoll = runner.io_manager._epoll
-        clock = runner.clock
-    except AttributeError:
-        return None
-    if type(clock).__name__ != "SystemClock" or not isinstance(epoll, select.epoll):
-        return None
-    return epoll.fileno()
 
 
 class Connection:
@@ -254,7 +238,6 @@ class Reactor:
         #: Connections with more to read after a full read, or unblocked.
         self._ready: list[Connection] = []
         self._wait_scope: trio.CancelScope | None = None
-        self._trio_fd: int | None = None
         self._accept_paused_until = _INF
         self._accept_logged_at = -1.0
         self._accept_failures = 0
@@ -278,9 +261,14 @@ class Reactor:
 
     def _accept(self, listener: socket.socket) -> None:
         admit = self._admit
+        # socket.accept without its per-call enum conversions of family and type.
+        accept = listener._accept  # type: ignore[attr-defined]
+        family, kind, proto = int(listener.family), int(listener.type), listener.proto
+        new_socket = socket.socket
         for _ in range(_ACCEPT_BURST):
             try:
-                sock, peer = listener.accept()
+                fd, peer = accept()
+                sock = new_socket(family, kind, proto, fileno=fd)
             except BlockingIOError:
                 return
             except OSError as exc:
@@ -928,16 +916,10 @@ class Reactor:
 
     async def run(self) -> None:
         """Serve until cancelled; then close every socket still held."""
-        trio_fd = self._trio_fd = _trio_epoll_fd() if OWN_WAIT else None
         epoll = self.epoll
-        if trio_fd is not None:
-            epoll.register(trio_fd, _IN)
         logs.hold()
         try:
-            if trio_fd is not None:
-                await self._run_own_wait(trio_fd)
-            else:
-                await self._run_trio_wait()
+            await self._run_loop()
         finally:
             logs.release()
             for conn in list(self.connections.values()):
@@ -945,41 +927,7 @@ class Reactor:
                 self._finish(conn)
             epoll.close()
 
-    async def _run_own_wait(self, trio_fd: int) -> None:
-        poll = self.epoll.poll
-        handle = self._handle
-        current_time = trio.current_time
-        while True:
-            wait = self._run_due(current_time())
-            statistics = current_statistics()
-            if (
-                statistics.tasks_runnable
-                or statistics.run_sync_soon_queue_size
-                or statistics.seconds_to_next_deadline <= 0
-            ):
-                # trio has work of its own: look at ours without blocking, then let it run.
-                events = poll(0, _BATCH)
-                yield_now = True
-            else:
-                wait = min(wait, statistics.seconds_to_next_deadline)
-                if events := poll(0, _BATCH):
-                    yield_now = False
-                else:
-                    logs.release()
-                    events = poll(max(wait, 0.0) if wait < 86400 else -1, _BATCH)
-                    logs.hold()
-                    yield_now = False
-            for fd, mask in events:
-                if fd == trio_fd:
-                    yield_now = True
-                else:
-                    handle(fd, mask)
-            if yield_now:
-                self._run_due(current_time())
-                logs.flush_held()
-                await checkpoint()
-
-    async def _run_trio_wait(self) -> None:
+    async def _run_loop(self) -> None:
         poll = self.epoll.poll
         handle = self._handle
         current_time = trio.current_time
