@@ -64,6 +64,7 @@ from relay.wsframe import Close, FrameParser, Ping, close_frame, pong_frame
 
 _IN = select.EPOLLIN
 _OUT = select.EPOLLOUT
+_HANGUP = select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
 _CONNECTION_EVENTS = select.EPOLLIN | select.EPOLLOUT | select.EPOLLRDHUP | select.EPOLLET
 _HEAD_READ = 4096
 #: Events handled between two looks at trio's own work when trio has none due.
@@ -120,6 +121,7 @@ class Connection:
         "count",
         "ping_mark",
         "await_reply",
+        "hup",
     )
 
     def __init__(self, reactor: Reactor, sock: socket.socket, client: Client) -> None:
@@ -152,6 +154,9 @@ class Connection:
         self.count = 0
         self.ping_mark = -1
         self.await_reply = False
+        # The peer shut down its side (EPOLLRDHUP) or the socket failed: with edge-triggered
+        # readiness no new event follows, so reads go on to EOF instead of stopping short.
+        self.hup = False
 
     # -- what Tunnel needs of a side's cancel scope ----------------------------------------------
 
@@ -374,7 +379,7 @@ class Reactor:
                     request = reader.lost()
                     break
                 request = reader.feed(data)
-                if request is None and len(data) < _HEAD_READ and data:
+                if request is None and len(data) < _HEAD_READ and data and not conn.hup:
                     return
         except BadRequest as exc:
             if conn.polite:
@@ -529,27 +534,37 @@ class Reactor:
             return
         conn.readable = False
         size = conn.receive_size
-        try:
-            data = conn.sock.recv(size)
-        except BlockingIOError:
-            return
-        except OSError:
-            self._end_side(conn, PeerGone("connection lost"))
-            return
-        if not data:
-            self._end_side(conn, PeerGone("connection closed without a close frame"))
-            return
+        recv = conn.sock.recv
         parser = conn.parser
         assert parser is not None
-        events = parser.receive(data)
-        if events:
-            self._deliver(conn, events)
-        if len(data) == size and conn.phase == _OPEN:
-            # There may be more already: read it after the other ready connections.
+        while True:
+            try:
+                data = recv(size)
+            except BlockingIOError:
+                return
+            except OSError:
+                self._end_side(conn, PeerGone("connection lost"))
+                return
+            if not data:
+                self._end_side(conn, PeerGone("connection closed without a close frame"))
+                return
+            events = parser.receive(data)
+            if events:
+                self._deliver(conn, events)
+            if conn.phase != _OPEN or conn.stopped:
+                # What follows is read by the close handshake (_close_ws queues it).
+                conn.readable = True
+                return
             if conn.blocked:
                 conn.readable = True
-            else:
+                return
+            if len(data) == size:
+                # There may be more already: read it after the other ready connections.
                 self._ready.append(conn)
+                return
+            if not conn.hup:
+                # A short read emptied the socket; the next bytes bring a new event.
+                return
 
     def _deliver(self, conn: Connection, events: list[Any]) -> None:
         """The events of one read: messages forwarded, pings answered, then any terminal one."""
@@ -897,6 +912,8 @@ class Reactor:
                 self._accept(listener)
             return
         try:
+            if mask & _HANGUP:
+                conn.hup = True
             if mask & _OUT and conn.out is not None:
                 self._writable(conn)
             phase = conn.phase
