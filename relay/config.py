@@ -246,9 +246,7 @@ class RelayConfig:
         if self.admin is not None:
             self.admin_address()
         if self.engine not in ENGINES:
-            raise ConfigError(
-                f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}"
-            )
+            raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
         if self.engine == "reactor" and not reactor_available():
             raise ConfigError(
                 "engine 'reactor' needs Linux epoll (select.epoll); use 'auto' or 'tasks'"

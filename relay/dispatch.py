@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
+from typing import NamedTuple
 
 import trio
 
@@ -35,6 +36,7 @@ from relay.http import (
     Request,
     finish_request,
     read_request,
+    response_bytes,
     send_response,
     send_switching_protocols,
 )
@@ -63,7 +65,7 @@ from relay.requests import (
     decide,
 )
 from relay.routing import RoutingIdsExhausted, routing_id_hex
-from relay.tunnel import Tunnel, Tunnels
+from relay.tunnel import Tunnel, Tunnels, TunnelSocket
 from relay.websocket import WebSocket
 
 #: Longest a refused over-limit client may keep its socket while we read its request and answer.
@@ -73,6 +75,55 @@ _ROUTING_ID_HEADER = ROUTING_ID_HEADER.encode("ascii")
 #: What a successful handshake leads to: the tunnel, this side's socket, and whether it is the
 #: authenticator (the tunnel's owner).
 Accepted = tuple[Tunnel, WebSocket, bool]
+
+
+class Refuse(NamedTuple):
+    """Answer ``refusal`` and close (already counted and logged)."""
+
+    refusal: Refusal
+    head_only: bool = False
+
+
+class Serve(NamedTuple):
+    """Answer a plain GET of /healthz or /metrics and close."""
+
+    get: PlainGet
+    head_only: bool
+
+
+class Open(NamedTuple):
+    """Send the authenticator its 101 (``line`` names the routing id); ``tunnel`` is registered."""
+
+    tunnel: Tunnel
+    request: Request
+    key: bytes
+    line: bytes
+    routing_hex: str
+    address: str
+
+
+class Join(NamedTuple):
+    """Send the initiator its 101; ``tunnel`` is claimed (paired)."""
+
+    tunnel: Tunnel
+    request: Request
+    key: bytes
+    latency: float
+    address: str
+
+
+#: What ``Dispatcher.plan`` decides for one request head.
+Plan = Refuse | Serve | Open | Join
+
+
+async def send_all_quietly(stream: trio.abc.Stream, data: bytes) -> None:
+    """Write a whole response; a client that is gone already is not an error."""
+    try:
+        await stream.send_all(data)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
+
+
 _FORWARDED_FOR = b"x-forwarded-for"
 
 
@@ -229,23 +280,8 @@ class Dispatcher:
         detail: str | None = None,
     ) -> None:
         """Answer ``refusal`` (count it, log it); the caller closes the connection."""
-        self.stats.refusals[refusal.reason] += 1
-        if detail is None:
-            log_event("refused", reason=refusal.reason, status=refusal.status, client=address)
-        else:
-            log_event(
-                "refused",
-                reason=refusal.reason,
-                status=refusal.status,
-                client=address,
-                detail=detail,
-            )
-        await send_response(
-            stream,
-            refusal.status,
-            (refusal.message + "\n").encode("utf-8"),
-            headers=refusal.headers,
-            head_only=head_only,
+        await send_all_quietly(
+            stream, self.refusal_bytes(self.refusal(refusal, address, head_only, detail))
         )
 
     async def _serve_connection(self, stream: trio.abc.Stream, client: Client) -> None:
@@ -304,9 +340,7 @@ class Dispatcher:
         return start
 
     async def _refuse_limit(self, stream: trio.abc.Stream, address: str) -> None:
-        await self.refuse(
-            stream, Refusal(429, "address_limit", "too many connections from this address"), address
-        )
+        await send_all_quietly(stream, self.refusal_bytes(self._limit(address)))
 
     async def _handshake(self, stream: trio.abc.Stream, client: Client) -> Accepted | None:
         config = self.config
@@ -316,22 +350,120 @@ class Dispatcher:
             if identified is None:
                 return None
             start = identified
-        address = client.address
         try:
             request = await read_request(stream, config.max_request_head, start)
         except BadRequest as exc:
-            reason = "request_too_large" if exc.status == 431 else "malformed"
-            await self.refuse(stream, Refusal(exc.status, reason, str(exc)), address)
+            await self._carry_out(stream, self.bad_request(exc, client.address))
             return None
         except ClientGone:
             self.stats.refusals["incomplete_request"] += 1
             return None
+        return await self._carry_out(stream, self.plan(request, client))
+
+    async def _carry_out(self, stream: trio.abc.Stream, plan: Plan) -> Accepted | None:
+        """Send what ``plan`` says on ``stream``; the tunnel and socket if it was an upgrade."""
+        if type(plan) is Refuse:
+            await send_all_quietly(stream, self.refusal_bytes(plan))
+            return None
+        if type(plan) is Serve:
+            await send_all_quietly(stream, self.plain_bytes(plan))
+            return None
+        if type(plan) is Open:
+            tunnel = plan.tunnel
+            registered = False
+            try:
+                trailing = await send_switching_protocols(stream, plan.request, plan.key, plan.line)
+                registered = True
+            except STREAM_ERRORS:
+                return None
+            finally:
+                if not registered:
+                    self.tunnels.unregister(tunnel)
+            ws = WebSocket(stream, trailing, self.config.max_message_size)
+            self.opened(plan, ws)
+            return tunnel, ws, True
+        assert type(plan) is Join
+        try:
+            trailing = await send_switching_protocols(stream, plan.request, plan.key)
+        except BaseException as exc:
+            # Also on cancellation: this task must still leave the tunnel.
+            self.tunnels.join_failed(plan.tunnel)
+            if isinstance(exc, STREAM_ERRORS):
+                return None
+            raise
+        ws = WebSocket(stream, trailing, self.config.max_message_size)
+        self.joined(plan)
+        return plan.tunnel, ws, False
+
+    def opened(self, plan: Open, ws: TunnelSocket) -> None:
+        """The authenticator's 101 went out on ``ws``: its tunnel waits for an initiator."""
+        self.tunnels.opened(plan.tunnel, ws)
+        log_event(
+            "tunnel_opened",
+            tunnel=plan.tunnel.tag,
+            routing_id=plan.routing_hex,
+            client=plan.address,
+        )
+
+    def joined(self, plan: Join) -> None:
+        """The initiator's 101 went out."""
+        log_event(
+            "tunnel_paired",
+            tunnel=plan.tunnel.tag,
+            latency_ms=round(plan.latency * 1000),
+            client=plan.address,
+        )
+
+    def bad_request(self, exc: BadRequest, address: str) -> Refuse:
+        """The refusal of a request head that did not parse (counted and logged)."""
+        reason = "request_too_large" if exc.status == 431 else "malformed"
+        return self.refusal(Refusal(exc.status, reason, str(exc)), address)
+
+    def refusal(
+        self, refusal: Refusal, address: str, head_only: bool = False, detail: str | None = None
+    ) -> Refuse:
+        """Count and log ``refusal``; what to answer (the caller closes the connection after)."""
+        self.stats.refusals[refusal.reason] += 1
+        if detail is None:
+            log_event("refused", reason=refusal.reason, status=refusal.status, client=address)
+        else:
+            log_event(
+                "refused",
+                reason=refusal.reason,
+                status=refusal.status,
+                client=address,
+                detail=detail,
+            )
+        return Refuse(refusal, head_only)
+
+    @staticmethod
+    def refusal_bytes(plan: Refuse) -> bytes:
+        refusal = plan.refusal
+        return response_bytes(
+            refusal.status,
+            (refusal.message + "\n").encode("utf-8"),
+            headers=refusal.headers,
+            head_only=plan.head_only,
+        )
+
+    def _limit(self, address: str) -> Refuse:
+        return self.refusal(
+            Refusal(429, "address_limit", "too many connections from this address"), address
+        )
+
+    def plan(self, request: Request, client: Client) -> Plan:
+        """Decide what to do with one whole request head, before any await (both engines).
+
+        Counts, logs and changes live state (registers or claims the tunnel) as the decision
+        requires; the caller only sends what the plan says.
+        """
+        config = self.config
+        address = client.address
         forwarded = [v for name, v in request.headers if name == _FORWARDED_FOR]
         if forwarded:
             # Believed only from a trusted proxy (behind PROXY protocol: the client it names).
             if address not in self.trusted:
-                await self.refuse(
-                    stream,
+                return self.refusal(
                     Refusal(
                         403,
                         "forwarded_untrusted",
@@ -340,80 +472,63 @@ class Dispatcher:
                     address,
                     detail="X-Forwarded-For from a peer not in --trusted-proxies",
                 )
-                return None
             try:
                 real = forwarded_client(forwarded, address, self.trusted)
             except ForwardedError as exc:
-                await self.refuse(
-                    stream,
+                return self.refusal(
                     Refusal(400, "forwarded_malformed", "malformed X-Forwarded-For"),
                     address,
                     detail=str(exc),
                 )
-                return None
             if not self._recount(client, real):
-                await self._refuse_limit(stream, real)
-                return None
+                return self._limit(real)
             address = real
         elif client.counted is None and not self._recount(client, address):
             # A trusted proxy's own request (or one it forwarded without saying for whom).
-            await self._refuse_limit(stream, address)
-            return None
+            return self._limit(address)
         decision = decide(
             request.method, request.target, request.headers, config.allowed_origins, request.version
         )
         head_only = request.method == b"HEAD"
         if isinstance(decision, Refusal):
-            await self.refuse(stream, decision, address, head_only)
-            return None
+            return self.refusal(decision, address, head_only)
         if isinstance(decision, PlainGet):
             if decision.path == METRICS_PATH and config.admin is not None:
-                await self.refuse(
-                    stream, Refusal(404, "unknown_path", "no such endpoint"), address, head_only
+                return self.refusal(
+                    Refusal(404, "unknown_path", "no such endpoint"), address, head_only
                 )
-            else:
-                await self._serve_plain(stream, decision, head_only)
-            return None
+            return Serve(decision, head_only)
         assert isinstance(decision, Upgrade)
         try:
             finish_request(request)
         except BadRequest as exc:
-            await self.refuse(stream, Refusal(exc.status, "malformed", str(exc)), address)
-            return None
+            return self.refusal(Refusal(exc.status, "malformed", str(exc)), address)
         route = decision.route
         if isinstance(route, ContactTunnel):
-            await self.refuse(
-                stream,
+            return self.refusal(
                 Refusal(410, "contact_unsupported", "this relay does not hold linked contacts"),
                 address,
             )
-            return None
         limiter = self.new_limiter if isinstance(route, NewTunnel) else self.connect_limiter
         if limiter is not None:
             wait = limiter.take(address, trio.current_time())
             if wait:
                 retry = (("Retry-After", limiter.retry_after(wait)),)
-                await self.refuse(
-                    stream,
+                return self.refusal(
                     Refusal(429, "rate_limited", "too many requests from this address", retry),
                     address,
                 )
-                return None
         if self.draining:
             if self.closing:
-                await self.refuse(
-                    stream, Refusal(503, "shutting_down", "relay shutting down"), address
-                )
-                return None
+                return self.refusal(Refusal(503, "shutting_down", "relay shutting down"), address)
             if isinstance(route, NewTunnel):
-                await self.refuse(
-                    stream, Refusal(503, "draining", "relay draining: use another node"), address
+                return self.refusal(
+                    Refusal(503, "draining", "relay draining: use another node"), address
                 )
-                return None
         if isinstance(route, NewTunnel):
-            return await self._open_tunnel(stream, request, decision.key, route, address)
+            return self._plan_open(request, decision.key, route, address)
         assert isinstance(route, ConnectTunnel)
-        return await self._join_tunnel(stream, request, decision.key, route, address)
+        return self._plan_join(request, decision.key, route, address)
 
     async def handle_admin(self, stream: trio.abc.Stream, address: str) -> None:
         """A connection to the admin listener: /metrics and /healthz only; never raises."""
@@ -439,7 +554,12 @@ class Dispatcher:
             await trio.aclose_forcefully(stream)
 
     async def _serve_plain(self, stream: trio.abc.Stream, get: PlainGet, head_only: bool) -> None:
-        if get.path == HEALTH_PATH:
+        await send_all_quietly(stream, self.plain_bytes(Serve(get, head_only)))
+
+    def plain_bytes(self, plan: Serve) -> bytes:
+        """The response to a plain GET of /healthz or /metrics."""
+        head_only = plan.head_only
+        if plan.get.path == HEALTH_PATH:
             status = 503 if self.draining else 200
             text = "shutting_down" if self.closing else "draining" if self.draining else "ok"
             body = json.dumps(
@@ -449,77 +569,49 @@ class Dispatcher:
                     "tunnels_paired": self.tunnels.paired(),
                 }
             ).encode("ascii")
-            await send_response(
-                stream, status, body, content_type="application/json", head_only=head_only
+            return response_bytes(
+                status, body, content_type="application/json", head_only=head_only
             )
-        else:
-            await send_response(
-                stream, 200, self.metrics.render(), content_type=CONTENT_TYPE, head_only=head_only
-            )
+        return response_bytes(
+            200, self.metrics.render(), content_type=CONTENT_TYPE, head_only=head_only
+        )
 
-    async def _open_tunnel(
-        self, stream: trio.abc.Stream, request: Request, key: bytes, route: NewTunnel, address: str
-    ) -> Accepted | None:
+    def _plan_open(self, request: Request, key: bytes, route: NewTunnel, address: str) -> Plan:
         tunnels = self.tunnels
         if route.tunnel_id in tunnels:
-            await self.refuse(
-                stream, Refusal(409, "duplicate_tunnel", "tunnel id already in use"), address
+            return self.refusal(
+                Refusal(409, "duplicate_tunnel", "tunnel id already in use"), address
             )
-            return None
         full = tunnels.waiting_quota_full(address)
         if full is not None:
-            await self.refuse(
-                stream,
+            return self.refusal(
                 Refusal(429, "waiting_limit", f"too many waiting tunnels from this {full}"),
                 address,
             )
-            return None
         if tunnels.under_pressure():
             tunnels.sweep_idle()
         if len(tunnels) >= self.config.tunnel_limit:
-            await self.refuse(
-                stream, Refusal(503, "tunnel_limit", "relay is at its tunnel limit"), address
+            return self.refusal(
+                Refusal(503, "tunnel_limit", "relay is at its tunnel limit"), address
             )
-            return None
         try:
             tunnel = tunnels.register(route.tunnel_id, address)
         except RoutingIdsExhausted:
-            await self.refuse(
-                stream, Refusal(503, "routing_ids_exhausted", "no free routing id"), address
+            return self.refusal(
+                Refusal(503, "routing_ids_exhausted", "no free routing id"), address
             )
-            return None
         routing_hex = routing_id_hex(tunnel.routing_id)
-        registered = False
-        try:
-            routing_line = b"%s: %s\r\n" % (_ROUTING_ID_HEADER, routing_hex.encode())
-            trailing = await send_switching_protocols(stream, request, key, routing_line)
-            registered = True
-        except STREAM_ERRORS:
-            return None
-        finally:
-            if not registered:
-                tunnels.unregister(tunnel)
-        ws = WebSocket(stream, trailing, self.config.max_message_size)
-        tunnels.opened(tunnel, ws)
-        log_event("tunnel_opened", tunnel=tunnel.tag, routing_id=routing_hex, client=address)
-        return tunnel, ws, True
+        line = b"%s: %s\r\n" % (_ROUTING_ID_HEADER, routing_hex.encode())
+        return Open(tunnel, request, key, line, routing_hex, address)
 
-    async def _join_tunnel(
-        self,
-        stream: trio.abc.Stream,
-        request: Request,
-        key: bytes,
-        route: ConnectTunnel,
-        address: str,
-    ) -> Accepted | None:
+    def _plan_join(self, request: Request, key: bytes, route: ConnectTunnel, address: str) -> Plan:
         client = client_key(address)
         failures, tunnel_failures = self.connect_failures, self.tunnel_connect_failures
         if failures.exhausted(client) or tunnel_failures.exhausted(route.tunnel_id):
             # Not even looked up: a guesser learns nothing from attempts past its budget.
             failures.failed(client)
             wait = max(failures.retry_after(client), tunnel_failures.retry_after(route.tunnel_id))
-            await self.refuse(
-                stream,
+            return self.refusal(
                 Refusal(
                     429,
                     "connect_rate_limited",
@@ -528,7 +620,6 @@ class Dispatcher:
                 ),
                 address,
             )
-            return None
         claimed = self.tunnels.claim(route.routing_id, route.tunnel_id)
         if claimed is None:
             emptied = failures.failed(client)
@@ -541,21 +632,8 @@ class Dispatcher:
                     tunnel=tunnel_tag(route.tunnel_id),
                     limited="client" if emptied else "tunnel",
                 )
-            await self.refuse(
-                stream, Refusal(404, "unknown_tunnel", "no tunnel waiting under that id"), address
+            return self.refusal(
+                Refusal(404, "unknown_tunnel", "no tunnel waiting under that id"), address
             )
-            return None
         tunnel, latency = claimed
-        try:
-            trailing = await send_switching_protocols(stream, request, key)
-        except BaseException as exc:
-            # Also on cancellation: this task must still leave the tunnel.
-            self.tunnels.join_failed(tunnel)
-            if isinstance(exc, STREAM_ERRORS):
-                return None
-            raise
-        ws = WebSocket(stream, trailing, self.config.max_message_size)
-        log_event(
-            "tunnel_paired", tunnel=tunnel.tag, latency_ms=round(latency * 1000), client=address
-        )
-        return tunnel, ws, False
+        return Join(tunnel, request, key, latency, address)

@@ -37,16 +37,43 @@ def _ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     return ip
 
 
+#: Addresses already keyed: parsing with ``ipaddress`` costs more than the rest of a pairing's
+#: bookkeeping, and the same clients come back. Emptied when full, so it stays bounded.
+_KEYS: dict[str, tuple[str, str]] = {}
+_KEYS_MAX = 65536
+
+
 def client_key(address: str) -> str:
     """One client: an IPv4 address, or an IPv6 /64."""
+    keys = _KEYS.get(address)
+    if keys is None:
+        keys = _remember(address)
+    return keys[0]
+
+
+def network_key(address: str) -> str:
+    """One network: an IPv4 /24, or an IPv6 /64."""
+    keys = _KEYS.get(address)
+    if keys is None:
+        keys = _remember(address)
+    return keys[1]
+
+
+def _remember(address: str) -> tuple[str, str]:
+    if len(_KEYS) >= _KEYS_MAX:
+        _KEYS.clear()
+    keys = _KEYS[address] = (_client_key(address), _network_key(address))
+    return keys
+
+
+def _client_key(address: str) -> str:
     ip = _ip(address)
     if ip is None or ip.version == 4:
         return str(ip) if ip is not None else address
     return str(ipaddress.ip_network(f"{ip}/{IPV6_CLIENT_PREFIX}", strict=False))
 
 
-def network_key(address: str) -> str:
-    """One network: an IPv4 /24, or an IPv6 /64."""
+def _network_key(address: str) -> str:
     ip = _ip(address)
     if ip is None:
         return address

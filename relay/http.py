@@ -128,31 +128,39 @@ def _head_length(buf: bytes) -> int | None:
     return min(ends) if ends else None
 
 
-async def read_request(stream: trio.abc.Stream, max_head: int, start: bytes = b"") -> Request:
-    """Read one request head; raise BadRequest or ClientGone.
+class HeadReader:
+    """Sans-IO reader of one request head, fed the bytes as they arrive (both engines use it).
 
-    ``max_head`` bounds the head (request line through the blank line, empty lines before it
-    not counted) exactly, however the client splits it into segments: longer is 431.
-    ``start``: bytes of the request already read off the stream (after a PROXY header).
+    ``feed(data)`` returns the ``Request`` once its head is complete, None while more is needed,
+    and raises ``BadRequest`` or ``ClientGone``; ``feed(b"")`` is end of file and ``lost()`` a
+    broken connection. ``max_head`` bounds the head (request line through the blank line, empty
+    lines before it not counted) exactly, however the client splits it into segments: longer is
+    431. Heads outside the lean subset are replayed byte for byte through h11.
     """
-    buf = start
-    raw = raw_socket(stream)
-    read = not buf
-    while True:
-        if read:
-            try:
-                data = await receive_some(stream, raw, _READ_SIZE, yield_when_ready=False)
-            except STREAM_ERRORS as exc:
-                if not buf:
-                    raise ClientGone("connection lost during the request") from exc
-                return await _read_with_h11(stream, max_head, buf, exc)
-            if not data:
-                if not buf:
-                    raise ClientGone("connection closed before a request")
-                return await _read_with_h11(stream, max_head, buf + data, eof=True)
-            buf += data
-        read = True
-        buf = _strip_empty_lines(buf)
+
+    __slots__ = ("max_head", "_buf", "_conn", "_fed")
+
+    def __init__(self, max_head: int) -> None:
+        self.max_head = max_head
+        self._buf = b""
+        self._conn: h11.Connection | None = None
+        self._fed = 0
+
+    def feed(self, data: bytes) -> Request | None:
+        conn = self._conn
+        if conn is not None:
+            if not data and conn.their_state is h11.IDLE and not conn.trailing_data[0]:
+                raise ClientGone("connection closed before a request")
+            conn.receive_data(data)
+            self._fed += len(data)
+            return self._next_h11(conn, None)
+        buf = self._buf
+        if not data:
+            if not buf:
+                raise ClientGone("connection closed before a request")
+            return self._to_h11(buf, eof=True)
+        buf = self._buf = _strip_empty_lines(buf + data)
+        max_head = self.max_head
         if _cannot_start_request(buf):
             raise BadRequest(400, "not an HTTP request")
         head_len = _head_length(buf)
@@ -161,58 +169,72 @@ async def read_request(stream: trio.abc.Stream, max_head: int, start: bytes = b"
         end = buf.find(b"\n\r\n")
         bare = buf.find(b"\n\n")
         if bare >= 0 and (end < 0 or bare < end):
-            return await _read_with_h11(stream, max_head, buf)
+            return self._to_h11(buf)
         if end < 0:
             if len(buf) > max_head:
-                return await _read_with_h11(stream, max_head, buf)
-            continue
+                return self._to_h11(buf)
+            return None
         if end == 0 or buf[end - 1] != 13:
-            return await _read_with_h11(stream, max_head, buf)
+            return self._to_h11(buf)
         end += 3
         parsed = _parse_lean(buf[:end]) if end <= max_head else None
         if parsed is None:
-            return await _read_with_h11(stream, max_head, buf)
+            return self._to_h11(buf)
         method, target, headers = parsed
         return Request(method, target, headers, None, buf[end:])
 
+    def lost(self) -> Request:
+        """The connection broke: h11 judges what arrived (a whole request), or ``ClientGone``."""
+        buf = self._buf
+        if self._conn is None and buf:
+            request = self._to_h11(buf, lost=True)
+            if request is not None:
+                return request
+        raise ClientGone("connection lost during the request")
 
-async def _read_with_h11(
-    stream: trio.abc.Stream,
-    max_head: int,
-    received: bytes,
-    lost: BaseException | None = None,
-    eof: bool = False,
-) -> Request:
-    """The general path: h11 judges the bytes already received, then reads on if it must."""
-    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=max_head)
-    conn.receive_data(received)
-    fed = len(received)
-    if eof:
-        conn.receive_data(b"")
-    while True:
+    def _to_h11(self, received: bytes, eof: bool = False, lost: bool = False) -> Request | None:
+        """The general path: h11 judges the bytes already received, then reads on if it must."""
+        self._buf = b""
+        conn = self._conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self.max_head)
+        conn.receive_data(received)
+        self._fed = len(received)
+        if eof:
+            conn.receive_data(b"")
+        return self._next_h11(conn, lost)
+
+    def _next_h11(self, conn: h11.Connection, lost: bool | None) -> Request | None:
         try:
             event = conn.next_event()
         except h11.RemoteProtocolError as exc:
             raise BadRequest(exc.error_status_hint, str(exc) or "malformed request") from None
         if event is h11.NEED_DATA:
-            if lost is not None:
-                raise ClientGone("connection lost during the request") from lost
-            try:
-                data = await stream.receive_some(_READ_SIZE)
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                raise ClientGone("connection lost during the request") from exc
-            if not data and conn.their_state is h11.IDLE and not conn.trailing_data[0]:
-                raise ClientGone("connection closed before a request")
-            conn.receive_data(bytes(data))
-            fed += len(data)
-            continue
+            if lost:
+                raise ClientGone("connection lost during the request")
+            return None
         if isinstance(event, h11.Request):
             # h11 bounds only incomplete heads; a complete one may have come in one piece.
-            _check_head_size(fed - len(conn.trailing_data[0]), max_head)
+            _check_head_size(self._fed - len(conn.trailing_data[0]), self.max_head)
             return Request(
                 event.method, event.target, list(event.headers), conn, b"", event.http_version
             )
         raise ClientGone("connection closed before a whole request")
+
+
+async def read_request(stream: trio.abc.Stream, max_head: int, start: bytes = b"") -> Request:
+    """Read one request head (``HeadReader`` on ``stream``); raise BadRequest or ClientGone.
+
+    ``start``: bytes of the request already read off the stream (after a PROXY header).
+    """
+    reader = HeadReader(max_head)
+    raw = raw_socket(stream)
+    request = reader.feed(start) if start else None
+    while request is None:
+        try:
+            data = await receive_some(stream, raw, _READ_SIZE, yield_when_ready=False)
+        except STREAM_ERRORS:
+            return reader.lost()
+        request = reader.feed(data)
+    return request
 
 
 def _reason(status: int) -> str:
@@ -231,7 +253,25 @@ async def send_response(
     headers: tuple[tuple[str, str], ...] = (),
     head_only: bool = False,
 ) -> None:
-    """Write a complete response with ``Connection: close``; errors writing it are ignored.
+    """Write a complete response with ``Connection: close``; errors writing it are ignored."""
+    data = response_bytes(
+        status, body, content_type=content_type, headers=headers, head_only=head_only
+    )
+    try:
+        await stream.send_all(data)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
+
+
+def response_bytes(
+    status: int,
+    body: bytes,
+    *,
+    content_type: str = "text/plain; charset=utf-8",
+    headers: tuple[tuple[str, str], ...] = (),
+    head_only: bool = False,
+) -> bytes:
+    """A complete response with ``Connection: close``.
 
     Written directly rather than through h11 so it also works when the request never parsed.
     """
@@ -246,10 +286,7 @@ async def send_response(
     data = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
     if not head_only:
         data += body
-    try:
-        await stream.send_all(data)
-    except (trio.BrokenResourceError, trio.ClosedResourceError):
-        pass
+    return data
 
 
 def finish_request(request: Request) -> None:
@@ -277,11 +314,17 @@ async def send_switching_protocols(
 
     ``extra_headers`` are whole header lines, each ending in CRLF.
     """
-    await send_all(
-        stream,
-        raw_socket(stream),
-        b"".join((_SWITCHING, accept_token(key), _SUBPROTOCOL_LINE, extra_headers, b"\r\n")),
-    )
+    await send_all(stream, raw_socket(stream), switching_bytes(key, extra_headers))
+    return trailing_bytes(request)
+
+
+def switching_bytes(key: bytes, extra_headers: bytes = b"") -> bytes:
+    """The 101 answer to a client's ``Sec-WebSocket-Key``, echoing ``fido.cable``."""
+    return b"".join((_SWITCHING, accept_token(key), _SUBPROTOCOL_LINE, extra_headers, b"\r\n"))
+
+
+def trailing_bytes(request: Request) -> bytes:
+    """What the client sent after its request head (its first WebSocket frames)."""
     if request.conn is not None:
         return bytes(request.conn.trailing_data[0])
     return request.trailing

@@ -42,6 +42,10 @@ def log_event(event: str, level: int = logging.INFO, **fields: Any) -> None:
             # Exactly what configure() set up: the same line as the record path, without
             # building a LogRecord and walking the handler chain (three events per tunnel).
             line = formatter.line(time.time(), level, event, fields)
+            held = _held
+            if held is not None:
+                held.append(line + handler.terminator)
+                return
             try:
                 handler.stream.write(line + handler.terminator)
                 handler.stream.flush()
@@ -91,6 +95,41 @@ _LEVEL_NAMES = {
 
 #: The handler and formatter ``configure`` installed, for ``log_event``'s direct path.
 _direct: tuple[logging.StreamHandler, JsonFormatter] | None = None
+#: Lines of the direct path held back for one write (``hold``), else None.
+_held: list[str] | None = None
+
+
+def hold() -> None:
+    """Hold the direct path's lines until ``flush_held``: many lines in one write.
+
+    The reactor holds them while it handles one batch of events and flushes before it waits, so
+    a line is late by at most one batch and the order of lines is kept.
+    """
+    global _held
+    if _held is None:
+        _held = []
+
+
+def flush_held() -> None:
+    """Write the held lines (one ``write`` and one flush)."""
+    held = _held
+    if not held or _direct is None:
+        return
+    stream = _direct[0].stream
+    text = "".join(held)
+    held.clear()
+    try:
+        stream.write(text)
+        stream.flush()
+    except (OSError, ValueError):
+        pass
+
+
+def release() -> None:
+    """Write the held lines and go back to one write per line."""
+    global _held
+    flush_held()
+    _held = None
 
 
 def configure(level: str = "info", stream: Any = None) -> None:

@@ -24,6 +24,8 @@ from relay.dispatch import Dispatcher
 from relay.keepalive import keep_alive
 from relay.logs import log_event
 from relay.metrics import RelayMetrics, Stats
+from relay.rawio import raw_listener_socket
+from relay.reactor import Reactor
 from relay.tunnel import Tunnels
 
 __all__ = ["RelayConfig", "Relay", "serve"]
@@ -61,6 +63,12 @@ class Relay:
         self.dispatcher = Dispatcher(
             config, self.stats, self.metrics, self.tunnels, self.descriptors
         )
+        #: The reactor serving every connection (``relay.reactor``), or None: a task each.
+        self.reactor: Reactor | None = None
+        if config.uses_reactor():
+            self.reactor = Reactor(self.dispatcher, self.tunnels)
+        #: Which engine serves connections: "reactor" or "tasks".
+        self.engine = "reactor" if self.reactor is not None else "tasks"
         self._accept_scope: trio.CancelScope | None = None
         self._stopped = trio.Event()
         self._shutdown_grace = config.shutdown_grace
@@ -167,12 +175,18 @@ class Relay:
                     connections.start_soon(
                         accept_loop, admin_listener, connections, self.dispatcher.handle_admin
                     )
+                reactor = self.reactor
+                if reactor is not None:
+                    connections.start_soon(reactor.run)
                 async with trio.open_nursery() as accepting:
                     self._accept_scope = accepting.cancel_scope
-                    for listener in listeners:
-                        accepting.start_soon(
-                            accept_loop, listener, connections, self.dispatcher.handle
-                        )
+                    if reactor is not None:
+                        accepting.start_soon(_reactor_accepts, reactor, listeners)
+                    else:
+                        for listener in listeners:
+                            accepting.start_soon(
+                                accept_loop, listener, connections, self.dispatcher.handle
+                            )
                     log_event(
                         "listening",
                         host=config.host,
@@ -187,6 +201,7 @@ class Relay:
                         max_waiting_per_network=config.max_waiting_per_network,
                         max_tunnels=config.max_tunnels,
                         admin_port=self.admin_port or None,
+                        engine=self.engine,
                     )
                     task_status.started(self)
                 await self.tunnels.drain(lambda: self._shutdown_grace)
@@ -194,6 +209,22 @@ class Relay:
         finally:
             self._stopped.set()
         log_event("shutdown_complete")
+
+
+async def _reactor_accepts(
+    reactor: Reactor, listeners: list[trio.abc.Listener[trio.abc.Stream]]
+) -> None:
+    """Hand the listeners to the reactor until accepting is cancelled, then close them."""
+    try:
+        for listener in listeners:
+            raw = raw_listener_socket(listener)
+            assert raw is not None, "the reactor serves plain TCP listeners only"
+            reactor.add_listener(raw)
+        await trio.sleep_forever()
+    finally:
+        reactor.stop_accepting()
+        for listener in listeners:
+            await trio.aclose_forcefully(listener)
 
 
 async def serve(

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from enum import Enum
-from typing import NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import trio
 
@@ -45,6 +45,16 @@ from relay.reasons import ENDS, FRAMING, LIFETIME, PENDING_OVERFLOW, SHUTDOWN, W
 from relay.routing import RoutingIdAllocator
 from relay.websocket import WebSocket
 from relay.wsframe import CLOSE_PROTOCOL_ERROR, write_binary
+
+
+class TunnelSocket(Protocol):
+    """What the registry and the keep-alive need of one side's socket, in either engine."""
+
+    def limit_message_size(self, max_message_size: int) -> None: ...
+
+    def silent(self) -> bool: ...
+
+    async def ping(self, frame: bytes) -> None: ...
 
 
 class State(Enum):
@@ -95,11 +105,12 @@ class Tunnel:
         self.end_of_life = self.created + lifetime
         # When the owner stops waiting for an initiator; set when it starts waiting.
         self.wait_end = float("inf")
-        self.authenticator: WebSocket | None = None
-        self.initiator: WebSocket | None = None
+        # Each side's socket: a ``WebSocket`` (tasks engine) or a reactor connection.
+        self.authenticator: Any = None
+        self.initiator: Any = None
         # Where each direction's messages go: [to initiator, to authenticator]. The first stays
         # None until the pending buffer has been flushed.
-        self.sinks: list[WebSocket | None] = [None, None]
+        self.sinks: list[Any] = [None, None]
         self.pending: list[bytes] = []
         self.pending_bytes = 0
         # (client, network) while this tunnel counts against their waiting quotas, else None.
@@ -107,8 +118,10 @@ class Tunnel:
         self.paired = False
         # Connection tasks still working on this tunnel; the last one out logs its end.
         self.tasks = 1
-        self.owner_scope: trio.CancelScope | None = None
-        self.initiator_scope: trio.CancelScope | None = None
+        # What stops each side's work (``cancel()``, a settable ``deadline``): the task's cancel
+        # scope, or the reactor connection itself.
+        self.owner_scope: Any = None
+        self.initiator_scope: Any = None
         self.end: End | None = None
         # Close codes for (authenticator, initiator).
         self.codes = (1001, 1001)
@@ -282,7 +295,7 @@ class Tunnels:
                     self._waiting[tunnel.tunnel_id] = tunnel
         return ended
 
-    def opened(self, tunnel: Tunnel, ws: WebSocket) -> None:
+    def opened(self, tunnel: Tunnel, ws: TunnelSocket) -> None:
         """The authenticator's 101 went out: the tunnel waits for its initiator."""
         tunnel.authenticator = ws
         # Until an initiator joins, no single message may exceed what the pending buffer holds.

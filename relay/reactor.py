@@ -1,0 +1,955 @@
+"""The reactor engine: every plain-TCP connection of a node served from one callback loop.
+
+Why: with one trio task per connection, most of a tunnel's CPU went to trio's machinery around
+about seven task steps (each wait re-arms an EPOLLONESHOT registration, builds an abort closure and
+passes through the scheduler; each connection enters two or three cancel scopes; see
+``bench/PROFILE.md``), not to relaying. Here the listening sockets and every accepted socket sit in
+one relay-owned epoll set, registered once (edge-triggered), and one trio task reacts to readiness
+by calling plain methods: no task, cancel scope or wait per connection, one ``epoll_wait`` for many
+events, deadlines in one heap.
+
+What it shares with the tasks engine (``relay.dispatch``, ``relay.tunnel``, ``relay.websocket``), so
+that behaviour is the same by construction: the request-head parser (``relay.http.HeadReader``),
+the whole request decision (``Dispatcher.plan``: limits, refusals, registration, pairing), the
+response bytes, the frame codec (``relay.wsframe``), the tunnel registry (``Tunnels``) and the end
+table (``relay.reasons``). What it re-states in callback form, step for step: the per-connection
+phase of ``Dispatcher.handle``, the forwarding of ``Tunnels._pump``, the tunnel endings of
+``run_authenticator``/``run_initiator`` and the close handshake of ``WebSocket.close``.
+``tests/test_relay_engines.py`` runs both engines side by side on the same byte streams.
+
+Living inside trio: the reactor is one trio task. It takes every ready event with
+``epoll.poll(0)`` and handles them; only when none is left does it wait, with
+``trio.lowlevel.wait_readable`` on its epoll descriptor under a deadline that is its next timer, so
+trio's scheduler stays in charge (signals, the admin listener, the keep-alive and every other task
+run as before) and one trio wait serves however many events arrived meanwhile. Under a steady
+load it yields with a checkpoint after every ``_BATCH`` events. Work handed to it from other tasks
+(the keep-alive ending a silent tunnel, shutdown) is queued and cancels its wait.
+"""
+
+from __future__ import annotations
+
+import errno
+import heapq
+import logging
+import os
+import select
+import socket
+import time
+from collections.abc import Callable
+from itertools import count
+from typing import Any
+
+import trio
+from trio.lowlevel import checkpoint, wait_readable
+
+from relay import logs
+from relay.accept import _ACCEPT_BACKOFF, _ACCEPT_CAPACITY_ERRNOS, _IGNORABLE_ACCEPT_ERRNOS
+from relay.dispatch import _QUICK_REFUSAL_TIMEOUT, Client, Dispatcher, Join, Open, Refuse, Serve
+from relay.errors import (
+    BadRequest,
+    ClientGone,
+    FrameError,
+    MessageTooBigError,
+    PeerClosed,
+    PeerGone,
+    WebSocketEnded,
+)
+from relay.http import HeadReader, response_bytes, switching_bytes, trailing_bytes
+from relay.logs import log_event
+from relay.reasons import ENDS, LIFETIME, PENDING_OVERFLOW, SHUTDOWN, WAIT_TIMEOUT
+from relay.requests import Refusal
+from relay.tunnel import AUTHENTICATOR, INITIATOR, Tunnel, Tunnels, _frames, _Side
+from relay.websocket import RECEIVE_SIZE
+from relay.wsframe import Close, FrameParser, Ping, close_frame, pong_frame
+
+_IN = select.EPOLLIN
+_OUT = select.EPOLLOUT
+_CONNECTION_EVENTS = select.EPOLLIN | select.EPOLLOUT | select.EPOLLRDHUP | select.EPOLLET
+_HEAD_READ = 4096
+#: Events handled between two looks at trio's own work when trio has none due.
+_BATCH = 256
+#: Connections accepted per listener readiness before other events get their turn.
+_ACCEPT_BURST = 64
+_INF = float("inf")
+
+# Connection phases.
+_HEAD = 0  # reading the request head
+_FLUSH = 1  # a response is queued; close once it is written (or at the deadline)
+_OPEN = 2  # a tunnel socket, forwarding
+_CLOSING = 3  # our close frame is out (or queued); waiting for the client's, then close
+_DONE = 4
+
+# WebSocket states, as in relay.websocket.
+_WS_OPEN = 0
+_WS_REMOTE_CLOSING = 1
+_WS_LOCAL_CLOSING = 2
+_WS_CLOSED = 3
+
+
+class Connection:
+    """One accepted socket, from its first byte to its close; also a tunnel side's socket.
+
+    As a tunnel side it stands in for both the task's ``WebSocket`` (``limit_message_size``,
+    ``silent``, ``ping``) and its cancel scope (``cancel``, ``deadline``) in ``Tunnel``.
+    """
+
+    __slots__ = (
+        "reactor",
+        "sock",
+        "fd",
+        "client",
+        "phase",
+        "reader",
+        "polite",
+        "counted",
+        "in_handshake",
+        "_deadline",
+        "out",
+        "broken",
+        "parser",
+        "receive_size",
+        "ws_state",
+        "ended",
+        "tunnel",
+        "side",
+        "owner",
+        "stopped",
+        "blocked",
+        "readable",
+        "waiters",
+        "count",
+        "ping_mark",
+        "await_reply",
+    )
+
+    def __init__(self, reactor: Reactor, sock: socket.socket, client: Client) -> None:
+        self.reactor = reactor
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.client = client
+        self.phase = _HEAD
+        self.reader: HeadReader | None = None
+        self.polite = False
+        self.counted = False
+        self.in_handshake = False
+        self._deadline = _INF
+        self.out: bytearray | None = None
+        self.broken = False
+        self.parser: FrameParser | None = None
+        self.receive_size = RECEIVE_SIZE
+        self.ws_state = _WS_OPEN
+        self.ended: WebSocketEnded | None = None
+        self.tunnel: Tunnel | None = None
+        self.side: _Side = AUTHENTICATOR
+        self.owner = False
+        # Set once this side's part of the tunnel is over (``cancel``): nothing more is forwarded.
+        self.stopped = False
+        # Not reading while the socket its messages go to has unwritten bytes (backpressure).
+        self.blocked = False
+        # Readiness seen while blocked, to act on once unblocked.
+        self.readable = False
+        self.waiters: list[Connection] | None = None
+        self.count = 0
+        self.ping_mark = -1
+        self.await_reply = False
+
+    # -- what Tunnel needs of a side's cancel scope ----------------------------------------------
+
+    @property
+    def deadline(self) -> float:
+        return self._deadline
+
+    @deadline.setter
+    def deadline(self, when: float) -> None:
+        self.reactor.set_deadline(self, when)
+
+    def cancel(self) -> None:
+        """The tunnel ended (or this side must stop): close this side soon."""
+        if not self.stopped and self.phase == _OPEN:
+            self.stopped = True
+            self.reactor.schedule(self)
+
+    # -- what Tunnels and the keep-alive need of a side's socket ---------------------------------
+
+    def limit_message_size(self, max_message_size: int) -> None:
+        parser = self.parser
+        assert parser is not None
+        parser.max_message_size = max_message_size
+        self.receive_size = max(4096, min(RECEIVE_SIZE, max_message_size + 14))
+
+    def silent(self) -> bool:
+        parser = self.parser
+        return parser is not None and self.ping_mark >= 0 and parser.pongs == self.ping_mark
+
+    async def ping(self, frame: bytes) -> None:
+        """Send a keep-alive ping; skipped while the socket has unwritten bytes, as in tasks."""
+        parser = self.parser
+        if self.ws_state != _WS_OPEN or self.out or self.broken or parser is None:
+            self.ping_mark = -1
+            return
+        self.ping_mark = parser.pongs
+        self.write(frame)
+
+    # -- writing --------------------------------------------------------------------------------
+
+    def write(self, data: bytes | bytearray) -> bool:
+        """Queue ``data`` after what is unwritten, writing what the kernel takes now.
+
+        False if the socket is broken."""
+        if self.broken:
+            return False
+        out = self.out
+        if out is not None:
+            out += data
+            return True
+        try:
+            sent = self.sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self.broken = True
+            return False
+        if sent < len(data):
+            self.out = bytearray(memoryview(data)[sent:])
+        return True
+
+    def send_frames(self, frames: bytes | bytearray) -> bool:
+        """``WebSocket.send_frames``: False (PeerGone) when the socket cannot take them."""
+        if self.ws_state != _WS_OPEN:
+            return False
+        return self.write(frames)
+
+
+class Reactor:
+    """The callback loop serving one node's plain-TCP connections (see the module docstring)."""
+
+    def __init__(self, dispatcher: Dispatcher, tunnels: Tunnels) -> None:
+        self.dispatcher = dispatcher
+        self.tunnels = tunnels
+        self.config = dispatcher.config
+        self.stats = dispatcher.stats
+        self.epoll = select.epoll()
+        self.connections: dict[int, Connection] = {}
+        self.listeners: dict[int, socket.socket] = {}
+        self._timers: list[tuple[float, int, Connection]] = []
+        self._sequence = count()
+        #: Connections whose tunnel side must end, queued by ``Connection.cancel``.
+        self._soon: list[Connection] = []
+        #: Connections with more to read after a full read, or unblocked.
+        self._ready: list[Connection] = []
+        self._wait_scope: trio.CancelScope | None = None
+        self._accept_paused_until = _INF
+        self._accept_logged_at = -1.0
+        self._accept_failures = 0
+        self._nodelay_inherited: bool | None = None
+
+    # -- listeners ----------------------------------------------------------------------------
+
+    def add_listener(self, sock: socket.socket) -> None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.listeners[sock.fileno()] = sock
+        self.epoll.register(sock.fileno(), _IN)
+
+    def stop_accepting(self) -> None:
+        """Take the listeners out of the loop (the caller closes them)."""
+        for fd in list(self.listeners):
+            try:
+                self.epoll.unregister(fd)
+            except (OSError, ValueError):
+                pass
+        self.listeners.clear()
+
+    def _accept(self, listener: socket.socket) -> None:
+        admit = self._admit
+        # socket.accept without its per-call enum conversions of family and type.
+        accept = listener._accept  # type: ignore[attr-defined]
+        family, kind, proto = int(listener.family), int(listener.type), listener.proto
+        new_socket = socket.socket
+        for _ in range(_ACCEPT_BURST):
+            try:
+                fd, peer = accept()
+                sock = new_socket(family, kind, proto, fileno=fd)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                if exc.errno in _IGNORABLE_ACCEPT_ERRNOS:
+                    continue
+                if exc.errno in _ACCEPT_CAPACITY_ERRNOS:
+                    self._pause_accepting(exc)
+                    return
+                raise
+            try:
+                admit(sock, peer)
+            except BaseException:
+                sock.close()
+                raise
+
+    def _pause_accepting(self, exc: OSError) -> None:
+        """Out of descriptors or memory: back off like trio.serve_listeners, and say so."""
+        self._accept_failures += 1
+        now = time.monotonic()
+        if now - self._accept_logged_at >= 1.0:
+            assert exc.errno is not None
+            log_event(
+                "accept_failed",
+                logging.ERROR,
+                errno=errno.errorcode[exc.errno],
+                error=os.strerror(exc.errno),
+                failures=self._accept_failures,
+                retry_s=_ACCEPT_BACKOFF,
+            )
+            self._accept_logged_at = now
+            self._accept_failures = 0
+        for fd in self.listeners:
+            self.epoll.modify(fd, 0)
+        self._accept_paused_until = trio.current_time() + _ACCEPT_BACKOFF
+
+    def _resume_accepting(self) -> None:
+        self._accept_paused_until = _INF
+        for fd in self.listeners:
+            self.epoll.modify(fd, _IN)
+
+    # -- one connection's opening phase (Dispatcher.handle) -------------------------------------
+
+    def _admit(self, sock: socket.socket, peer: Any) -> None:
+        sock.setblocking(False)
+        if self._nodelay_inherited is not True:
+            self._set_nodelay(sock)
+        dispatcher = self.dispatcher
+        address = str(peer[0]) if peer else "unknown"
+        dispatcher.stats.connections_accepted += 1
+        dispatcher.sockets += 1
+        client = Client(address, None)
+        conn = Connection(self, sock, client)
+        self.connections[conn.fd] = conn
+        self.epoll.register(conn.fd, _CONNECTION_EVENTS)
+        if dispatcher.sockets > dispatcher.descriptors.connections:
+            # Out of descriptors: answer at once and keep nothing, so accept never runs dry.
+            refusal = Refusal(503, "fd_limit", "relay is full")
+            self._respond(conn, dispatcher.refusal_bytes(dispatcher.refusal(refusal, address)), 0.1)
+            return
+        trusted = dispatcher.trusted
+        if not (trusted and address in trusted):
+            if not dispatcher._may_hold(address):
+                if dispatcher._polite_refusals >= dispatcher.descriptors.reserve // 2:
+                    self._respond(conn, dispatcher.refusal_bytes(dispatcher._limit(address)), 0.1)
+                    return
+                # Read the request first, so that the client sees why it is refused.
+                dispatcher._polite_refusals += 1
+                conn.polite = True
+                conn.reader = HeadReader(self.config.max_request_head)
+                timeout = min(_QUICK_REFUSAL_TIMEOUT, self.config.handshake_timeout)
+                self.set_deadline(conn, trio.current_time() + timeout)
+                return
+            dispatcher._per_address[address] += 1
+            client.counted = address
+        dispatcher.connections += 1
+        conn.counted = True
+        dispatcher.handshakes += 1
+        conn.in_handshake = True
+        conn.reader = HeadReader(self.config.max_request_head)
+        self.set_deadline(conn, trio.current_time() + self.config.handshake_timeout)
+
+    def _set_nodelay(self, sock: socket.socket) -> None:
+        if self._nodelay_inherited is None:
+            # Linux copies TCP_NODELAY from the listener to accepted sockets; check it once.
+            inherited = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+            self._nodelay_inherited = inherited
+            if inherited:
+                return
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def _read_head(self, conn: Connection) -> None:
+        reader = conn.reader
+        assert reader is not None
+        sock = conn.sock
+        request = None
+        try:
+            while request is None:
+                try:
+                    data = sock.recv(_HEAD_READ)
+                except BlockingIOError:
+                    return
+                except OSError:
+                    request = reader.lost()
+                    break
+                request = reader.feed(data)
+                if request is None and len(data) < _HEAD_READ and data:
+                    return
+        except BadRequest as exc:
+            if conn.polite:
+                self._refuse_polite(conn)
+                return
+            self._leave_handshake(conn)
+            dispatcher = self.dispatcher
+            plan = dispatcher.bad_request(exc, conn.client.address)
+            self._respond(conn, dispatcher.refusal_bytes(plan), None)
+            return
+        except ClientGone:
+            if conn.polite:
+                self._refuse_polite(conn)
+                return
+            self._leave_handshake(conn)
+            self.stats.refusals["incomplete_request"] += 1
+            self._finish(conn)
+            return
+        conn.reader = None
+        if conn.polite:
+            self._refuse_polite(conn)
+            return
+        self._leave_handshake(conn)
+        dispatcher = self.dispatcher
+        decided = dispatcher.plan(request, conn.client)
+        if isinstance(decided, Refuse):
+            self._respond(conn, dispatcher.refusal_bytes(decided), None)
+        elif isinstance(decided, Serve):
+            self._respond(conn, dispatcher.plain_bytes(decided), None)
+        elif isinstance(decided, Open):
+            self._open(conn, decided)
+        else:
+            self._join(conn, decided)
+
+    def _leave_handshake(self, conn: Connection) -> None:
+        if conn.in_handshake:
+            conn.in_handshake = False
+            self.dispatcher.handshakes -= 1
+
+    def _refuse_polite(self, conn: Connection) -> None:
+        conn.reader = None
+        dispatcher = self.dispatcher
+        self._respond(conn, dispatcher.refusal_bytes(dispatcher._limit(conn.client.address)), None)
+
+    def _handshake_expired(self, conn: Connection) -> None:
+        if conn.polite:
+            self._finish(conn)
+            return
+        self._leave_handshake(conn)
+        address = conn.client.address
+        self.stats.refusals["handshake_timeout"] += 1
+        log_event("refused", reason="handshake_timeout", status=408, client=address)
+        self._respond(conn, response_bytes(408, b"opening handshake took too long\n"), 0.2)
+
+    def _respond(self, conn: Connection, data: bytes, timeout: float | None) -> None:
+        """Write a whole response, then close; ``timeout`` None keeps the handshake deadline."""
+        conn.reader = None
+        if not conn.write(data) or conn.out is None:
+            self._finish(conn)
+            return
+        conn.phase = _FLUSH
+        if timeout is not None:
+            self.set_deadline(conn, trio.current_time() + timeout)
+
+    # -- upgrades (Dispatcher._carry_out) ---------------------------------------------------------
+
+    def _upgrade(self, conn: Connection, plan: Open | Join, line: bytes) -> bool:
+        """Send the 101; False if the socket could not take it."""
+        if not conn.write(switching_bytes(plan.key, line)):
+            return False
+        conn.parser = FrameParser(self.config.max_message_size, refuse_text=True)
+        conn.phase = _OPEN
+        conn._deadline = _INF
+        return True
+
+    def _open(self, conn: Connection, plan: Open) -> None:
+        tunnel = plan.tunnel
+        if not self._upgrade(conn, plan, plan.line):
+            self.tunnels.unregister(tunnel)
+            self._finish(conn)
+            return
+        events = self._parse(conn, trailing_bytes(plan.request))
+        conn.tunnel = tunnel
+        conn.side = AUTHENTICATOR
+        conn.owner = True
+        self.dispatcher.opened(plan, conn)
+        # Tunnels.run_authenticator, up to its pump.
+        now = trio.current_time()
+        end_of_life = tunnel.end_of_life
+        wait_end = tunnel.wait_end = now + self.config.wait_timeout
+        tunnel.owner_scope = conn
+        self.set_deadline(conn, end_of_life if tunnel.paired else min(wait_end, end_of_life))
+        if tunnel.end is not None:
+            conn.cancel()
+        if events:
+            self._deliver(conn, events)
+
+    def _join(self, conn: Connection, plan: Join) -> None:
+        tunnel = plan.tunnel
+        if not self._upgrade(conn, plan, b""):
+            self.tunnels.join_failed(tunnel)
+            self._finish(conn)
+            return
+        events = self._parse(conn, trailing_bytes(plan.request))
+        conn.tunnel = tunnel
+        conn.side = INITIATOR
+        self.dispatcher.joined(plan)
+        # Tunnels.run_initiator, up to its pump.
+        tunnel.initiator = conn
+        tunnel.initiator_scope = conn
+        self.set_deadline(conn, tunnel.end_of_life)
+        if tunnel.end is not None:
+            conn.cancel()
+            return
+        tunnel.sinks[1] = tunnel.authenticator
+        if not self._flush_pending(tunnel, conn):
+            return
+        if events:
+            self._deliver(conn, events)
+
+    def _flush_pending(self, tunnel: Tunnel, initiator: Connection) -> bool:
+        """``Tunnels._flush_pending``: deliver what the authenticator sent before the join."""
+        pending = tunnel.pending
+        if pending:
+            batch = pending[:]
+            pending.clear()
+            self.tunnels._drop_pending(tunnel)
+            out, nbytes = _frames(batch)
+            if not initiator.send_frames(out):
+                tunnel.finish(ENDS["initiator_gone"])
+                return False
+            forwarded = self.stats.forwarded
+            forwarded[0] += len(batch)
+            forwarded[1] += nbytes
+            tunnel.counts[0] += len(batch)
+            tunnel.counts[1] += nbytes
+        tunnel.sinks[0] = initiator
+        return True
+
+    # -- forwarding (WebSocket.receive_batch and Tunnels._pump) ---------------------------------
+
+    def _parse(self, conn: Connection, data: bytes) -> list[Any]:
+        if not data:
+            return []
+        parser = conn.parser
+        assert parser is not None
+        return parser.receive(data)
+
+    def _read_open(self, conn: Connection) -> None:
+        if conn.blocked or conn.stopped:
+            conn.readable = True
+            return
+        conn.readable = False
+        size = conn.receive_size
+        try:
+            data = conn.sock.recv(size)
+        except BlockingIOError:
+            return
+        except OSError:
+            self._end_side(conn, PeerGone("connection lost"))
+            return
+        if not data:
+            self._end_side(conn, PeerGone("connection closed without a close frame"))
+            return
+        parser = conn.parser
+        assert parser is not None
+        events = parser.receive(data)
+        if events:
+            self._deliver(conn, events)
+        if len(data) == size and conn.phase == _OPEN:
+            # There may be more already: read it after the other ready connections.
+            if conn.blocked:
+                conn.readable = True
+            else:
+                self._ready.append(conn)
+
+    def _deliver(self, conn: Connection, events: list[Any]) -> None:
+        """The events of one read: messages forwarded, pings answered, then any terminal one."""
+        if len(events) == 1 and type(events[0]) is bytes:
+            if not conn.stopped:
+                self._pump(conn, events)
+            return
+        messages: list[bytes] = []
+        terminal: WebSocketEnded | None = None
+        for event in events:
+            kind = type(event)
+            if kind is bytes:
+                messages.append(event)
+            elif kind is Ping:
+                if not conn.write(pong_frame(event.payload)):
+                    terminal = PeerGone("connection lost")
+                    break
+            elif kind is Close:
+                terminal = PeerClosed(f"client closed with {event.code}")
+                break
+            else:
+                assert isinstance(event, FrameError)
+                terminal = event
+                break
+        if conn.stopped:
+            if terminal is not None and conn.ended is None:
+                conn.ended = terminal
+            return
+        if messages:
+            self._pump(conn, messages)
+        if terminal is not None:
+            self._end_side(conn, terminal)
+
+    def _end_side(self, conn: Connection, exc: WebSocketEnded) -> None:
+        """This side's socket stopped delivering: how the pump ends on ``exc``."""
+        if conn.ended is None:
+            conn.ended = exc
+        if conn.stopped or conn.phase != _OPEN:
+            return
+        if conn.ws_state == _WS_OPEN and type(exc) is PeerClosed:
+            conn.ws_state = _WS_REMOTE_CLOSING
+        tunnel = conn.tunnel
+        assert tunnel is not None
+        side = conn.side
+        end = side.ended(exc)
+        if (
+            isinstance(exc, MessageTooBigError)
+            and tunnel.sinks[side.sink] is None
+            and not tunnel.paired
+        ):
+            tunnel.finish(PENDING_OVERFLOW)
+        elif isinstance(exc, FrameError) and end is side.framing:
+            tunnel.finish(end, exc.code)
+        else:
+            tunnel.finish(end)
+        # The tunnel may have ended before, without this side's scope (cancel) set.
+        conn.cancel()
+
+    def _pump(self, conn: Connection, batch: list[bytes]) -> None:
+        tunnel = conn.tunnel
+        assert tunnel is not None
+        config = self.config
+        side = conn.side
+        limit = config.max_messages
+        over_quota = conn.count + len(batch) > limit
+        if over_quota:
+            batch = batch[: max(0, limit - conn.count)]
+        conn.count += len(batch)
+        destination = tunnel.sinks[side.sink]
+        if destination is None:
+            pending = tunnel.pending
+            tunnels = self.tunnels
+            nbytes = sum(map(len, batch))
+            if len(batch) > config.max_pending_messages - len(pending) or (
+                not tunnel.paired
+                and (
+                    tunnel.pending_bytes + nbytes > config.max_pending_bytes
+                    or tunnels.pending_bytes + nbytes > config.max_pending_bytes_total
+                )
+            ):
+                tunnel.finish(PENDING_OVERFLOW)
+                return
+            pending.extend(batch)
+            tunnel.pending_bytes += nbytes
+            tunnels.pending_bytes += nbytes
+        elif batch:
+            out, nbytes = _frames(batch)
+            if not destination.send_frames(out):
+                tunnel.finish(side.other_gone)
+                return
+            offset = side.offset
+            forwarded = self.stats.forwarded
+            forwarded[offset] += len(batch)
+            forwarded[offset + 1] += nbytes
+            counts = tunnel.counts
+            counts[offset] += len(batch)
+            counts[offset + 1] += nbytes
+            if destination.out is not None:
+                # Read no more from this side until the other has taken what it was sent.
+                conn.blocked = True
+                if destination.waiters is None:
+                    destination.waiters = []
+                destination.waiters.append(conn)
+        if over_quota:
+            tunnel.finish(side.quota)
+
+    def _writable(self, conn: Connection) -> None:
+        out = conn.out
+        if out is None:
+            return
+        try:
+            sent = conn.sock.send(out)
+        except BlockingIOError:
+            return
+        except OSError:
+            conn.broken = True
+            conn.out = None
+            self._write_failed(conn)
+            return
+        del out[:sent]
+        if out:
+            return
+        conn.out = None
+        self._drained(conn)
+
+    def _drained(self, conn: Connection) -> None:
+        waiters = conn.waiters
+        if waiters:
+            conn.waiters = None
+            for source in waiters:
+                source.blocked = False
+                if source.readable and source.phase == _OPEN:
+                    self._ready.append(source)
+        phase = conn.phase
+        if phase == _FLUSH or (phase == _CLOSING and not conn.await_reply):
+            self._finish(conn)
+
+    def _write_failed(self, conn: Connection) -> None:
+        """Unwritten bytes could not be written: as a failed send in the writer's task."""
+        waiters = conn.waiters
+        conn.waiters = None
+        phase = conn.phase
+        if phase == _FLUSH or phase == _CLOSING:
+            self._finish(conn)
+            return
+        if phase != _OPEN:
+            return
+        tunnel = conn.tunnel
+        if waiters and tunnel is not None:
+            # The sources blocked on this socket see their send fail: the other side is gone.
+            for source in waiters:
+                source.blocked = False
+                if source.tunnel is tunnel and not source.stopped:
+                    tunnel.finish(source.side.other_gone)
+
+    # -- how a tunnel side ends (run_authenticator, run_initiator, WebSocket.close) ------------
+
+    def _deadline_passed(self, conn: Connection) -> None:
+        phase = conn.phase
+        if phase == _HEAD:
+            self._handshake_expired(conn)
+        elif phase == _OPEN:
+            tunnel = conn.tunnel
+            assert tunnel is not None
+            if tunnel.end is None:
+                if conn.owner and not tunnel.paired and tunnel.wait_end <= tunnel.end_of_life:
+                    tunnel.finish(WAIT_TIMEOUT)
+                else:
+                    tunnel.finish(LIFETIME)
+            conn.cancel()
+        elif phase != _DONE:
+            self._finish(conn)
+
+    def _close_side(self, conn: Connection) -> None:
+        """A side whose part is over: the end of its task in the tasks engine."""
+        if conn.phase != _OPEN:
+            return
+        tunnel = conn.tunnel
+        assert tunnel is not None
+        if conn.owner:
+            tunnel.owner_scope = None
+            if tunnel.end is None:
+                tunnel.finish(SHUTDOWN)
+            end = tunnel.end or SHUTDOWN
+            self.stats.tunnel_closes[end.label] += 1
+            self.tunnels.unregister(tunnel)
+            self._close_ws(conn, tunnel.codes[0], end.text)
+        else:
+            tunnel.initiator_scope = None
+            if tunnel.end is None:
+                tunnel.finish(SHUTDOWN)
+            self._close_ws(conn, tunnel.codes[1], (tunnel.end or SHUTDOWN).text)
+
+    def _close_ws(self, conn: Connection, code: int, reason: str) -> None:
+        """``WebSocket.close``: our close frame, then the client's (or EOF) within the timeout."""
+        conn.phase = _CLOSING
+        state = conn.ws_state
+        if state == _WS_OPEN or state == _WS_REMOTE_CLOSING:
+            conn.ws_state = _WS_LOCAL_CLOSING if state == _WS_OPEN else _WS_CLOSED
+            if not conn.write(close_frame(code, reason)):
+                self._finish(conn)
+                return
+        ended = type(conn.ended)
+        if conn.ws_state != _WS_LOCAL_CLOSING or ended is PeerClosed or ended is PeerGone:
+            # No reply to wait for: it came already, or the connection is gone.
+            conn.ws_state = _WS_CLOSED
+            if conn.out is None or conn.broken:
+                self._finish(conn)
+                return
+        else:
+            conn.await_reply = True
+        self.set_deadline(conn, trio.current_time() + self.config.close_timeout)
+        if conn.await_reply:
+            # Whatever arrived while this side was not reading may hold the reply.
+            self._ready.append(conn)
+
+    def _read_closing(self, conn: Connection) -> None:
+        if not conn.await_reply:
+            return
+        parser = conn.parser
+        assert parser is not None
+        size = conn.receive_size
+        while True:
+            try:
+                data = conn.sock.recv(size)
+            except BlockingIOError:
+                return
+            except OSError:
+                self._finish(conn)
+                return
+            if not data:
+                self._finish(conn)
+                return
+            # After a protocol error the parser ignores input: wait for EOF, like wsproto.
+            if any(type(event) is Close for event in parser.receive(data)):
+                conn.ws_state = _WS_CLOSED
+                conn.await_reply = False
+                if conn.out is None:
+                    self._finish(conn)
+                return
+
+    def _finish(self, conn: Connection) -> None:
+        """Close the socket and give back everything the connection held."""
+        if conn.phase == _DONE:
+            return
+        was_open = conn.phase in (_OPEN, _CLOSING)
+        conn.phase = _DONE
+        conn._deadline = _INF
+        self.connections.pop(conn.fd, None)
+        conn.sock.close()
+        conn.out = None
+        conn.reader = None
+        dispatcher = self.dispatcher
+        self._leave_handshake(conn)
+        if conn.polite:
+            conn.polite = False
+            dispatcher._polite_refusals -= 1
+        if conn.counted:
+            conn.counted = False
+            dispatcher.connections -= 1
+            dispatcher._uncount(conn.client)
+        dispatcher.sockets -= 1
+        waiters = conn.waiters
+        if waiters:
+            conn.waiters = None
+            for source in waiters:
+                source.blocked = False
+        tunnel = conn.tunnel
+        if tunnel is not None and was_open:
+            conn.tunnel = None
+            self.tunnels.leave(tunnel)
+
+    def _abort(self, conn: Connection, exc: Exception) -> None:
+        """A bug met one connection: log it, end its tunnel, close it; others carry on."""
+        log_event("connection_error", logging.ERROR, client=conn.client.address, error=repr(exc))
+        tunnel = conn.tunnel
+        if tunnel is not None and conn.phase == _OPEN:
+            tunnel.finish(SHUTDOWN)
+            if conn.owner:
+                self.stats.tunnel_closes[(tunnel.end or SHUTDOWN).label] += 1
+                self.tunnels.unregister(tunnel)
+        self._finish(conn)
+
+    # -- timers and queued work --------------------------------------------------------------
+
+    def set_deadline(self, conn: Connection, when: float) -> None:
+        conn._deadline = when
+        if when < _INF:
+            heapq.heappush(self._timers, (when, next(self._sequence), conn))
+
+    def schedule(self, conn: Connection) -> None:
+        self._soon.append(conn)
+        scope = self._wait_scope
+        if scope is not None:
+            scope.cancel()
+
+    def _run_due(self, now: float) -> float:
+        """Expire deadlines and run queued work; seconds until the next deadline (inf if none)."""
+        timers = self._timers
+        soon = self._soon
+        ready = self._ready
+        while True:
+            while timers and timers[0][0] <= now:
+                when, _, conn = heapq.heappop(timers)
+                if conn._deadline == when and conn.phase != _DONE:
+                    conn._deadline = _INF
+                    self._guarded(self._deadline_passed, conn)
+            if now >= self._accept_paused_until:
+                self._resume_accepting()
+            if not soon and not ready:
+                break
+            while soon:
+                batch = soon[:]
+                soon.clear()
+                for conn in batch:
+                    self._guarded(self._close_side, conn)
+            if ready:
+                batch = ready[:]
+                ready.clear()
+                for conn in batch:
+                    self._guarded(self._on_ready, conn)
+        next_at = min(timers[0][0] if timers else _INF, self._accept_paused_until)
+        return next_at - now
+
+    def _guarded(self, call: Callable[[Connection], None], conn: Connection) -> None:
+        try:
+            call(conn)
+        except Exception as exc:  # noqa: BLE001 - one bad connection must never stop the relay
+            self._abort(conn, exc)
+
+    def _on_ready(self, conn: Connection) -> None:
+        phase = conn.phase
+        if phase == _OPEN:
+            self._read_open(conn)
+        elif phase == _CLOSING:
+            self._read_closing(conn)
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def _handle(self, fd: int, mask: int) -> None:
+        conn = self.connections.get(fd)
+        if conn is None:
+            listener = self.listeners.get(fd)
+            if listener is not None:
+                self._accept(listener)
+            return
+        try:
+            if mask & _OUT and conn.out is not None:
+                self._writable(conn)
+            phase = conn.phase
+            if phase == _OPEN:
+                if mask != _OUT:
+                    self._read_open(conn)
+            elif phase == _HEAD:
+                if mask != _OUT:
+                    self._read_head(conn)
+            elif phase == _CLOSING:
+                if mask != _OUT:
+                    self._read_closing(conn)
+            elif phase == _FLUSH and mask & (select.EPOLLHUP | select.EPOLLERR):
+                self._finish(conn)
+        except Exception as exc:  # noqa: BLE001 - one bad connection must never stop the relay
+            self._abort(conn, exc)
+
+    async def run(self) -> None:
+        """Serve until cancelled; then close every socket still held."""
+        epoll = self.epoll
+        logs.hold()
+        try:
+            await self._run_loop()
+        finally:
+            logs.release()
+            for conn in list(self.connections.values()):
+                conn.sock.close()
+                self._finish(conn)
+            epoll.close()
+
+    async def _run_loop(self) -> None:
+        poll = self.epoll.poll
+        handle = self._handle
+        current_time = trio.current_time
+        handled = 0
+        while True:
+            wait = self._run_due(current_time())
+            events = poll(0, _BATCH)
+            if not events:
+                logs.release()
+                handled = 0
+                with trio.move_on_after(max(wait, 0.0)) as scope:
+                    self._wait_scope = scope
+                    if not self._soon:
+                        await wait_readable(self.epoll.fileno())
+                self._wait_scope = None
+                logs.hold()
+                continue
+            for fd, mask in events:
+                handle(fd, mask)
+            handled += len(events)
+            if handled >= _BATCH:
+                handled = 0
+                self._run_due(current_time())
+                logs.flush_held()
+                await checkpoint()
