@@ -563,7 +563,10 @@ async def two_relays(**config: Any) -> AsyncIterator[dict[str, Relay]]:
     settings_ = {**BASE_CONFIG, **config}
     async with running_relay(engine="tasks", **settings_) as tasks:
         async with running_relay(engine="reactor", **settings_) as reactor:
-            yield {"tasks": tasks, "reactor": reactor}
+            relays = {"tasks": tasks, "reactor": reactor}
+            for engine, relay in relays.items():
+                assert relay.engine == engine, (engine, relay.engine)
+            yield relays
 
 
 def mismatch(name: str, transcripts: dict[str, Transcript]) -> str | None:
