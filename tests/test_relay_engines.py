@@ -93,9 +93,11 @@ def frame(
         head = bytes((b0, bit | 126)) + struct.pack("!H", n)
     else:
         head = bytes((b0, bit | 127)) + struct.pack("!Q", n)
-    if mask is None:
-        return head + payload
-    return head + mask + bytes(b ^ mask[i & 3] for i, b in enumerate(payload))
+    if mask is None or not payload:
+        return head + (mask or b"") + payload
+    key = (mask * (n // 4 + 1))[:n]
+    masked = int.from_bytes(payload, "big") ^ int.from_bytes(key, "big")
+    return head + mask + masked.to_bytes(n, "big")
 
 
 def close_payload(code: int | None, reason: bytes = b"") -> bytes:
@@ -286,12 +288,16 @@ class Peer:
         self.auto_pong = auto_pong
         self._seen = 0
         self._sending = trio.Lock()
+        #: Cleared while this client does not read (the relay must hold back, not drop).
+        self.reading = trio.Event()
+        self.reading.set()
         self._closed = False
         self.gave_up_sending = False
 
     async def read(self) -> None:
         try:
             while True:
+                await self.reading.wait()
                 data = await self.stream.receive_some(65536)
                 if not data:
                     self.end = "eof"
@@ -341,6 +347,12 @@ class Peer:
             await self.stream.send_eof()
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass
+
+    async def until(self, size: int, timeout: float = 5.0) -> None:
+        """Wait until this socket received ``size`` bytes in all, or ended (or ``timeout``)."""
+        with trio.move_on_after(timeout):
+            while len(self.received) < size and self.end is None:
+                await trio.sleep(0.001)
 
     async def head(self, timeout: float = 2.0) -> bytes | None:
         """The relay's response head, once it came (None if it did not)."""
@@ -874,14 +886,44 @@ async def test_configured_refusals_are_the_same():
             await peer.send(head(f"/cable/connect/{i:06X}/{TID}"))
             await c.settle()
 
+    async def two_waiting(c: Conversation) -> None:
+        for name in ("first", "second"):
+            await c.new(name, tunnel_id_for(f"two waiting {name}"))
+        for name in ("first", "second"):
+            await c.peers[name].send_eof()
+            await c.settle()
+
+    async def forwarded(c: Conversation) -> None:
+        for name, value in (("forwarded", "192.0.2.7"), ("forwarded, malformed", "not an ip")):
+            peer = await c.open(name)
+            tid = tunnel_id_for(name)
+            await peer.send(head(f"/cable/new/{tid}", extra=(f"X-Forwarded-For: {value}",)))
+            await c.settle()
+            await peer.send_eof()
+            await c.settle()
+
+    async def admin(c: Conversation) -> None:
+        for path in ("/metrics", "/healthz"):
+            peer = await c.open(path)
+            await peer.send(get(path))
+            await c.settle()
+
     cases: list[tuple[str, Script, dict[str, Any]]] = [
         ("allowed origins", origins, {"allowed_origins": ("https://ok.example",)}),
+        ("tunnel limit", two_waiting, {"max_tunnels": 1}),
+        ("waiting limit", two_waiting, {"max_waiting_per_address": 1}),
+        ("trusted proxy", forwarded, {"trusted_proxies": ("127.0.0.1",)}),
+        ("admin listener", admin, {"admin": "127.0.0.1:0"}),
         ("address limit", address_limit, {"max_connections_per_address": 1}),
         ("rate limit", rate_limit, {"rate_limit": 0.01, "rate_burst": 2}),
         ("connect failures", guessing, {"connect_failure_burst": 2}),
     ]
     expected = {
         "allowed origins": {"allowed": 101, "forbidden": 403},
+        "tunnel limit": {"first": 101, "second": 503},
+        "waiting limit": {"first": 101, "second": 429},
+        "trusted proxy": {"forwarded": 101, "forwarded, malformed": 400},
+        "admin listener": {"/metrics": 404, "/healthz": 200},
         "address limit": {"authenticator": 101, "over the limit": 429},
         "rate limit": {"new 0": 101, "new 1": 101, "new 2": 429},
         "connect failures": {"guess 0": 404, "guess 1": 404, "guess 2": 429, "guess 3": 429},
@@ -1119,6 +1161,89 @@ async def test_pending_messages_and_their_overflow_are_the_same():
     assert not problems, "\n\n".join(problems)
 
 
+async def test_the_node_wide_pending_cap_is_the_same():
+    """max_pending_bytes_total: the second waiting tunnel's message overflows it (1008)."""
+
+    async def script(c: Conversation) -> None:
+        for name in ("first", "second"):
+            peer = await c.new(name, tunnel_id_for(f"total {name}"))
+            await peer.send(message(b"t" * 80))
+            await c.settle()
+        await c.peers["first"].send(frame(OP_CLOSE, close_payload(1000)))
+        await c.settle()
+
+    async with two_relays(max_pending_bytes=100, max_pending_bytes_total=150) as relays:
+        transcript = await both(relays, script)
+    assert transcript.close("second") == (1008, b"too many messages before the initiator joined")
+    assert transcript.stats["tunnel_closes"] == {"authenticator_closed": 1, "pending_overflow": 1}
+
+
+async def test_a_reader_that_falls_behind_gets_everything_in_order():
+    """Backpressure: the initiator stops reading while 6 MB come its way, then catches up."""
+    tid = tunnel_id_for("backpressure")
+    payloads = [bytes([i]) * (60_000 + i) for i in range(100)]
+    data = b"".join(message(p, fragments=1 + i % 3) for i, p in enumerate(payloads))
+    expected = sum(len(p) + 4 for p in payloads)  # 126 < size < 65536: 4-byte frame headers
+
+    async def script(c: Conversation) -> None:
+        auth, init = await c.pair(tid)
+        start = len(init.received)
+        init.reading = trio.Event()
+        sent = trio.Event()
+
+        async def send() -> None:
+            await auth.send(data, list(range(0, len(data), 100_000)))
+            sent.set()
+
+        c.nursery.start_soon(send)
+        await trio.sleep(0.2)
+        held_back.append(not sent.is_set())
+        init.reading.set()
+        await init.until(start + expected)
+        await c.settle()
+        await init.send(frame(OP_CLOSE, close_payload(1000)))
+        await c.settle()
+
+    held_back: list[bool] = []
+    async with two_relays(max_messages=128) as relays:
+        transcript = await both(relays, script)
+    assert transcript.messages(I) == payloads
+    assert held_back == [True, True], "the sockets' buffers took it all: no backpressure"
+
+
+async def test_draining_and_shutdown_are_the_same():
+    """SIGTERM's path: /healthz 503 and /cable/new 503 while draining, joins still pair, then
+    waiting tunnels close at once and paired ones after the grace (1001 both)."""
+
+    async def script(c: Conversation) -> None:
+        await c.pair(tunnel_id_for("drain paired"))
+        await c.new("waiting", tunnel_id_for("drain waiting"))
+        await c.new("late authenticator", tunnel_id_for("drain late"))
+        c.nursery.start_soon(c.relay.shutdown, 0.3, 0.3)
+        await c.settle()
+        health = await c.open("/healthz while draining")
+        await health.send(get("/healthz"))
+        await c.settle()
+        refused = await c.open("new while draining")
+        await refused.send(head(f"/cable/new/{tunnel_id_for('drain refused')}"))
+        await c.settle()
+        await c.connect("late initiator", tunnel_id_for("drain late"), of="late authenticator")
+        await c.peers["late initiator"].send(message(b"during the drain"))
+        await c.settle()
+
+    async with two_relays() as relays:
+        transcript = await both(relays, script)
+    assert transcript.status("/healthz while draining") == 503
+    assert transcript.raw["/healthz while draining"].endswith(
+        b'{"status": "draining", "tunnels_waiting": 2, "tunnels_paired": 1}'
+    )
+    assert transcript.status("new while draining") == 503
+    assert transcript.status("late initiator") == 101
+    for name in ("authenticator", "initiator", "waiting", "late authenticator"):
+        assert transcript.close(name) == (1001, b"relay shutting down"), name
+    assert transcript.messages("late authenticator") == [b"during the drain"]
+
+
 async def test_quota_timeouts_and_keepalive_end_tunnels_alike():
     """max_messages from either side, wait_timeout, tunnel_lifetime, a silent peer."""
 
@@ -1185,7 +1310,7 @@ async def test_tunnel_closed_log_lines_agree():
 
     async def script(c: Conversation) -> None:
         await c.pair(tid, pending=message(b"early"))
-        await c.peers[I].send(message(b"x" * 200) + message(b""))
+        await c.peers[I].send(message(b"x" * 200) + frame(OP_PING, b"are you there") + message(b""))
         await c.settle()
         await end_tunnel(c, A, "close 1000")
 
@@ -1207,6 +1332,8 @@ async def test_tunnel_closed_log_lines_agree():
     ]
     assert transcript.stats["tunnel_closes"] == {"authenticator_closed": 1}
     assert transcript.stats["forwarded"] == [1, 5, 2, 200]
+    pongs = [payload for _, op, payload in transcript.frames(I) if op == OP_PONG]
+    assert pongs == [b"are you there"]
 
 
 # -- the rest of the relay suite on the tasks engine -------------------------------------------
