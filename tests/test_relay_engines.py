@@ -61,7 +61,12 @@ QUIET = 0.005
 END_TIMEOUT = 3.0
 #: Config of every relay here unless a test says otherwise: no keep-alive pings (their timing is
 #: the relay's, not the conversation's) and a short wait for the client's close frame.
-BASE_CONFIG: dict[str, Any] = {"host": "127.0.0.1", "port": 0, "ping_interval": 0, "close_timeout": 0.05}
+BASE_CONFIG: dict[str, Any] = {
+    "host": "127.0.0.1",
+    "port": 0,
+    "ping_interval": 0,
+    "close_timeout": 0.05,
+}
 
 FUZZ = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
@@ -386,7 +391,9 @@ class Conversation:
 
     def routing_id(self, name: str) -> str:
         """The routing id the relay gave ``name`` in its 101 ("000000" if it gave none)."""
-        found = re.search(rb"\r\nX-caBLE-Routing-ID: ([0-9A-Fa-f]+)\r\n", bytes(self.peers[name].received))
+        found = re.search(
+            rb"\r\nX-caBLE-Routing-ID: ([0-9A-Fa-f]+)\r\n", bytes(self.peers[name].received)
+        )
         return found[1].decode() if found else "000000"
 
     async def new(self, name: str, tid: str, *, trailing: bytes = b"", **kwargs: bool) -> Peer:
@@ -398,7 +405,13 @@ class Conversation:
         return peer
 
     async def connect(
-        self, name: str, tid: str, of: str = "authenticator", *, trailing: bytes = b"", **kwargs: bool
+        self,
+        name: str,
+        tid: str,
+        of: str = "authenticator",
+        *,
+        trailing: bytes = b"",
+        **kwargs: bool,
     ) -> Peer:
         """``name`` joins the tunnel ``of`` opened, with the routing id the relay gave it."""
         peer = await self.open(name, **kwargs)
@@ -821,7 +834,9 @@ async def test_a_head_that_never_completes_gets_408_from_both():
             if problem is not None:
                 problems.append(problem)
             if transcript.status("client") != 408:
-                problems.append(f"{name!r}: the tasks engine answered {transcript.status('client')}")
+                problems.append(
+                    f"{name!r}: the tasks engine answered {transcript.status('client')}"
+                )
     assert not problems, "\n\n".join(problems)
 
 
@@ -924,8 +939,11 @@ async def test_configured_refusals_are_the_same():
         ("trusted proxy", forwarded, {"trusted_proxies": ("127.0.0.1",)}),
         ("admin listener", admin, {"admin": "127.0.0.1:0"}),
         ("address limit", address_limit, {"max_connections_per_address": 1}),
-        ("address limit, silent", address_limit_silent,
-         {"max_connections_per_address": 1, "handshake_timeout": 0.3}),
+        (
+            "address limit, silent",
+            address_limit_silent,
+            {"max_connections_per_address": 1, "handshake_timeout": 0.3},
+        ),
         ("rate limit", rate_limit, {"rate_limit": 0.01, "rate_burst": 2}),
         ("connect failures", guessing, {"connect_failure_burst": 2}),
     ]
@@ -954,7 +972,7 @@ async def test_configured_refusals_are_the_same():
 
 # -- tunnels -----------------------------------------------------------------------------------
 
-A, I = "authenticator", "initiator"
+AUTH, INIT = "authenticator", "initiator"
 
 #: How a tunnel conversation ends: (name, which side acts, the bytes it sends or an action).
 #: "eof" half-closes, "nothing" leaves both sides to close with a normal close.
@@ -1000,7 +1018,7 @@ async def end_tunnel(c: Conversation, side: str, ending: str) -> None:
     if action == "eof":
         await peer.send_eof()
     elif action == "nothing":
-        for name in (A, I):
+        for name in (AUTH, INIT):
             await c.peers[name].send(frame(OP_CLOSE, close_payload(1000)))
             await c.settle()
     else:
@@ -1009,7 +1027,7 @@ async def end_tunnel(c: Conversation, side: str, ending: str) -> None:
     await c.settle()
 
 
-@pytest.mark.parametrize("side", [A, I])
+@pytest.mark.parametrize("side", [AUTH, INIT])
 async def test_every_ending_of_a_paired_tunnel_is_the_same(side):
     problems = []
     async with two_relays(max_message_size=TUNNEL_MAX_MESSAGE) as relays:
@@ -1020,7 +1038,7 @@ async def test_every_ending_of_a_paired_tunnel_is_the_same(side):
 
                 async def script(c: Conversation, tid=tid, ending=ending, reply=reply) -> None:
                     await c.pair(tid, reply_close=(reply, reply))
-                    await c.peers[A].send(message(b"before the end"))
+                    await c.peers[AUTH].send(message(b"before the end"))
                     await c.settle()
                     await end_tunnel(c, side, ending)
 
@@ -1028,7 +1046,7 @@ async def test_every_ending_of_a_paired_tunnel_is_the_same(side):
                 transcript, problem = await differ(relays, script, name)
                 if problem is not None:
                     problems.append(problem)
-                if transcript.close(A) is None or transcript.close(I) is None:
+                if transcript.close(AUTH) is None or transcript.close(INIT) is None:
                     problems.append(f"{name}: the tasks engine sent no close frame to both sides")
     assert not problems, "\n\n".join(problems)
 
@@ -1036,16 +1054,16 @@ async def test_every_ending_of_a_paired_tunnel_is_the_same(side):
 async def test_close_codes_and_reasons_follow_the_reasons_table():
     """A sample of endings checked for exact codes and reasons (the tasks engine, then both)."""
     cases = {
-        ("close 1000", A): ((1000, b"authenticator closed the tunnel"),) * 2,
-        ("close 4000 with a reason", I): ((1000, b"initiator closed the tunnel"),) * 2,
-        ("eof", I): ((1001, b"initiator disconnected"),) * 2,
-        ("text frame", A): ((1003, b"authenticator sent a text frame"),) * 2,
-        ("oversized message", I): ((1009, b"initiator sent an oversized message"),) * 2,
-        ("unmasked binary", A): (
+        ("close 1000", AUTH): ((1000, b"authenticator closed the tunnel"),) * 2,
+        ("close 4000 with a reason", INIT): ((1000, b"initiator closed the tunnel"),) * 2,
+        ("eof", INIT): ((1001, b"initiator disconnected"),) * 2,
+        ("text frame", AUTH): ((1003, b"authenticator sent a text frame"),) * 2,
+        ("oversized message", INIT): ((1009, b"initiator sent an oversized message"),) * 2,
+        ("unmasked binary", AUTH): (
             (1002, b"authenticator broke WebSocket framing"),
             (1001, b"authenticator broke WebSocket framing"),
         ),
-        ("close with a reason not UTF-8", I): (
+        ("close with a reason not UTF-8", INIT): (
             (1001, b"initiator broke WebSocket framing"),
             (1007, b"initiator broke WebSocket framing"),
         ),
@@ -1062,7 +1080,7 @@ async def test_close_codes_and_reasons_follow_the_reasons_table():
             transcript, problem = await differ(relays, script, f"{side}: {ending}")
             if problem is not None:
                 problems.append(problem)
-            got = (transcript.close(A), transcript.close(I))
+            got = (transcript.close(AUTH), transcript.close(INIT))
             if got != expected:
                 problems.append(f"{side}: {ending}: expected {expected}, got {got}")
     assert not problems, "\n\n".join(problems)
@@ -1073,7 +1091,7 @@ def tunnel_conversations(draw):
     """Messages both ways (fragmented, pings between fragments, pongs), cut at random bytes."""
     steps = []
     for _ in range(draw(st.integers(1, 6))):
-        side = draw(st.sampled_from([A, I]))
+        side = draw(st.sampled_from([AUTH, INIT]))
         kind = draw(st.sampled_from(["message", "message", "message", "ping", "pong", "burst"]))
         if kind == "ping":
             data = frame(OP_PING, draw(st.binary(max_size=125)))
@@ -1083,9 +1101,13 @@ def tunnel_conversations(draw):
             count = draw(st.integers(2, 5)) if kind == "burst" else 1
             data = b""
             for _ in range(count):
-                size = draw(st.sampled_from([0, 1, 125, 126, TUNNEL_MAX_MESSAGE]) | st.integers(0, 300))
-                payload = draw(st.binary(min_size=size, max_size=size)) if size < 40 else bytes(
-                    (draw(st.integers(0, 255)) + i) & 0xFF for i in range(size)
+                size = draw(
+                    st.sampled_from([0, 1, 125, 126, TUNNEL_MAX_MESSAGE]) | st.integers(0, 300)
+                )
+                payload = (
+                    draw(st.binary(min_size=size, max_size=size))
+                    if size < 40
+                    else bytes((draw(st.integers(0, 255)) + i) & 0xFF for i in range(size))
                 )
                 pings = tuple(draw(st.lists(st.binary(max_size=8), max_size=2)))
                 data += message(payload, draw(st.integers(1, 4)), pings)
@@ -1095,7 +1117,7 @@ def tunnel_conversations(draw):
         "steps": steps,
         "pending": [draw(st.binary(max_size=64)) for _ in range(draw(st.integers(0, 3)))],
         "ending": draw(st.sampled_from(sorted(ENDINGS))),
-        "ending side": draw(st.sampled_from([A, I])),
+        "ending side": draw(st.sampled_from([AUTH, INIT])),
         "ending with the last step": draw(st.booleans()),
         "reply close": (draw(st.booleans()), draw(st.booleans())),
         "max messages": draw(st.sampled_from([4, 64])),
@@ -1170,17 +1192,19 @@ async def test_pending_messages_and_their_overflow_are_the_same():
 
                 async def script(c: Conversation, tid=tid, data=data, one=one_segment) -> None:
                     trailing = b"".join(data) if one else b""
-                    auth = await c.new(A, tid, trailing=trailing)
+                    auth = await c.new(AUTH, tid, trailing=trailing)
                     if not one:
                         for piece in data:
                             await auth.send(piece)
                             await c.settle()
-                    await c.connect(I, tid)
+                    await c.connect(INIT, tid)
                     await auth.send(message(b"after pairing"))
                     await c.settle()
-                    await end_tunnel(c, A, "close 1000")
+                    await end_tunnel(c, AUTH, "close 1000")
 
-                transcript, problem = await differ(relays, script, f"{name}, one segment: {one_segment}")
+                transcript, problem = await differ(
+                    relays, script, f"{name}, one segment: {one_segment}"
+                )
                 if problem is not None:
                     problems.append(problem)
     assert not problems, "\n\n".join(problems)
@@ -1201,9 +1225,9 @@ async def test_frames_in_the_same_segment_as_either_head_are_the_same():
             tid = tunnel_id_for(f"trailing {name}")
 
             async def script(c: Conversation, tid=tid, first=first, second=second) -> None:
-                await c.new(A, tid, trailing=first)
-                await c.connect(I, tid, trailing=second)
-                await end_tunnel(c, A, "nothing")
+                await c.new(AUTH, tid, trailing=first)
+                await c.connect(INIT, tid, trailing=second)
+                await end_tunnel(c, AUTH, "nothing")
 
             transcript, problem = await differ(relays, script, name)
             if problem is not None:
@@ -1255,7 +1279,7 @@ async def test_a_reader_that_falls_behind_gets_everything_in_order():
 
     async with two_relays(max_messages=128) as relays:
         transcript = await both(relays, script)
-    assert transcript.messages(I) == payloads
+    assert transcript.messages(INIT) == payloads
 
 
 async def test_draining_and_shutdown_are_the_same():
@@ -1309,35 +1333,36 @@ async def test_quota_timeouts_and_keepalive_end_tunnels_alike():
         return script
 
     async def waiting(c: Conversation) -> None:
-        auth = await c.new(A, tunnel_id_for("wait"), reply_close=True)
+        auth = await c.new(AUTH, tunnel_id_for("wait"), reply_close=True)
         await auth.send(message(b"pending"))
 
     async def lifetime(c: Conversation) -> None:
         await c.pair(tunnel_id_for("lifetime"), reply_close=(True, False))
-        await c.peers[I].send(message(b"still here"))
+        await c.peers[INIT].send(message(b"still here"))
 
     async def lifetime_while_waiting(c: Conversation) -> None:
-        await c.new(A, tunnel_id_for("lifetime waiting"))
+        await c.new(AUTH, tunnel_id_for("lifetime waiting"))
 
     def silent(answering: str | None) -> Script:
         async def script(c: Conversation) -> None:
-            pong = (answering == A, answering == I)
+            pong = (answering == AUTH, answering == INIT)
             await c.pair(tunnel_id_for(f"silent {answering}"), auto_pong=pong)
 
         return script
 
     cases: list[tuple[str, Script, dict[str, Any], tuple[int, bytes]]] = [
-        ("quota, authenticator", quota(A, False), {"max_messages": 3},
+        ("quota, authenticator", quota(AUTH, False), {"max_messages": 3},
          (1008, b"authenticator sent too many messages")),
-        ("quota, initiator, one burst", quota(I, True), {"max_messages": 3},
+        ("quota, initiator, one burst", quota(INIT, True), {"max_messages": 3},
          (1008, b"initiator sent too many messages")),
         ("wait timeout", waiting, {"wait_timeout": 0.3}, (1008, b"no initiator joined in time")),
-        ("tunnel lifetime", lifetime, {"tunnel_lifetime": 0.4}, (1008, b"tunnel lifetime exceeded")),
+        ("tunnel lifetime", lifetime, {"tunnel_lifetime": 0.4},
+         (1008, b"tunnel lifetime exceeded")),
         ("lifetime before the wait timeout", lifetime_while_waiting,
          {"tunnel_lifetime": 0.3, "wait_timeout": 5}, (1008, b"tunnel lifetime exceeded")),
         ("nobody answers pings", silent(None), {"ping_interval": 0.15},
          (1001, b"authenticator stopped answering pings")),
-        ("the initiator answers no pings", silent(A), {"ping_interval": 0.15},
+        ("the initiator answers no pings", silent(AUTH), {"ping_interval": 0.15},
          (1001, b"initiator stopped answering pings")),
     ]  # fmt: skip
     problems = []
@@ -1346,8 +1371,8 @@ async def test_quota_timeouts_and_keepalive_end_tunnels_alike():
             transcript, problem = await differ(relays, script, name)
         if problem is not None:
             problems.append(problem)
-        if transcript.close(A) != close:
-            problems.append(f"{name!r}: the tasks engine closed with {transcript.close(A)}")
+        if transcript.close(AUTH) != close:
+            problems.append(f"{name!r}: the tasks engine closed with {transcript.close(AUTH)}")
     assert not problems, "\n\n".join(problems)
 
 
@@ -1357,9 +1382,11 @@ async def test_tunnel_closed_log_lines_agree():
 
     async def script(c: Conversation) -> None:
         await c.pair(tid, pending=message(b"early"))
-        await c.peers[I].send(message(b"x" * 200) + frame(OP_PING, b"are you there") + message(b""))
+        await c.peers[INIT].send(
+            message(b"x" * 200) + frame(OP_PING, b"are you there") + message(b"")
+        )
         await c.settle()
-        await end_tunnel(c, A, "close 1000")
+        await end_tunnel(c, AUTH, "close 1000")
 
     async with two_relays() as relays:
         transcript = await both(relays, script)
@@ -1379,7 +1406,7 @@ async def test_tunnel_closed_log_lines_agree():
     ]
     assert transcript.stats["tunnel_closes"] == {"authenticator_closed": 1}
     assert transcript.stats["forwarded"] == [1, 5, 2, 200]
-    pongs = [payload for _, op, payload in transcript.frames(I) if op == OP_PONG]
+    pongs = [payload for _, op, payload in transcript.frames(INIT) if op == OP_PONG]
     assert pongs == [b"are you there"]
 
 
@@ -1403,7 +1430,15 @@ def test_the_relay_suite_passes_on_the_tasks_engine():
     env = {**os.environ, ENGINE_VARIABLE: "tasks", "HYBRID_RELAY_ENGINE": "tasks"}
     started = time.monotonic()
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *(f"tests/{m}" for m in TASKS_MODULES)],
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            *(f"tests/{m}" for m in TASKS_MODULES),
+        ],
         cwd=root,
         env=env,
         capture_output=True,
