@@ -16,7 +16,8 @@ read when it closed, not on what it sent).
 
 A conversation waits for the relays to go quiet between its steps
 (``trio.testing.wait_all_tasks_blocked``), so what each side sends never races with what the
-other side sends; the engines run one after the other, so each one's log lines are its own.
+other side sends. Both engines run each conversation at the same time; a context variable set
+when each relay starts tells whose log line is whose.
 
 Last, ``test_the_relay_suite_passes_on_the_tasks_engine`` reruns a subset of the relay test
 modules with ``HYBRID_TEST_RELAY_ENGINE=tasks``: the main suite runs on the default engine ("auto",
@@ -26,6 +27,7 @@ the reactor on Linux), so the tasks engine keeps that coverage too.
 from __future__ import annotations
 
 import base64
+import contextvars
 import hashlib
 import json
 import logging
@@ -38,7 +40,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -385,6 +387,15 @@ class Conversation:
         self.nursery.start_soon(peer.read)
         return peer
 
+    def start_shutdown(self, grace: float, drain_delay: float) -> None:
+        """``relay.shutdown`` in the background, its log lines counted as the relay's."""
+
+        async def shutdown() -> None:
+            _ENGINE.set(self.relay.engine)
+            await self.relay.shutdown(grace, drain_delay)
+
+        self.nursery.start_soon(shutdown)
+
     async def settle(self) -> None:
         """Wait until the relay (and every client) has nothing left to do."""
         await trio.testing.wait_all_tasks_blocked(QUIET)
@@ -516,20 +527,25 @@ def _delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+#: The engine of the relay whose tasks are running: every task a relay starts inherits it from
+#: the task that started the relay (``two_relays``), so each log line names its relay.
+_ENGINE: contextvars.ContextVar[str | None] = contextvars.ContextVar("engine", default=None)
+
+
 class _Lines(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
-        self.lines: list[dict[str, Any]] = []
+        self.lines: list[tuple[str | None, dict[str, Any]]] = []
 
     def emit(self, record: logging.LogRecord) -> None:
         entry = {"event": record.getMessage(), "level": record.levelname.lower()}
         entry.update(getattr(record, "fields", {}))
-        self.lines.append(entry)
+        self.lines.append((_ENGINE.get(), entry))
 
 
 @contextmanager
-def relay_log() -> Iterator[list[dict[str, Any]]]:
-    """The ``relay`` logger's events while the block runs (fields as logged)."""
+def relay_log() -> Iterator[list[tuple[str | None, dict[str, Any]]]]:
+    """The ``relay`` logger's events while the block runs: (engine, fields as logged)."""
     logger = logging.getLogger("relay")
     handler = _Lines()
     level = logger.level
@@ -557,44 +573,70 @@ async def converse(relay: Relay, script: Script, end_timeout: float = END_TIMEOU
     """Run ``script`` against ``relay``; wait until the relay closed every socket (or
     ``end_timeout``), then until it holds nothing."""
     before = _snapshot(relay)
-    with relay_log() as lines:
-        async with trio.open_nursery() as nursery:
-            conversation = Conversation(relay, nursery)
-            await script(conversation)
-            peers = list(conversation.peers.values())
-            with trio.move_on_after(end_timeout):
-                for peer in peers:
-                    await peer.done.wait()
+    async with trio.open_nursery() as nursery:
+        conversation = Conversation(relay, nursery)
+        await script(conversation)
+        peers = list(conversation.peers.values())
+        with trio.move_on_after(end_timeout):
             for peer in peers:
-                await peer.stream.aclose()
-        idle = False
-        with trio.move_on_after(END_TIMEOUT):
-            while relay.open_connections() or relay.live_tunnels():
-                await trio.sleep(0.005)
-            idle = True
-        await conversation.settle()
+                await peer.done.wait()
+        for peer in peers:
+            await peer.stream.aclose()
+    idle = False
+    with trio.move_on_after(END_TIMEOUT):
+        while relay.open_connections() or relay.live_tunnels():
+            await trio.sleep(0.005)
+        idle = True
+    await conversation.settle()
     sockets = {
         p.name: (normalise(bytes(p.received)), "open" if p.end is None else "closed") for p in peers
     }
     return Transcript(
         sockets,
         _delta(before, _snapshot(relay)),
-        sorted(_normalise_log(line) for line in lines),
+        [],
         idle,
         {p.name: bytes(p.received) for p in peers},
     )
+
+
+async def converse_both(
+    relays: dict[str, Relay], script: Script, **kwargs: Any
+) -> dict[str, Transcript]:
+    """``converse`` on both engines at once, each transcript with its own relay's log lines."""
+    transcripts: dict[str, Transcript] = {}
+
+    async def one(engine: str) -> None:
+        transcripts[engine] = await converse(relays[engine], script, **kwargs)
+
+    with relay_log() as lines:
+        async with trio.open_nursery() as nursery:
+            for engine in ENGINES:
+                nursery.start_soon(one, engine)
+    strays = [entry for engine, entry in lines if engine not in ENGINES]
+    assert not strays, f"log lines from outside both relays' tasks: {strays}"
+    for engine, transcript in transcripts.items():
+        transcript.logs = sorted(_normalise_log(e) for tag, e in lines if tag == engine)
+    return transcripts
 
 
 @asynccontextmanager
 async def two_relays(**config: Any) -> AsyncIterator[dict[str, Relay]]:
     """One relay per engine, both with ``BASE_CONFIG`` updated by ``config``."""
     settings_ = {**BASE_CONFIG, **config}
-    async with running_relay(engine="tasks", **settings_) as tasks:
-        async with running_relay(engine="reactor", **settings_) as reactor:
-            relays = {"tasks": tasks, "reactor": reactor}
-            for engine, relay in relays.items():
-                assert relay.engine == engine, (engine, relay.engine)
-            yield relays
+    async with AsyncExitStack() as stack:
+        relays: dict[str, Relay] = {}
+        for engine in ENGINES:
+            # The relay's tasks are started here, and copy this context: their log lines say
+            # which relay wrote them.
+            token = _ENGINE.set(engine)
+            try:
+                relay = await stack.enter_async_context(running_relay(engine=engine, **settings_))
+            finally:
+                _ENGINE.reset(token)
+            assert relay.engine == engine, (engine, relay.engine)
+            relays[engine] = relay
+        yield relays
 
 
 def mismatch(name: str, transcripts: dict[str, Transcript]) -> str | None:
@@ -612,8 +654,8 @@ def mismatch(name: str, transcripts: dict[str, Transcript]) -> str | None:
 async def both(
     relays: dict[str, Relay], script: Script, name: str = "conversation", **kwargs: Any
 ) -> Transcript:
-    """Run ``script`` on each engine in turn; fail unless they agree; the tasks transcript."""
-    transcripts = {engine: await converse(relays[engine], script, **kwargs) for engine in ENGINES}
+    """Run ``script`` on both engines; fail unless they agree; the tasks transcript."""
+    transcripts = await converse_both(relays, script, **kwargs)
     problem = mismatch(name, transcripts)
     assert problem is None, problem
     return transcripts["tasks"]
@@ -623,7 +665,7 @@ async def differ(
     relays: dict[str, Relay], script: Script, name: str, **kwargs: Any
 ) -> tuple[Transcript, str | None]:
     """Like ``both``, but returns the mismatch report instead of failing (for case tables)."""
-    transcripts = {engine: await converse(relays[engine], script, **kwargs) for engine in ENGINES}
+    transcripts = await converse_both(relays, script, **kwargs)
     return transcripts["tasks"], mismatch(name, transcripts)
 
 
@@ -1290,7 +1332,7 @@ async def test_draining_and_shutdown_are_the_same():
         await c.pair(tunnel_id_for("drain paired"))
         await c.new("waiting", tunnel_id_for("drain waiting"))
         await c.new("late authenticator", tunnel_id_for("drain late"))
-        c.nursery.start_soon(c.relay.shutdown, 0.3, 0.3)
+        c.start_shutdown(grace=0.3, drain_delay=0.3)
         await c.settle()
         health = await c.open("/healthz while draining")
         await health.send(get("/healthz"))
