@@ -8,7 +8,7 @@ scripted raw-socket conversation (``Conversation``): request heads, hostile or n
 segments; frames from both sides of a tunnel split at arbitrary byte boundaries; closes, EOFs,
 timeouts and quotas. A ``Transcript`` records, per client socket, every byte it received until the
 relay closed it (bounded in time), and, per relay, what the conversation added to ``relay.stats``
-and the JSON log lines it wrote. The two transcripts must be equal after normalising only what
+and the events it logged (each event's fields). The two transcripts must be equal after normalising only what
 is random or timing: the ``X-caBLE-Routing-ID`` value, the counters inside a ``/metrics`` body
 (its families and labels are compared), the ``duration_ms``/``latency_ms`` log fields, the order of
 log lines, and whether a socket ended with FIN or RST (which depends on how much the relay had
@@ -17,7 +17,8 @@ read when it closed, not on what it sent).
 A conversation waits for the relays to go quiet between its steps
 (``trio.testing.wait_all_tasks_blocked``), so what each side sends never races with what the
 other side sends. Both engines run each conversation at the same time; a context variable set
-when each relay starts tells whose log line is whose.
+when each relay starts tells whose log line is whose. The JSON lines themselves (the reactor
+holds them while it handles a batch of events) are compared between two relay processes.
 
 Last, ``test_the_relay_suite_passes_on_the_tasks_engine`` reruns a subset of the relay test
 modules with ``HYBRID_TEST_RELAY_ENGINE=tasks``: the main suite runs on the default engine ("auto",
