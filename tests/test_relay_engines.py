@@ -8,11 +8,11 @@ scripted raw-socket conversation (``Conversation``): request heads, hostile or n
 segments; frames from both sides of a tunnel split at arbitrary byte boundaries; closes, EOFs,
 timeouts and quotas. A ``Transcript`` records, per client socket, every byte it received until the
 relay closed it (bounded in time), and, per relay, what the conversation added to ``relay.stats``
-and the events it logged (each event's fields). The two transcripts must be equal after normalising only what
-is random or timing: the ``X-caBLE-Routing-ID`` value, the counters inside a ``/metrics`` body
-(its families and labels are compared), the ``duration_ms``/``latency_ms`` log fields, the order of
-log lines, and whether a socket ended with FIN or RST (which depends on how much the relay had
-read when it closed, not on what it sent).
+and the events it logged (each event's fields). The two transcripts must be equal after
+normalising only what is random or timing: the ``X-caBLE-Routing-ID`` value, the counters inside
+a ``/metrics`` body (its families and labels are compared), the ``duration_ms``/``latency_ms``
+log fields, the order of log lines, and whether a socket ended with FIN or RST (which depends on
+how much the relay had read when it closed, not on what it sent).
 
 A conversation waits for the relays to go quiet between its steps
 (``trio.testing.wait_all_tasks_blocked``), so what each side sends never races with what the
@@ -56,6 +56,7 @@ from relay_helpers import ENGINE_VARIABLE, engine_override, running_relay
 from relay_process import RelayProcess, relay_process
 
 from relay.config import DEFAULT_MAX_REQUEST_HEAD
+from relay.descriptors import DescriptorBudget
 from relay.metrics import Stats
 from relay.server import Relay
 from tests.conftest import examples
@@ -1009,6 +1010,67 @@ async def test_configured_refusals_are_the_same():
     problems = []
     for name, script, config in cases:
         async with two_relays(**config) as relays:
+            transcript, problem = await differ(relays, script, name)
+        if problem is not None:
+            problems.append(problem)
+        statuses = {peer: transcript.status(peer) for peer in transcript.raw}
+        if statuses != expected[name]:
+            problems.append(f"{name!r}: the tasks engine answered {statuses}")
+    assert not problems, "\n\n".join(problems)
+
+
+async def test_descriptor_budget_refusals_are_the_same():
+    """Out of descriptors: 503 at once. Over the per-address limit: 429 after reading the request,
+    whatever it is, or at once when too many such refusals are being read already."""
+
+    async def polite(c: Conversation) -> None:
+        await c.new("authenticator", tunnel_id_for("budget"))
+        for name in ("silent 1", "silent 2"):
+            await c.open(name)
+            await c.settle()
+        rude = await c.open("while two are read")
+        await rude.send(get("/healthz"))
+        await c.settle()
+        await trio.sleep(0.4)  # the two silent ones time out (handshake_timeout)
+        for name, data in (("garbage", b"\x00\x01"), ("healthz", get("/healthz")), ("eof", b"")):
+            peer = await c.open(name)
+            await peer.send(data)
+            await peer.send_eof()
+            await c.settle()
+        await c.peers["authenticator"].send_eof()
+
+    async def full(c: Conversation) -> None:
+        for name in ("first", "second"):
+            await c.new(name, tunnel_id_for(f"full {name}"))
+        over = await c.open("over the budget")
+        await over.send(get("/healthz"))
+        await c.settle()
+        for name in ("first", "second"):
+            await c.peers[name].send_eof()
+            await c.settle()
+
+    cases = {
+        "polite refusals": (polite, {"max_connections_per_address": 1}, 4),
+        "descriptor budget": (full, {}, 2),
+    }
+    expected = {
+        "polite refusals": {
+            "authenticator": 101,
+            "silent 1": None,
+            "silent 2": None,
+            "while two are read": 429,
+            "garbage": 429,
+            "healthz": 429,
+            "eof": 429,
+        },
+        "descriptor budget": {"first": 101, "second": 101, "over the budget": 503},
+    }
+    problems = []
+    for name, (script, config, connections) in cases.items():
+        async with two_relays(handshake_timeout=0.3, **config) as relays:
+            for relay in relays.values():
+                budget = DescriptorBudget(1024, 0, connections, 4)
+                relay.descriptors = relay.dispatcher.descriptors = budget
             transcript, problem = await differ(relays, script, name)
         if problem is not None:
             problems.append(problem)
