@@ -1019,6 +1019,30 @@ async def test_configured_refusals_are_the_same():
     assert not problems, "\n\n".join(problems)
 
 
+async def test_the_pressure_sweep_is_the_same():
+    """Near max_tunnels a /cable/new first ends the waiting tunnels idle past the pressure wait
+    timeout (1008 wait_timeout); one that sent something is kept."""
+
+    async def script(c: Conversation) -> None:
+        for i in range(4):
+            peer = await c.new(f"waiting {i}", tunnel_id_for(f"pressure {i}"), reply_close=i == 1)
+            if i == 3:
+                await peer.send(message(b"busy"))
+            await c.settle()
+        await trio.sleep(0.3)
+        await c.new("newcomer", tunnel_id_for("pressure new"))
+        for name in ("waiting 3", "newcomer"):
+            await c.peers[name].send_eof()
+            await c.settle()
+
+    async with two_relays(max_tunnels=5, pressure_wait_timeout=0.2) as relays:
+        transcript = await both(relays, script)
+    for i in range(3):
+        assert transcript.close(f"waiting {i}") == (1008, b"no initiator joined in time")
+    assert transcript.close("waiting 3") == (1001, b"authenticator disconnected")
+    assert transcript.status("newcomer") == 101
+
+
 async def test_descriptor_budget_refusals_are_the_same():
     """Out of descriptors: 503 at once. Over the per-address limit: 429 after reading the request,
     whatever it is, or at once when too many such refusals are being read already."""
