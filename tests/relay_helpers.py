@@ -34,9 +34,14 @@ def engine_override() -> str | None:
 
 
 def relay_config(**config: object) -> RelayConfig:
-    """``RelayConfig(**config)``, on the engine of ``HYBRID_TEST_RELAY_ENGINE`` unless named."""
+    """``RelayConfig(**config)``, on the engine of ``HYBRID_TEST_RELAY_ENGINE`` unless named.
+
+    A relay the reactor cannot serve (TLS, PROXY protocol) stays on "auto" (so: tasks) when the
+    override asks for the reactor.
+    """
     engine = engine_override()
-    if engine is not None:
+    reactor_cannot = config.get("tls_cert") is not None or bool(config.get("proxy_protocol"))
+    if engine is not None and not (engine == "reactor" and reactor_cannot):
         config.setdefault("engine", engine)
     return RelayConfig(**config)  # type: ignore[arg-type]
 

@@ -1658,6 +1658,23 @@ async def test_json_log_lines_of_relay_processes_agree(tmp_path):
     }, events
 
 
+@pytest.mark.parametrize(
+    ("override", "config", "engine"),
+    [
+        ("tasks", {}, "tasks"),
+        ("reactor", {}, "reactor"),
+        ("tasks", {"engine": "reactor"}, "reactor"),
+        ("reactor", {"engine": "tasks"}, "tasks"),
+        ("reactor", {"proxy_protocol": True, "trusted_proxies": ("127.0.0.1",)}, "tasks"),
+        ("", {}, "reactor"),
+    ],
+)
+async def test_the_engine_override_reaches_running_relay(monkeypatch, override, config, engine):
+    monkeypatch.setenv(ENGINE_VARIABLE, override)
+    async with running_relay(**config) as relay:
+        assert relay.engine == engine
+
+
 # -- the rest of the relay suite on the tasks engine -------------------------------------------
 
 #: Relay test modules rerun on the tasks engine (about 25 s together).
