@@ -55,7 +55,7 @@ from hypothesis import strategies as st
 from relay_helpers import ENGINE_VARIABLE, engine_override, running_relay
 from relay_process import RelayProcess, relay_process
 
-from relay.config import DEFAULT_MAX_REQUEST_HEAD
+from relay.config import DEFAULT_MAX_REQUEST_HEAD, reactor_available
 from relay.descriptors import DescriptorBudget
 from relay.metrics import Stats
 from relay.server import Relay
@@ -1666,7 +1666,7 @@ async def test_json_log_lines_of_relay_processes_agree(tmp_path):
         ("tasks", {"engine": "reactor"}, "reactor"),
         ("reactor", {"engine": "tasks"}, "tasks"),
         ("reactor", {"proxy_protocol": True, "trusted_proxies": ("127.0.0.1",)}, "tasks"),
-        ("", {}, "reactor"),
+        ("", {}, "reactor" if reactor_available() else "tasks"),
     ],
 )
 async def test_the_engine_override_reaches_running_relay(monkeypatch, override, config, engine):
