@@ -630,6 +630,8 @@ async def converse_both(
 @asynccontextmanager
 async def two_relays(**config: Any) -> AsyncIterator[dict[str, Relay]]:
     """One relay per engine, both with ``BASE_CONFIG`` updated by ``config``."""
+    if not reactor_available():
+        pytest.skip("the reactor engine needs Linux epoll")
     settings_ = {**BASE_CONFIG, **config}
     async with AsyncExitStack() as stack:
         relays: dict[str, Relay] = {}
