@@ -1317,6 +1317,48 @@ async def test_random_tunnel_conversations_are_the_same(conversation):
         await both(relays, script)
 
 
+@st.composite
+def frame_soups(draw):
+    """Any frames at all, valid or not, from either side, in any segments."""
+    steps = []
+    for _ in range(draw(st.integers(1, 5))):
+        data = b""
+        for _ in range(draw(st.integers(1, 6))):
+            opcode = draw(st.sampled_from([0x0, 0x1, 0x2, 0x2, 0x2, 0x3, 0x8, 0x9, 0x9, 0xA, 0xB]))
+            if opcode == OP_CLOSE:
+                code = draw(st.sampled_from([None, 1000, 1001, 1005, 1006, 1015, 2999, 3000, 4999]))
+                reason = draw(st.sampled_from([b"", b"why", b"\xc3", "\u00e9".encode()]))
+                payload = close_payload(code, reason)
+            else:
+                payload = draw(st.binary(max_size=8)) * draw(st.sampled_from([1, 1, 20, 40]))
+            data += frame(
+                opcode,
+                payload,
+                fin=draw(st.booleans()) if opcode in (0x0, 0x1, 0x2) else draw(st.just(True)),
+                mask=None if draw(st.integers(0, 15)) == 0 else MASK,
+                rsv=4 if draw(st.integers(0, 15)) == 0 else 0,
+            )
+        points = draw(st.lists(st.integers(0, len(data)), max_size=4))
+        steps.append((draw(st.sampled_from([AUTH, INIT])), data, points))
+    return steps
+
+
+@settings(FUZZ, max_examples=examples(0.2))
+@given(frame_soups(), st.booleans())
+async def test_random_frame_soup_is_the_same(steps, reply):
+    tid = tunnel_id_for("soup")
+
+    async def script(c: Conversation) -> None:
+        await c.pair(tid, reply_close=(reply, not reply))
+        for side, data, points in steps:
+            await c.peers[side].send(data, points)
+            await c.settle()
+        await end_tunnel(c, AUTH, "nothing")
+
+    async with two_relays(max_message_size=TUNNEL_MAX_MESSAGE) as relays:
+        await both(relays, script)
+
+
 async def test_pending_messages_and_their_overflow_are_the_same():
     """Messages before the initiator joins: delivered first, or 1008 past the count or byte cap."""
     cases = {
