@@ -1344,18 +1344,24 @@ def frame_soups(draw):
 
 
 @settings(FUZZ, max_examples=examples(0.2))
-@given(frame_soups(), st.booleans())
-async def test_random_frame_soup_is_the_same(steps, reply):
+@given(frame_soups(), st.booleans(), frame_soups(), st.sampled_from([2, 6]))
+async def test_random_frame_soup_is_the_same(steps, reply, waiting, pending_messages):
+    """Also before the initiator joins: the authenticator's frames while it waits."""
     tid = tunnel_id_for("soup")
 
     async def script(c: Conversation) -> None:
-        await c.pair(tid, reply_close=(reply, not reply))
+        await c.new(AUTH, tid, reply_close=reply)
+        for _, data, points in waiting[:2]:
+            await c.peers[AUTH].send(data, points)
+            await c.settle()
+        await c.connect(INIT, tid, reply_close=not reply)
         for side, data, points in steps:
             await c.peers[side].send(data, points)
             await c.settle()
         await end_tunnel(c, AUTH, "nothing")
 
-    async with two_relays(max_message_size=TUNNEL_MAX_MESSAGE) as relays:
+    config = {"max_message_size": TUNNEL_MAX_MESSAGE, "max_pending_messages": pending_messages}
+    async with two_relays(max_pending_bytes=200, **config) as relays:
         await both(relays, script)
 
 
