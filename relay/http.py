@@ -33,9 +33,10 @@ _READ_SIZE = 4096
 
 _WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_REQUEST_LINE = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+) (/[\x21-\x7e]*) HTTP/1\.1\r\n")
-_HEADER_LINE = re.compile(
-    rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ ]*((?:[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?)?)[ ]*\r\n"
+_HEAD = re.compile(
+    rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+) (/[\x21-\x7e]*) HTTP/1\.1\r\n"
+    rb"((?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[ ]*(?:[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?)?[ ]*\r\n)*)"
+    rb"\r\n"
 )
 # Headers whose semantics (a body, framing) only h11 judges.
 _H11_ONLY = frozenset((b"content-length", b"transfer-encoding"))
@@ -72,27 +73,27 @@ class Request:
 
 
 def _parse_lean(head: bytes) -> tuple[bytes, bytes, list[tuple[bytes, bytes]]] | None:
-    """Parse ``head`` (ending in CRLF CRLF) if it is in the strict subset, else None."""
-    match = _REQUEST_LINE.match(head)
+    """Parse ``head`` (ending in CRLF CRLF) if it is in the strict subset, else None.
+
+    One pattern checks the whole head; the header lines it accepted then split exactly at CRLF
+    and at their first colon (names are tokens, values hold no CR, LF or leading/trailing space).
+    """
+    match = _HEAD.fullmatch(head)
     if match is None:
         return None
-    pos = match.end()
-    end = len(head) - 2
     headers: list[tuple[bytes, bytes]] = []
+    block = match[3]
     hosts = 0
-    header_line = _HEADER_LINE.match
-    while pos < end:
-        line = header_line(head, pos)
-        if line is None:
-            return None
-        name = line[1].lower()
-        if name in _H11_ONLY:
-            return None
-        if name == b"host":
-            hosts += 1
-        headers.append((name, line[2]))
-        pos = line.end()
-    if pos != end or hosts != 1:
+    if block:
+        for line in block[:-2].split(b"\r\n"):
+            name, _, value = line.partition(b":")
+            name = name.lower()
+            if name in _H11_ONLY:
+                return None
+            if name == b"host":
+                hosts += 1
+            headers.append((name, value.strip(b" ")))
+    if hosts != 1:
         return None
     return match[1], match[2], headers
 
@@ -159,6 +160,16 @@ class HeadReader:
             if not buf:
                 raise ClientGone("connection closed before a request")
             return self._to_h11(buf, eof=True)
+        if not buf and data[0] > 32 and len(data) <= self.max_head:
+            # The usual request: a whole lean head in its first segment. The same steps as
+            # below, minus the checks a lean parse implies (no empty lines before it, a method
+            # token, a head within the limit).
+            end = data.find(b"\n\r\n")
+            if end > 0 and data[end - 1] == 13 and data.find(b"\n\n", 0, end) < 0:
+                end += 3
+                parsed = _parse_lean(data[:end])
+                if parsed is not None:
+                    return Request(parsed[0], parsed[1], parsed[2], None, data[end:])
         buf = self._buf = _strip_empty_lines(buf + data)
         max_head = self.max_head
         if _cannot_start_request(buf):
