@@ -203,6 +203,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--scenario", choices=("pairing", "tunnel-life"), default="pairing", help="load to drive"
     )
+    parser.add_argument(
+        "--engine",
+        choices=("auto", "reactor", "tasks"),
+        default=None,
+        help="the relay's --engine (default: the relay's own default, auto)",
+    )
     parser.add_argument("--seconds", type=float, default=10.0, help="how long to drive it")
     parser.add_argument("--top", type=int, default=25, help="functions listed per section")
     parser.add_argument(
@@ -229,7 +235,10 @@ def main(argv: list[str] | None = None) -> int:
         cores[0],
         None,
         args.out / "relay.log",
-        env={"BENCH_TRACE_OUT": str(raw)},
+        env={
+            "BENCH_TRACE_OUT": str(raw),
+            **({"HYBRID_RELAY_ENGINE": args.engine} if args.engine else {}),
+        },
     )
     relay.start(timeout=60)
     affinity = os.sched_getaffinity(0)

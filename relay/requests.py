@@ -145,6 +145,15 @@ def _tokens(values: list[bytes]) -> list[bytes]:
     return [t.strip() for value in values for t in value.split(b",")]
 
 
+def _has_token(values: list[bytes] | None, token: bytes) -> bool:
+    """Whether the comma-separated lists in ``values`` hold ``token`` (case-insensitive)."""
+    if not values:
+        return False
+    if len(values) == 1 and b"," not in values[0]:
+        return values[0].strip().lower() == token
+    return any(t.strip().lower() == token for value in values for t in value.split(b","))
+
+
 def _by_name(headers: Headers) -> dict[bytes, list[bytes]]:
     """Header values by lower-case name, in order: one pass instead of one per header asked."""
     found: dict[bytes, list[bytes]] = {}
@@ -182,9 +191,9 @@ def decide(
     if method != b"GET":
         return Refusal(405, "method_not_allowed", "tunnel paths take GET only", (("Allow", "GET"),))
     named = _by_name(headers)
-    upgrade = [t.lower() for t in _tokens(named.get(b"upgrade", []))]
-    connection = [t.lower() for t in _tokens(named.get(b"connection", []))]
-    if b"websocket" not in upgrade or b"upgrade" not in connection:
+    if not _has_token(named.get(b"upgrade"), b"websocket") or not _has_token(
+        named.get(b"connection"), b"upgrade"
+    ):
         return Refusal(400, "not_websocket", "tunnel paths need a WebSocket upgrade")
     if version != b"1.1":
         return Refusal(

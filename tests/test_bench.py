@@ -315,14 +315,27 @@ def test_headline_shows_spread_and_floor_label():
     assert "| 300 µs (280–350) | 150 µs (140–160) | 50 µs (40–60) | 2.00x | 6.00x |" in table
 
 
-def test_profile_trace_counts_task_steps_and_waits(tmp_path):
+def _trace(tmp_path, engine):
     from bench import profile
 
+    out = tmp_path / engine
     code = profile.main(
-        ["--tool", "trace", "--scenario", "tunnel-life", "--seconds", "0.3", "--out", str(tmp_path)]
-    )
+        ["--tool", "trace", "--scenario", "tunnel-life", "--seconds", "0.3", "--out", str(out),
+         "--engine", engine]
+    )  # fmt: skip
     assert code == 0
-    summary = (tmp_path / "tunnel-life-trace-summary.txt").read_text()
+    summary = (out / "tunnel-life-trace-summary.txt").read_text()
+    data = json.loads((out / "tunnel-life-trace.json").read_text())
+    return summary, data
+
+
+def test_profile_trace_counts_task_steps_and_waits(tmp_path):
+    # One task per connection: each connection's task waits in receive_batch.
+    summary, data = _trace(tmp_path, "tasks")
     assert "task steps" in summary and "receive_batch -> woken" in summary
-    data = json.loads((tmp_path / "tunnel-life-trace.json").read_text())
     assert data["counts"]["tasks spawned"] >= 2 and data["waits"]
+    # The reactor: no task per connection, one wait (on its epoll set) for many events.
+    summary, data = _trace(tmp_path, "reactor")
+    assert "_run_loop -> woken" in summary and "receive_batch" not in summary
+    tunnels = int(summary.split(", ")[2].split()[0])  # "tunnel-life, trace, N tunnels, ..."
+    assert tunnels > 0 and data["counts"]["tasks spawned"] < tunnels

@@ -52,7 +52,8 @@ def progress_printer(role: str):
     """A progress callback writing ``<role>: <step> (<seconds> s)`` lines to stderr."""
 
     def report(step: str, seconds: float) -> None:
-        print(f"{role}: {step} ({seconds:.3f} s)", file=sys.stderr, flush=True)
+        # One write with its newline: Ctrl-C between text and newline would join the next line.
+        print(f"{role}: {step} ({seconds:.3f} s)\n", end="", file=sys.stderr, flush=True)
 
     return report
 
@@ -82,7 +83,8 @@ def instruction_printer(role: str) -> Callable[[Event], None]:
         if isinstance(event, events.DesktopStoppedWaiting):
             # The terminal prompt may still be on its line: end it, then say why it went away.
             text = f"\n{text}: request dismissed"
-        print(text, file=sys.stderr, flush=True)
+        # One write with its newline: Ctrl-C between text and newline would join the next line.
+        print(text + "\n", end="", file=sys.stderr, flush=True)
 
     return report
 
