@@ -1550,6 +1550,37 @@ async def test_draining_and_shutdown_are_the_same():
     assert transcript.messages("late authenticator") == [b"during the drain"]
 
 
+async def test_requests_finished_after_the_listener_closed_are_the_same():
+    """Heads begun before shutdown and finished after the listener closed (the paired tunnel's
+    grace keeps the relay up): /healthz says shutting_down, every tunnel request gets 503."""
+    requests = {
+        "/healthz": get("/healthz"),
+        "new": head(f"/cable/new/{tunnel_id_for('closing new')}"),
+        "connect": head(f"/cable/connect/{RID}/{tunnel_id_for('closing paired')}"),
+        "garbage": b"GET / HTTP/1.1\r\nBad header\r\n\r\n",
+    }
+
+    async def script(c: Conversation) -> None:
+        await c.pair(tunnel_id_for("closing paired"))
+        for name, data in requests.items():
+            await (await c.open(name)).send(data[:10])
+        await c.settle()
+        c.start_shutdown(grace=0.8, drain_delay=0.1)
+        await trio.sleep(0.3)
+        for name, data in requests.items():
+            await c.peers[name].send(data[10:])
+            await c.settle()
+
+    async with two_relays() as relays:
+        transcript = await both(relays, script)
+    statuses = {name: transcript.status(name) for name in requests}
+    assert statuses == {"/healthz": 503, "new": 503, "connect": 503, "garbage": 400}
+    assert transcript.raw["/healthz"].endswith(
+        b'{"status": "shutting_down", "tunnels_waiting": 0, "tunnels_paired": 1}'
+    )
+    assert transcript.close(AUTH) == (1001, b"relay shutting down")
+
+
 async def test_quota_timeouts_and_keepalive_end_tunnels_alike():
     """max_messages from either side, wait_timeout, tunnel_lifetime, a silent peer."""
 
