@@ -9,7 +9,9 @@ profile's count with ``examples(fraction)``.
 Something a test needs but cannot find (a Debian package, the support article) is a skip on a
 developer machine and a failure in CI: ``skip_unless_ci_must_have``.
 
-The relay is started in-process through ``relay.server.serve`` (port 0, so tests never collide).
+The relay is started in-process through ``relay.server.serve`` (port 0, so tests never collide),
+on the engine ``HYBRID_TEST_RELAY_ENGINE`` names ("reactor" or "tasks"; unset: the config default,
+"auto"); see ``tests/relay_helpers.py``.
 The loopback BLE medium in this process runs on ``ble_socket``, a UDP socket bound to a free port
 and held for the whole test, so no other test can take the port meanwhile. Only a test that hands
 the port to a *sub-process* (which must bind it itself) uses ``ble_port``, a port that was free a
@@ -90,7 +92,8 @@ def phone_dir(tmp_path: Path) -> Path:
 @pytest.fixture
 async def relay(nursery):
     """A real relay on 127.0.0.1 (random port); ``.base_url`` is ``ws://127.0.0.1:PORT``."""
-    from relay.server import RelayConfig, serve
+    from relay.server import serve
+    from tests.relay_helpers import relay_config
 
-    running = await nursery.start(serve, RelayConfig(host="127.0.0.1", port=0))
+    running = await nursery.start(serve, relay_config(host="127.0.0.1", port=0))
     yield running

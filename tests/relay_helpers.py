@@ -9,6 +9,7 @@ the HTTP response, for the requests a WebSocket client library refuses to send.
 from __future__ import annotations
 
 import base64
+import os
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -21,12 +22,38 @@ from relay.server import Relay, RelayConfig, serve
 
 SUBPROTOCOL = "fido.cable"
 
+#: Runs the relay tests on one engine ("reactor" or "tasks") instead of the default ("auto"):
+#: ``HYBRID_TEST_RELAY_ENGINE=tasks ./dev test tests/test_relay_pairing.py``. A test that names
+#: its engine keeps it.
+ENGINE_VARIABLE = "HYBRID_TEST_RELAY_ENGINE"
+
+
+def engine_override() -> str | None:
+    """The engine ``HYBRID_TEST_RELAY_ENGINE`` asks for, or None (the config default)."""
+    return os.environ.get(ENGINE_VARIABLE, "").strip() or None
+
+
+def relay_config(**config: object) -> RelayConfig:
+    """``RelayConfig(**config)``, on the engine of ``HYBRID_TEST_RELAY_ENGINE`` unless named.
+
+    A relay the reactor cannot serve (TLS, PROXY protocol) stays on "auto" (so: tasks) when the
+    override asks for the reactor.
+    """
+    engine = engine_override()
+    reactor_cannot = config.get("tls_cert") is not None or bool(config.get("proxy_protocol"))
+    if engine is not None and not (engine == "reactor" and reactor_cannot):
+        config.setdefault("engine", engine)
+    return RelayConfig(**config)  # type: ignore[arg-type]
+
 
 @asynccontextmanager
 async def running_relay(**config: object) -> AsyncIterator[Relay]:
-    """A relay on 127.0.0.1, port 0, with ``config`` overriding RelayConfig defaults."""
+    """A relay on 127.0.0.1, port 0, with ``config`` overriding RelayConfig defaults.
+
+    The engine is ``HYBRID_TEST_RELAY_ENGINE``'s when set and ``config`` names none.
+    """
     async with trio.open_nursery() as nursery:
-        relay = await nursery.start(serve, RelayConfig(**config))  # type: ignore[arg-type]
+        relay = await nursery.start(serve, relay_config(**config))
         try:
             yield relay
         finally:
