@@ -130,6 +130,8 @@ class Connection:
         "await_reply",
         "hup",
         "inflight",
+        "timer_key",
+        "timer_when",
     )
 
     def __init__(self, reactor: Reactor, fd: int, client: Client) -> None:
@@ -170,6 +172,9 @@ class Connection:
         # Forwarded batches still in ``out``: (counter offset, messages, bytes). They count as
         # forwarded once written, as in the tasks engine, where the send returns only then.
         self.inflight: list[tuple[int, int, int]] | None = None
+        # This connection's live entry in the reactor's timer heap (0 / inf: none).
+        self.timer_key = 0
+        self.timer_when = _INF
 
     # -- what Tunnel needs of a side's cancel scope ----------------------------------------------
 
@@ -249,8 +254,10 @@ class Reactor:
         self.epoll = select.epoll()
         self.connections: dict[int, Connection] = {}
         self.listeners: dict[int, socket.socket] = {}
-        self._timers: list[tuple[float, int, Connection]] = []
-        self._sequence = count()
+        self._timers: list[tuple[float, int]] = []
+        #: The connection of each live heap entry, by its key (see ``set_deadline``).
+        self._timed: dict[int, Connection] = {}
+        self._sequence = count(1)
         #: Connections whose tunnel side must end, queued by ``Connection.cancel``.
         self._soon: list[Connection] = []
         #: Connections with more to read after a full read, or unblocked.
@@ -485,6 +492,9 @@ class Reactor:
         conn.parser = FrameParser(self.config.max_message_size, refuse_text=True)
         conn.phase = _OPEN
         conn._deadline = _INF
+        if conn.hup:
+            # The client's FIN came with its request: no new event follows, so read to it.
+            self._ready.append(conn)
         return True
 
     def _open(self, conn: Connection, plan: Open) -> None:
@@ -881,6 +891,9 @@ class Reactor:
         was_open = conn.phase in (_OPEN, _CLOSING)
         conn.phase = _DONE
         conn._deadline = _INF
+        if conn.timer_key:
+            del self._timed[conn.timer_key]
+            conn.timer_key = 0
         self.connections.pop(conn.fd, None)
         os.close(conn.fd)
         conn.out = None
@@ -919,9 +932,24 @@ class Reactor:
     # -- timers and queued work --------------------------------------------------------------
 
     def set_deadline(self, conn: Connection, when: float) -> None:
+        """Make ``when`` the connection's deadline (inf: none).
+
+        The heap holds at most one live entry per connection, as ``(when, key)`` with the
+        connection found through ``_timed[key]``: a later deadline keeps the earlier entry, which
+        re-arms itself when it comes due; an earlier one replaces it. A finished connection drops
+        its key, so the heap never keeps a connection (or its buffers) alive, and entries left
+        behind are two numbers each, gone when they come due.
+        """
         conn._deadline = when
-        if when < _INF:
-            heapq.heappush(self._timers, (when, next(self._sequence), conn))
+        if when >= conn.timer_when:
+            return
+        key = conn.timer_key
+        if key:
+            del self._timed[key]
+        key = conn.timer_key = next(self._sequence)
+        conn.timer_when = when
+        self._timed[key] = conn
+        heapq.heappush(self._timers, (when, key))
 
     def schedule(self, conn: Connection) -> None:
         self._soon.append(conn)
@@ -932,12 +960,20 @@ class Reactor:
     def _run_due(self, now: float) -> float:
         """Expire deadlines and run queued work; seconds until the next deadline (inf if none)."""
         timers = self._timers
+        timed = self._timed
         soon = self._soon
         ready = self._ready
         while True:
             while timers and timers[0][0] <= now:
-                when, _, conn = heapq.heappop(timers)
-                if conn._deadline == when and conn.phase != _DONE:
+                _, key = heapq.heappop(timers)
+                conn = timed.pop(key, None)
+                if conn is None:
+                    continue  # replaced by an earlier deadline, or the connection finished
+                conn.timer_key = 0
+                conn.timer_when = _INF
+                if conn._deadline > now:
+                    self.set_deadline(conn, conn._deadline)  # moved later meanwhile
+                elif conn.phase != _DONE:
                     conn._deadline = _INF
                     self._guarded(self._deadline_passed, conn)
             if now >= self._accept_paused_until:
