@@ -306,6 +306,18 @@ class Peer:
         self.reading.set()
         self._closed = False
         self.gave_up_sending = False
+        # Set (and replaced) whenever bytes or the end arrive: waiting for them without polling,
+        # so that polling never keeps ``settle`` from seeing the relays quiet.
+        self._arrived = trio.Event()
+
+    def _wake(self) -> None:
+        self._arrived.set()
+        self._arrived = trio.Event()
+
+    async def _wait_for(self, done: Callable[[], bool], timeout: float) -> None:
+        with trio.move_on_after(timeout):
+            while not done() and self.end is None and not self.done.is_set():
+                await self._arrived.wait()
 
     async def read(self) -> None:
         try:
@@ -316,6 +328,7 @@ class Peer:
                     self.end = "eof"
                     return
                 self.received += data
+                self._wake()
                 if self.reply_close or self.auto_pong:
                     await self._answer()
         except trio.BrokenResourceError:
@@ -324,6 +337,7 @@ class Peer:
             pass  # the conversation closed it
         finally:
             self.done.set()
+            self._wake()
 
     async def _answer(self) -> None:
         parts = split_head(bytes(self.received))
@@ -363,15 +377,11 @@ class Peer:
 
     async def until(self, size: int, timeout: float = 5.0) -> None:
         """Wait until this socket received ``size`` bytes in all, or ended (or ``timeout``)."""
-        with trio.move_on_after(timeout):
-            while len(self.received) < size and self.end is None:
-                await trio.sleep(0.001)
+        await self._wait_for(lambda: len(self.received) >= size, timeout)
 
     async def head(self, timeout: float = 2.0) -> bytes | None:
         """The relay's response head, once it came (None if it did not)."""
-        with trio.move_on_after(timeout):
-            while split_head(bytes(self.received)) is None and self.end is None:
-                await trio.sleep(0.001)
+        await self._wait_for(lambda: split_head(bytes(self.received)) is not None, timeout)
         parts = split_head(bytes(self.received))
         return parts[0] if parts else None
 
@@ -1443,6 +1453,34 @@ async def test_frames_in_the_same_segment_as_either_head_are_the_same():
     assert not problems, "\n\n".join(problems)
 
 
+async def test_many_tunnels_at_once_are_the_same():
+    """Twenty tunnels talking at the same time (one epoll batch holds many of them)."""
+
+    async def one(c: Conversation, k: int) -> None:
+        tid = tunnel_id_for(f"many {k}")
+        auth = await c.new(f"authenticator {k}", tid)
+        init = await c.connect(f"initiator {k}", tid, of=f"authenticator {k}")
+        for j in range(5):
+            payload = bytes([k, j]) * (k + j)
+            # Each side waits for the frame it is owed (2 header bytes): counted before sending.
+            owed = len(init.received) + 2 + len(payload)
+            await auth.send(message(payload, fragments=1 + j % 2))
+            await init.until(owed)
+            owed = len(auth.received) + 2 + len(payload)
+            await init.send(message(payload[::-1]) + frame(OP_PING, payload[:4]))
+            await auth.until(owed)
+        await (auth if k % 2 else init).send(frame(OP_CLOSE, close_payload(1000, b"%d" % k)))
+
+    async def script(c: Conversation) -> None:
+        async with trio.open_nursery() as nursery:
+            for k in range(20):
+                nursery.start_soon(one, c, k)
+
+    async with two_relays() as relays:
+        transcript = await both(relays, script)
+    assert transcript.stats["tunnel_closes"] == {"authenticator_closed": 10, "initiator_closed": 10}
+
+
 async def test_the_node_wide_pending_cap_is_the_same():
     """max_pending_bytes_total: the second waiting tunnel's message overflows it (1008)."""
 
@@ -1736,8 +1774,9 @@ async def test_json_log_lines_of_relay_processes_agree(tmp_path):
             await peer.done.wait()
         auth = await c.new(AUTH, tid)
         init = await c.connect(INIT, tid)
+        owed = len(init.received) + 18
         await auth.send(message(b"to the initiator"))
-        await init.until(len(init.received) + 18)
+        await init.until(owed)
         await init.send(message(b"x" * 100) + frame(OP_TEXT, b"no"))
         await auth.done.wait()
         await init.done.wait()
