@@ -64,8 +64,14 @@ from relay.wsframe import Close, FrameParser, Ping, close_frame, pong_frame
 
 _IN = select.EPOLLIN
 _OUT = select.EPOLLOUT
+_HANGUP = select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
 _CONNECTION_EVENTS = select.EPOLLIN | select.EPOLLOUT | select.EPOLLRDHUP | select.EPOLLET
 _HEAD_READ = 4096
+#: TCP_NODELAY, and TCP_NOTSENT_LOWAT at 16 KiB so that the kernel holds little unsent data for a
+#: peer that does not read (the writer then keeps it and stops reading the other side).
+_SOCKET_OPTIONS = ((socket.TCP_NODELAY, 1),) + (
+    ((socket.TCP_NOTSENT_LOWAT, 2**14),) if hasattr(socket, "TCP_NOTSENT_LOWAT") else ()
+)
 #: Events handled between two looks at trio's own work when trio has none due.
 _BATCH = 256
 #: Connections accepted per listener readiness before other events get their turn.
@@ -120,6 +126,8 @@ class Connection:
         "count",
         "ping_mark",
         "await_reply",
+        "hup",
+        "inflight",
     )
 
     def __init__(self, reactor: Reactor, sock: socket.socket, client: Client) -> None:
@@ -152,6 +160,12 @@ class Connection:
         self.count = 0
         self.ping_mark = -1
         self.await_reply = False
+        # The peer shut down its side (EPOLLRDHUP) or the socket failed: with edge-triggered
+        # readiness no new event follows, so reads go on to EOF instead of stopping short.
+        self.hup = False
+        # Forwarded batches still in ``out``: (counter offset, messages, bytes). They count as
+        # forwarded once written, as in the tasks engine, where the send returns only then.
+        self.inflight: list[tuple[int, int, int]] | None = None
 
     # -- what Tunnel needs of a side's cancel scope ----------------------------------------------
 
@@ -246,7 +260,10 @@ class Reactor:
     # -- listeners ----------------------------------------------------------------------------
 
     def add_listener(self, sock: socket.socket) -> None:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # What trio.SocketStream sets on each socket of the tasks engine; Linux copies both from
+        # the listener to every accepted socket (checked once, at the first accept).
+        for option, value in _SOCKET_OPTIONS:
+            sock.setsockopt(socket.IPPROTO_TCP, option, value)
         self.listeners[sock.fileno()] = sock
         self.epoll.register(sock.fileno(), _IN)
 
@@ -352,12 +369,15 @@ class Reactor:
 
     def _set_nodelay(self, sock: socket.socket) -> None:
         if self._nodelay_inherited is None:
-            # Linux copies TCP_NODELAY from the listener to accepted sockets; check it once.
-            inherited = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+            inherited = all(
+                sock.getsockopt(socket.IPPROTO_TCP, option) == value
+                for option, value in _SOCKET_OPTIONS
+            )
             self._nodelay_inherited = inherited
             if inherited:
                 return
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for option, value in _SOCKET_OPTIONS:
+            sock.setsockopt(socket.IPPROTO_TCP, option, value)
 
     def _read_head(self, conn: Connection) -> None:
         reader = conn.reader
@@ -374,7 +394,7 @@ class Reactor:
                     request = reader.lost()
                     break
                 request = reader.feed(data)
-                if request is None and len(data) < _HEAD_READ and data:
+                if request is None and len(data) < _HEAD_READ and data and not conn.hup:
                     return
         except BadRequest as exc:
             if conn.polite:
@@ -506,11 +526,14 @@ class Reactor:
             if not initiator.send_frames(out):
                 tunnel.finish(ENDS["initiator_gone"])
                 return False
-            forwarded = self.stats.forwarded
-            forwarded[0] += len(batch)
-            forwarded[1] += nbytes
-            tunnel.counts[0] += len(batch)
-            tunnel.counts[1] += nbytes
+            if initiator.out is None:
+                forwarded = self.stats.forwarded
+                forwarded[0] += len(batch)
+                forwarded[1] += nbytes
+                tunnel.counts[0] += len(batch)
+                tunnel.counts[1] += nbytes
+            else:
+                initiator.inflight = [(0, len(batch), nbytes)]
         tunnel.sinks[0] = initiator
         return True
 
@@ -529,27 +552,37 @@ class Reactor:
             return
         conn.readable = False
         size = conn.receive_size
-        try:
-            data = conn.sock.recv(size)
-        except BlockingIOError:
-            return
-        except OSError:
-            self._end_side(conn, PeerGone("connection lost"))
-            return
-        if not data:
-            self._end_side(conn, PeerGone("connection closed without a close frame"))
-            return
+        recv = conn.sock.recv
         parser = conn.parser
         assert parser is not None
-        events = parser.receive(data)
-        if events:
-            self._deliver(conn, events)
-        if len(data) == size and conn.phase == _OPEN:
-            # There may be more already: read it after the other ready connections.
+        while True:
+            try:
+                data = recv(size)
+            except BlockingIOError:
+                return
+            except OSError:
+                self._end_side(conn, PeerGone("connection lost"))
+                return
+            if not data:
+                self._end_side(conn, PeerGone("connection closed without a close frame"))
+                return
+            events = parser.receive(data)
+            if events:
+                self._deliver(conn, events)
+            if conn.phase != _OPEN or conn.stopped:
+                # What follows is read by the close handshake (_close_ws queues it).
+                conn.readable = True
+                return
             if conn.blocked:
                 conn.readable = True
-            else:
+                return
+            if len(data) == size:
+                # There may be more already: read it after the other ready connections.
                 self._ready.append(conn)
+                return
+            if not conn.hup:
+                # A short read emptied the socket; the next bytes bring a new event.
+                return
 
     def _deliver(self, conn: Connection, events: list[Any]) -> None:
         """The events of one read: messages forwarded, pings answered, then any terminal one."""
@@ -641,14 +674,18 @@ class Reactor:
                 tunnel.finish(side.other_gone)
                 return
             offset = side.offset
-            forwarded = self.stats.forwarded
-            forwarded[offset] += len(batch)
-            forwarded[offset + 1] += nbytes
-            counts = tunnel.counts
-            counts[offset] += len(batch)
-            counts[offset + 1] += nbytes
-            if destination.out is not None:
+            if destination.out is None:
+                forwarded = self.stats.forwarded
+                forwarded[offset] += len(batch)
+                forwarded[offset + 1] += nbytes
+                counts = tunnel.counts
+                counts[offset] += len(batch)
+                counts[offset + 1] += nbytes
+            else:
                 # Read no more from this side until the other has taken what it was sent.
+                if destination.inflight is None:
+                    destination.inflight = []
+                destination.inflight.append((offset, len(batch), nbytes))
                 conn.blocked = True
                 if destination.waiters is None:
                     destination.waiters = []
@@ -676,6 +713,17 @@ class Reactor:
         self._drained(conn)
 
     def _drained(self, conn: Connection) -> None:
+        inflight = conn.inflight
+        if inflight is not None:
+            conn.inflight = None
+            tunnel = conn.tunnel
+            forwarded = self.stats.forwarded
+            for offset, messages, nbytes in inflight:
+                forwarded[offset] += messages
+                forwarded[offset + 1] += nbytes
+                if tunnel is not None:
+                    tunnel.counts[offset] += messages
+                    tunnel.counts[offset + 1] += nbytes
         waiters = conn.waiters
         if waiters:
             conn.waiters = None
@@ -729,6 +777,9 @@ class Reactor:
             return
         tunnel = conn.tunnel
         assert tunnel is not None
+        for side in (tunnel.authenticator, tunnel.initiator):
+            if type(side) is Connection and side.out is not None and side.phase == _OPEN:
+                self._abandon_write(side)
         if conn.owner:
             tunnel.owner_scope = None
             if tunnel.end is None:
@@ -742,6 +793,21 @@ class Reactor:
             if tunnel.end is None:
                 tunnel.finish(SHUTDOWN)
             self._close_ws(conn, tunnel.codes[1], (tunnel.end or SHUTDOWN).text)
+
+    def _abandon_write(self, conn: Connection) -> None:
+        """The tunnel ended while a write to ``conn`` was unfinished: as in the tasks engine,
+        whose writing task is cancelled mid-send, the rest is dropped (and not counted as
+        forwarded) and no close frame can follow on that socket."""
+        conn.out = None
+        conn.inflight = None
+        conn.broken = True
+        waiters = conn.waiters
+        if waiters:
+            conn.waiters = None
+            for source in waiters:
+                source.blocked = False
+                if source.readable and source.phase == _OPEN:
+                    self._ready.append(source)
 
     def _close_ws(self, conn: Connection, code: int, reason: str) -> None:
         """``WebSocket.close``: our close frame, then the client's (or EOF) within the timeout."""
@@ -897,6 +963,8 @@ class Reactor:
                 self._accept(listener)
             return
         try:
+            if mask & _HANGUP:
+                conn.hup = True
             if mask & _OUT and conn.out is not None:
                 self._writable(conn)
             phase = conn.phase
