@@ -2,20 +2,28 @@
 
 Counters on the forwarding path are plain integers on ``Stats`` (an attribute increment, no lock,
 no label lookup per message); a custom collector turns them into Prometheus families only when
-``/metrics`` is scraped. The pairing-latency histogram is a regular ``prometheus_client`` metric,
-observed once per pairing.
+``/metrics`` is scraped. The pairing-latency histogram (``LatencyHistogram``) is observed once per
+pairing and rendered the same way.
 """
 
 from __future__ import annotations
 
 import platform
+import time
+from bisect import bisect_left
 from collections import Counter
 from collections.abc import Callable, Iterator
 
 import trio
-from prometheus_client import CollectorRegistry, Histogram, ProcessCollector, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 PREFIX = "hybrid_relay"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -118,6 +126,39 @@ def _version() -> str:
     return __version__
 
 
+class LatencyHistogram(Collector):
+    """A histogram observed once per tunnel: a bisect and two additions, no lock.
+
+    ``prometheus_client.Histogram`` takes a lock per bucket update and walks the buckets in
+    Python, which cost as much as a tenth of a pairing's CPU. The relay observes from one thread
+    only; this renders the same ``_bucket``, ``_count``, ``_sum`` and ``_created`` samples.
+    """
+
+    def __init__(self, name: str, documentation: str, bounds: tuple[float, ...]) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.bounds = tuple(float(b) for b in bounds)
+        self.counts = [0] * (len(self.bounds) + 1)
+        self.sum = 0.0
+        self.created = time.time()
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    def collect(self) -> Iterator[Metric]:
+        cumulative = 0
+        buckets: list[tuple[str, float]] = []
+        for bound, count in zip((*self.bounds, float("inf")), self.counts, strict=True):
+            cumulative += count
+            buckets.append((floatToGoString(bound), cumulative))
+        family = HistogramMetricFamily(
+            self.name, self.documentation, buckets=buckets, sum_value=self.sum
+        )
+        family.add_sample(f"{self.name}_created", {}, self.created)
+        yield family
+
+
 class RelayMetrics:
     """The registry of one relay instance."""
 
@@ -126,12 +167,12 @@ class RelayMetrics:
         self.registry.register(_StatsCollector(stats, gauges))
         # process_cpu_seconds_total, process_open_fds, process_max_fds, memory, start time.
         ProcessCollector(registry=self.registry)
-        self.pairing_latency = Histogram(
+        self.pairing_latency = LatencyHistogram(
             f"{PREFIX}_pairing_latency_seconds",
             "Time from /cable/new upgrade to the initiator joining.",
-            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
-            registry=self.registry,
+            (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
         )
+        self.registry.register(self.pairing_latency)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

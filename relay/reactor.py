@@ -29,6 +29,7 @@ load it yields with a checkpoint after every ``_BATCH`` events. Work handed to i
 from __future__ import annotations
 
 import errno
+import fcntl
 import heapq
 import logging
 import os
@@ -77,6 +78,8 @@ _BATCH = 256
 #: Connections accepted per listener readiness before other events get their turn.
 _ACCEPT_BURST = 64
 _INF = float("inf")
+_read = os.read
+_write = os.write
 
 # Connection phases.
 _HEAD = 0  # reading the request head
@@ -101,7 +104,6 @@ class Connection:
 
     __slots__ = (
         "reactor",
-        "sock",
         "fd",
         "client",
         "phase",
@@ -130,10 +132,12 @@ class Connection:
         "inflight",
     )
 
-    def __init__(self, reactor: Reactor, sock: socket.socket, client: Client) -> None:
+    def __init__(self, reactor: Reactor, fd: int, client: Client) -> None:
         self.reactor = reactor
-        self.sock = sock
-        self.fd = sock.fileno()
+        # The descriptor itself, no socket object: creating one costs a getsockname call and
+        # more Python than reading and writing through os.read/os.write. Closed only by
+        # Reactor._finish, once.
+        self.fd = fd
         self.client = client
         self.phase = _HEAD
         self.reader: HeadReader | None = None
@@ -217,7 +221,7 @@ class Connection:
             out += data
             return True
         try:
-            sent = self.sock.send(data)
+            sent = _write(self.fd, data)
         except BlockingIOError:
             sent = 0
         except OSError:
@@ -256,6 +260,7 @@ class Reactor:
         self._accept_logged_at = -1.0
         self._accept_failures = 0
         self._nodelay_inherited: bool | None = None
+        self._family: tuple[int, int, int] = (socket.AF_INET, socket.SOCK_STREAM, 0)
 
     # -- listeners ----------------------------------------------------------------------------
 
@@ -281,11 +286,10 @@ class Reactor:
         # socket.accept without its per-call enum conversions of family and type.
         accept = listener._accept  # type: ignore[attr-defined]
         family, kind, proto = int(listener.family), int(listener.type), listener.proto
-        new_socket = socket.socket
+        self._family = (family, kind, proto)
         for _ in range(_ACCEPT_BURST):
             try:
                 fd, peer = accept()
-                sock = new_socket(family, kind, proto, fileno=fd)
             except BlockingIOError:
                 return
             except OSError as exc:
@@ -296,10 +300,19 @@ class Reactor:
                     return
                 raise
             try:
-                admit(sock, peer)
-            except BaseException:
-                sock.close()
-                raise
+                fcntl.fcntl(fd, fcntl.F_SETFL, os.O_NONBLOCK)
+            except OSError:
+                os.close(fd)
+                continue
+            try:
+                admit(fd, peer)
+            except Exception as exc:  # noqa: BLE001 - one bad connection must never stop the relay
+                conn = self.connections.get(fd)
+                if conn is not None:
+                    self._abort(conn, exc)
+                else:
+                    os.close(fd)
+                    log_event("connection_error", logging.ERROR, error=repr(exc))
 
     def _pause_accepting(self, exc: OSError) -> None:
         """Out of descriptors or memory: back off like trio.serve_listeners, and say so."""
@@ -328,16 +341,15 @@ class Reactor:
 
     # -- one connection's opening phase (Dispatcher.handle) -------------------------------------
 
-    def _admit(self, sock: socket.socket, peer: Any) -> None:
-        sock.setblocking(False)
+    def _admit(self, fd: int, peer: Any) -> None:
         if self._nodelay_inherited is not True:
-            self._set_nodelay(sock)
+            self._set_nodelay(fd)
         dispatcher = self.dispatcher
         address = str(peer[0]) if peer else "unknown"
         dispatcher.stats.connections_accepted += 1
         dispatcher.sockets += 1
         client = Client(address, None)
-        conn = Connection(self, sock, client)
+        conn = Connection(self, fd, client)
         self.connections[conn.fd] = conn
         self.epoll.register(conn.fd, _CONNECTION_EVENTS)
         if dispatcher.sockets > dispatcher.descriptors.connections:
@@ -367,27 +379,32 @@ class Reactor:
         conn.reader = HeadReader(self.config.max_request_head)
         self.set_deadline(conn, trio.current_time() + self.config.handshake_timeout)
 
-    def _set_nodelay(self, sock: socket.socket) -> None:
-        if self._nodelay_inherited is None:
-            inherited = all(
-                sock.getsockopt(socket.IPPROTO_TCP, option) == value
-                for option, value in _SOCKET_OPTIONS
-            )
-            self._nodelay_inherited = inherited
-            if inherited:
-                return
-        for option, value in _SOCKET_OPTIONS:
-            sock.setsockopt(socket.IPPROTO_TCP, option, value)
+    def _set_nodelay(self, fd: int) -> None:
+        # A socket object borrowing the descriptor, for getsockopt/setsockopt (then let go).
+        sock = socket.socket(*self._family, fileno=fd)
+        try:
+            if self._nodelay_inherited is None:
+                inherited = all(
+                    sock.getsockopt(socket.IPPROTO_TCP, option) == value
+                    for option, value in _SOCKET_OPTIONS
+                )
+                self._nodelay_inherited = inherited
+                if inherited:
+                    return
+            for option, value in _SOCKET_OPTIONS:
+                sock.setsockopt(socket.IPPROTO_TCP, option, value)
+        finally:
+            sock.detach()
 
     def _read_head(self, conn: Connection) -> None:
         reader = conn.reader
         assert reader is not None
-        sock = conn.sock
+        fd = conn.fd
         request = None
         try:
             while request is None:
                 try:
-                    data = sock.recv(_HEAD_READ)
+                    data = _read(fd, _HEAD_READ)
                 except BlockingIOError:
                     return
                 except OSError:
@@ -552,12 +569,12 @@ class Reactor:
             return
         conn.readable = False
         size = conn.receive_size
-        recv = conn.sock.recv
+        fd = conn.fd
         parser = conn.parser
         assert parser is not None
         while True:
             try:
-                data = recv(size)
+                data = _read(fd, size)
             except BlockingIOError:
                 return
             except OSError:
@@ -698,7 +715,7 @@ class Reactor:
         if out is None:
             return
         try:
-            sent = conn.sock.send(out)
+            sent = _write(conn.fd, out)
         except BlockingIOError:
             return
         except OSError:
@@ -840,7 +857,7 @@ class Reactor:
         size = conn.receive_size
         while True:
             try:
-                data = conn.sock.recv(size)
+                data = _read(conn.fd, size)
             except BlockingIOError:
                 return
             except OSError:
@@ -865,7 +882,7 @@ class Reactor:
         conn.phase = _DONE
         conn._deadline = _INF
         self.connections.pop(conn.fd, None)
-        conn.sock.close()
+        os.close(conn.fd)
         conn.out = None
         conn.reader = None
         dispatcher = self.dispatcher
@@ -991,7 +1008,6 @@ class Reactor:
         finally:
             logs.release()
             for conn in list(self.connections.values()):
-                conn.sock.close()
                 self._finish(conn)
             epoll.close()
 
