@@ -1898,7 +1898,8 @@ async def test_the_engine_override_reaches_running_relay(monkeypatch, override, 
 
 # -- the rest of the relay suite on the tasks engine -------------------------------------------
 
-#: Relay test modules rerun on the tasks engine (about 25 s together).
+#: Relay test modules rerun on the tasks engine (about 25 s together, in a pytest process that
+#: runs while the rest of this module does).
 TASKS_MODULES = (
     "test_relay_pairing.py",
     "test_relay_forwarding.py",
@@ -1909,31 +1910,45 @@ TASKS_MODULES = (
 )
 
 
-def test_the_relay_suite_passes_on_the_tasks_engine():
-    if engine_override() == "tasks":
-        pytest.skip("this whole run is on the tasks engine already")
+_TASKS_SUITE = "test_the_relay_suite_passes_on_the_tasks_engine"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def tasks_suite(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    """The tasks-engine run of ``TASKS_MODULES``, started with this module's first test so that it
+    runs alongside the others (it is mostly waiting, as they are); None if not selected."""
+    selected = any(item.name == _TASKS_SUITE for item in request.session.items)
+    if not selected or engine_override() == "tasks":
+        yield None
+        return
     root = Path(__file__).parent.parent
     env = {**os.environ, ENGINE_VARIABLE: "tasks", "HYBRID_RELAY_ENGINE": "tasks"}
+    output = tmp_path_factory.mktemp("tasks-suite") / "pytest.txt"
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+    with output.open("wb") as sink:
+        process = subprocess.Popen(
+            [*command, *(f"tests/{m}" for m in TASKS_MODULES)],
+            cwd=root,
+            env=env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
     started = time.monotonic()
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            *(f"tests/{m}" for m in TASKS_MODULES),
-        ],
-        cwd=root,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    try:
+        yield process, output, started
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_the_relay_suite_passes_on_the_tasks_engine(tasks_suite):
+    if tasks_suite is None:
+        pytest.skip("this whole run is on the tasks engine already")
+    process, output, started = tasks_suite
+    returncode = process.wait(timeout=300)
     seconds = time.monotonic() - started
-    assert result.returncode == 0, (
+    assert returncode == 0, (
         f"the relay tests failed on the tasks engine ({seconds:.0f} s):\n"
-        + result.stdout[-6000:]
-        + result.stderr[-2000:]
+        + output.read_text(errors="replace")[-8000:]
     )
