@@ -1162,6 +1162,9 @@ async def test_descriptor_budget_refusals_are_the_same():
             await peer.send(data)
             await peer.send_eof()
             await c.settle()
+            # The same with the FIN right behind the bytes.
+            (await c.open(f"{name}, FIN with it")).send_with_eof_now(data)
+            await c.settle()
         await c.peers["authenticator"].send_eof()
 
     async def full(c: Conversation) -> None:
@@ -1187,6 +1190,9 @@ async def test_descriptor_budget_refusals_are_the_same():
             "garbage": 429,
             "healthz": 429,
             "eof": 429,
+            "garbage, FIN with it": 429,
+            "healthz, FIN with it": 429,
+            "eof, FIN with it": 429,
         },
         "descriptor budget": {"first": 101, "second": 101, "over the budget": 503},
     }
