@@ -306,6 +306,18 @@ class Peer:
         self.reading.set()
         self._closed = False
         self.gave_up_sending = False
+        # Set (and replaced) whenever bytes or the end arrive: waiting for them without polling,
+        # so that polling never keeps ``settle`` from seeing the relays quiet.
+        self._arrived = trio.Event()
+
+    def _wake(self) -> None:
+        self._arrived.set()
+        self._arrived = trio.Event()
+
+    async def _wait_for(self, done: Callable[[], bool], timeout: float) -> None:
+        with trio.move_on_after(timeout):
+            while not done() and self.end is None and not self.done.is_set():
+                await self._arrived.wait()
 
     async def read(self) -> None:
         try:
@@ -316,6 +328,7 @@ class Peer:
                     self.end = "eof"
                     return
                 self.received += data
+                self._wake()
                 if self.reply_close or self.auto_pong:
                     await self._answer()
         except trio.BrokenResourceError:
@@ -324,6 +337,7 @@ class Peer:
             pass  # the conversation closed it
         finally:
             self.done.set()
+            self._wake()
 
     async def _answer(self) -> None:
         parts = split_head(bytes(self.received))
@@ -354,6 +368,13 @@ class Peer:
                 return
             await trio.sleep(gap)
 
+    def send_with_eof_now(self, data: bytes) -> None:
+        """``data`` and a FIN without yielding to the relay in between (small ``data`` only)."""
+        sock = self.stream.socket
+        sent = os.write(sock.fileno(), data) if data else 0
+        assert sent == len(data), "the kernel took only part of it"
+        sock.shutdown(socket.SHUT_WR)
+
     async def send_eof(self) -> None:
         """Half-close: the relay reads EOF, this socket still reads what the relay sends."""
         try:
@@ -363,15 +384,11 @@ class Peer:
 
     async def until(self, size: int, timeout: float = 5.0) -> None:
         """Wait until this socket received ``size`` bytes in all, or ended (or ``timeout``)."""
-        with trio.move_on_after(timeout):
-            while len(self.received) < size and self.end is None:
-                await trio.sleep(0.001)
+        await self._wait_for(lambda: len(self.received) >= size, timeout)
 
     async def head(self, timeout: float = 2.0) -> bytes | None:
         """The relay's response head, once it came (None if it did not)."""
-        with trio.move_on_after(timeout):
-            while split_head(bytes(self.received)) is None and self.end is None:
-                await trio.sleep(0.001)
+        await self._wait_for(lambda: split_head(bytes(self.received)) is not None, timeout)
         parts = split_head(bytes(self.received))
         return parts[0] if parts else None
 
@@ -590,7 +607,7 @@ async def converse(relay: Relay, script: Script, end_timeout: float = END_TIMEOU
         for peer in peers:
             await peer.stream.aclose()
     idle = False
-    with trio.move_on_after(END_TIMEOUT):
+    with trio.move_on_after(end_timeout):
         while relay.open_connections() or relay.live_tunnels():
             await trio.sleep(0.005)
         idle = True
@@ -678,12 +695,20 @@ async def differ(
     return transcripts["tasks"], mismatch(name, transcripts)
 
 
-def send_head(data: bytes | list[bytes], *, gap: float = 0.0, eof: bool = True) -> Script:
-    """A script: one client sends ``data`` (pieces with ``gap`` between), then half-closes."""
+def send_head(
+    data: bytes | list[bytes], *, gap: float = 0.0, eof: bool = True, at_once: bool = False
+) -> Script:
+    """A script: one client sends ``data`` (pieces with ``gap`` between), then half-closes.
+
+    ``at_once``: the bytes and the FIN in one go, both there before the relay's first read.
+    """
     pieces = [data] if isinstance(data, bytes) else data
 
     async def script(c: Conversation) -> None:
         peer = await c.open("client")
+        if at_once:
+            peer.send_with_eof_now(b"".join(pieces))
+            return
         for piece in pieces:
             await peer.send(piece)
             await trio.sleep(gap)
@@ -816,16 +841,73 @@ HEADS: dict[str, tuple[bytes | list[bytes], int | None]] = {
 }
 
 
-async def test_request_heads_get_the_same_answer_from_both_engines():
+async def heads_problems(
+    at_once: bool, names: list[str] | None = None, end_timeout: float = END_TIMEOUT
+) -> list[str]:
+    """Every ``HEADS`` case on both engines: mismatches, and statuses not as the table says.
+
+    After a case that left either relay holding something, both relays are started afresh, so
+    that one mismatch does not spoil the cases after it.
+    """
     problems = []
-    async with two_relays() as relays:
-        for name, (data, status) in HEADS.items():
-            transcript, problem = await differ(relays, send_head(data), name)
+    async with AsyncExitStack() as stack:
+        relays = await stack.enter_async_context(two_relays())
+        for name in HEADS if names is None else names:
+            data, status = HEADS[name]
+            case = f"{name}, FIN with the bytes" if at_once else name
+            script = send_head(data, at_once=at_once)
+            transcripts = await converse_both(relays, script, end_timeout=end_timeout)
+            problem = mismatch(case, transcripts)
             if problem is not None:
                 problems.append(problem)
-            got = transcript.status("client")
+            got = transcripts["tasks"].status("client")
             if got != status:
-                problems.append(f"{name!r}: expected {status} from the tasks engine, got {got}")
+                problems.append(f"{case!r}: expected {status} from the tasks engine, got {got}")
+            if not all(t.idle for t in transcripts.values()):
+                await stack.aclose()
+                relays = await stack.enter_async_context(two_relays())
+    return problems
+
+
+async def test_request_heads_get_the_same_answer_from_both_engines():
+    problems = await heads_problems(at_once=False)
+    assert not problems, "\n\n".join(problems)
+
+
+async def test_refused_heads_with_the_fin_right_behind_get_the_same_answer():
+    """The head and the client's FIN arrive together, before the relay's first read: a whole
+    head is refused as without the FIN; one cut short is refused once read, as at any EOF."""
+    refused = [name for name, (_, status) in HEADS.items() if status != 101]
+    problems = await heads_problems(at_once=True, names=refused)
+    assert not problems, "\n\n".join(problems)
+
+
+@pytest.mark.xfail(
+    reason="the reactor misses a FIN that came with an upgrade head: the 101 goes out and the "
+    "tunnel stays, waiting (or paired with a gone initiator) until its deadline; the tasks "
+    "engine closes it with 1001 at once",
+    strict=False,
+)
+async def test_upgrades_with_the_fin_right_behind_are_the_same():
+    """An upgrade whose FIN came with it: the 101, then at once the close of a client gone
+    (1001), for an authenticator (/cable/new) and an initiator (/cable/connect)."""
+    upgrades = ["new", "new with a message after the head", "bare LF", "head at the size limit"]
+    problems = await heads_problems(at_once=True, names=upgrades, end_timeout=0.5)
+    tid = tunnel_id_for("connect with the FIN")
+
+    async def connect(c: Conversation) -> None:
+        await c.new(AUTH, tid)
+        init = await c.open(INIT)
+        init.send_with_eof_now(head(f"/cable/connect/{c.routing_id(AUTH)}/{tid}"))
+        await c.settle()
+
+    async with two_relays() as relays:
+        transcript, problem = await differ(
+            relays, connect, "connect, FIN with the bytes", end_timeout=0.5
+        )
+    problems += [problem] if problem else []
+    if transcript.close(AUTH) != (1001, b"initiator disconnected"):
+        problems.append(f"the tasks engine closed the authenticator with {transcript.close(AUTH)}")
     assert not problems, "\n\n".join(problems)
 
 
@@ -1080,6 +1162,9 @@ async def test_descriptor_budget_refusals_are_the_same():
             await peer.send(data)
             await peer.send_eof()
             await c.settle()
+            # The same with the FIN right behind the bytes.
+            (await c.open(f"{name}, FIN with it")).send_with_eof_now(data)
+            await c.settle()
         await c.peers["authenticator"].send_eof()
 
     async def full(c: Conversation) -> None:
@@ -1105,6 +1190,9 @@ async def test_descriptor_budget_refusals_are_the_same():
             "garbage": 429,
             "healthz": 429,
             "eof": 429,
+            "garbage, FIN with it": 429,
+            "healthz, FIN with it": 429,
+            "eof, FIN with it": 429,
         },
         "descriptor budget": {"first": 101, "second": 101, "over the budget": 503},
     }
@@ -1443,6 +1531,34 @@ async def test_frames_in_the_same_segment_as_either_head_are_the_same():
     assert not problems, "\n\n".join(problems)
 
 
+async def test_many_tunnels_at_once_are_the_same():
+    """Twenty tunnels talking at the same time (one epoll batch holds many of them)."""
+
+    async def one(c: Conversation, k: int) -> None:
+        tid = tunnel_id_for(f"many {k}")
+        auth = await c.new(f"authenticator {k}", tid)
+        init = await c.connect(f"initiator {k}", tid, of=f"authenticator {k}")
+        for j in range(5):
+            payload = bytes([k, j]) * (k + j)
+            # Each side waits for the frame it is owed (2 header bytes): counted before sending.
+            owed = len(init.received) + 2 + len(payload)
+            await auth.send(message(payload, fragments=1 + j % 2))
+            await init.until(owed)
+            owed = len(auth.received) + 2 + len(payload)
+            await init.send(message(payload[::-1]) + frame(OP_PING, payload[:4]))
+            await auth.until(owed)
+        await (auth if k % 2 else init).send(frame(OP_CLOSE, close_payload(1000, b"%d" % k)))
+
+    async def script(c: Conversation) -> None:
+        async with trio.open_nursery() as nursery:
+            for k in range(20):
+                nursery.start_soon(one, c, k)
+
+    async with two_relays() as relays:
+        transcript = await both(relays, script)
+    assert transcript.stats["tunnel_closes"] == {"authenticator_closed": 10, "initiator_closed": 10}
+
+
 async def test_the_node_wide_pending_cap_is_the_same():
     """max_pending_bytes_total: the second waiting tunnel's message overflows it (1008)."""
 
@@ -1490,17 +1606,13 @@ async def test_a_reader_that_falls_behind_gets_everything_in_order():
     assert transcript.messages(INIT) == payloads
 
 
-@pytest.mark.xfail(
-    reason="reactor sockets lack trio's TCP_NOTSENT_LOWAT (16 KiB), so the kernel takes up to "
-    "net.ipv4.tcp_wmem's max (4 MB) for a reader that does not read; and the reactor counts a "
-    "message forwarded once queued, the tasks engine once written",
-    strict=False,
-)
 @pytest.mark.parametrize("ending", ["shutdown", "lifetime"])
 async def test_a_tunnel_that_ends_while_its_reader_is_behind_ends_the_same(ending):
     """The initiator stops reading; the authenticator sends 7 MB; the tunnel ends (shutdown's
     grace, or its lifetime) while the relay still holds most of it; then the initiator reads
-    what it was sent before the relay closed."""
+    what it was sent before the relay closed. Both engines' sockets take at most 16 KiB unsent
+    (``TCP_NOTSENT_LOWAT``, as trio sets it), count a message forwarded once written, and drop a
+    write left unfinished when the tunnel ends."""
     tid = tunnel_id_for(f"behind {ending}")
     data = b"".join(message(bytes([i]) * (60_000 + i)) for i in range(120))
 
@@ -1736,8 +1848,9 @@ async def test_json_log_lines_of_relay_processes_agree(tmp_path):
             await peer.done.wait()
         auth = await c.new(AUTH, tid)
         init = await c.connect(INIT, tid)
+        owed = len(init.received) + 18
         await auth.send(message(b"to the initiator"))
-        await init.until(len(init.received) + 18)
+        await init.until(owed)
         await init.send(message(b"x" * 100) + frame(OP_TEXT, b"no"))
         await auth.done.wait()
         await init.done.wait()
@@ -1791,7 +1904,8 @@ async def test_the_engine_override_reaches_running_relay(monkeypatch, override, 
 
 # -- the rest of the relay suite on the tasks engine -------------------------------------------
 
-#: Relay test modules rerun on the tasks engine (about 25 s together).
+#: Relay test modules rerun on the tasks engine (about 25 s together, in a pytest process that
+#: runs while the rest of this module does).
 TASKS_MODULES = (
     "test_relay_pairing.py",
     "test_relay_forwarding.py",
@@ -1802,31 +1916,45 @@ TASKS_MODULES = (
 )
 
 
-def test_the_relay_suite_passes_on_the_tasks_engine():
-    if engine_override() == "tasks":
-        pytest.skip("this whole run is on the tasks engine already")
+_TASKS_SUITE = "test_the_relay_suite_passes_on_the_tasks_engine"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def tasks_suite(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    """The tasks-engine run of ``TASKS_MODULES``, started with this module's first test so that it
+    runs alongside the others (it is mostly waiting, as they are); None if not selected."""
+    selected = any(item.name == _TASKS_SUITE for item in request.session.items)
+    if not selected or engine_override() == "tasks":
+        yield None
+        return
     root = Path(__file__).parent.parent
     env = {**os.environ, ENGINE_VARIABLE: "tasks", "HYBRID_RELAY_ENGINE": "tasks"}
+    output = tmp_path_factory.mktemp("tasks-suite") / "pytest.txt"
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+    with output.open("wb") as sink:
+        process = subprocess.Popen(
+            [*command, *(f"tests/{m}" for m in TASKS_MODULES)],
+            cwd=root,
+            env=env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
     started = time.monotonic()
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            *(f"tests/{m}" for m in TASKS_MODULES),
-        ],
-        cwd=root,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    try:
+        yield process, output, started
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_the_relay_suite_passes_on_the_tasks_engine(tasks_suite):
+    if tasks_suite is None:
+        pytest.skip("this whole run is on the tasks engine already")
+    process, output, started = tasks_suite
+    returncode = process.wait(timeout=300)
     seconds = time.monotonic() - started
-    assert result.returncode == 0, (
+    assert returncode == 0, (
         f"the relay tests failed on the tasks engine ({seconds:.0f} s):\n"
-        + result.stdout[-6000:]
-        + result.stderr[-2000:]
+        + output.read_text(errors="replace")[-8000:]
     )
