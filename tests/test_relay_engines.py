@@ -882,12 +882,6 @@ async def test_refused_heads_with_the_fin_right_behind_get_the_same_answer():
     assert not problems, "\n\n".join(problems)
 
 
-@pytest.mark.xfail(
-    reason="the reactor misses a FIN that came with an upgrade head: the 101 goes out and the "
-    "tunnel stays, waiting (or paired with a gone initiator) until its deadline; the tasks "
-    "engine closes it with 1001 at once",
-    strict=False,
-)
 async def test_upgrades_with_the_fin_right_behind_are_the_same():
     """An upgrade whose FIN came with it: the 101, then at once the close of a client gone
     (1001), for an authenticator (/cable/new) and an initiator (/cable/connect)."""
