@@ -131,3 +131,23 @@ async def test_the_relay_fixture_runs_the_reactor():
     async with running_relay(host="127.0.0.1", port=0) as relay:
         assert relay.engine == "reactor"
         assert relay.reactor is not None
+
+
+async def test_finished_connections_leave_nothing_in_the_timer_heap():
+    """The heap's entries are (deadline, key) pairs; a finished connection drops its key, so no
+    connection outlives its socket through a deadline still pending (under load that held every
+    connection of the last few minutes, and their buffers)."""
+    from tests.relay_helpers import open_tunnel
+
+    async with running_relay(host="127.0.0.1", port=0) as relay:
+        reactor = relay.reactor
+        assert reactor is not None
+        for _ in range(20):
+            async with open_tunnel(relay) as tunnel:
+                await tunnel.authenticator.send_message(b"ping")
+                assert await tunnel.initiator.get_message() == b"ping"
+        with trio.fail_after(5):
+            while reactor.connections:
+                await trio.sleep(0.01)
+        assert reactor._timed == {}
+        assert all(len(entry) == 2 and type(entry[1]) is int for entry in reactor._timers)
