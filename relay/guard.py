@@ -60,25 +60,20 @@ def network_key(address: str) -> str:
 
 
 def _remember(address: str) -> tuple[str, str]:
+    """Both keys of ``address``, from one parse of it."""
     if len(_KEYS) >= _KEYS_MAX:
         _KEYS.clear()
-    keys = _KEYS[address] = (_client_key(address), _network_key(address))
-    return keys
-
-
-def _client_key(address: str) -> str:
-    ip = _ip(address)
-    if ip is None or ip.version == 4:
-        return str(ip) if ip is not None else address
-    return str(ipaddress.ip_network(f"{ip}/{IPV6_CLIENT_PREFIX}", strict=False))
-
-
-def _network_key(address: str) -> str:
     ip = _ip(address)
     if ip is None:
-        return address
-    prefix = IPV4_NETWORK_PREFIX if ip.version == 4 else IPV6_CLIENT_PREFIX
-    return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
+        keys = (address, address)
+    elif ip.version == 4:
+        keys = (str(ip), str(ipaddress.ip_network(f"{ip}/{IPV4_NETWORK_PREFIX}", strict=False)))
+    else:
+        # An IPv6 client holds its whole /64: that is both the client and its network.
+        network = str(ipaddress.ip_network(f"{ip}/{IPV6_CLIENT_PREFIX}", strict=False))
+        keys = (network, network)
+    _KEYS[address] = keys
+    return keys
 
 
 class FailureBudget:

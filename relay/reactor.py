@@ -50,14 +50,13 @@ from relay.errors import (
     BadRequest,
     ClientGone,
     FrameError,
-    MessageTooBigError,
     PeerClosed,
     PeerGone,
     WebSocketEnded,
 )
 from relay.http import HeadReader, response_bytes, switching_bytes, trailing_bytes
 from relay.logs import log_event
-from relay.reasons import ENDS, LIFETIME, PENDING_OVERFLOW, SHUTDOWN, WAIT_TIMEOUT
+from relay.reasons import ENDS, LIFETIME, SHUTDOWN, WAIT_TIMEOUT
 from relay.requests import Refusal
 from relay.tunnel import AUTHENTICATOR, INITIATOR, Tunnel, Tunnels, _frames, _Side
 from relay.websocket import RECEIVE_SIZE
@@ -544,21 +543,14 @@ class Reactor:
 
     def _flush_pending(self, tunnel: Tunnel, initiator: Connection) -> bool:
         """``Tunnels._flush_pending``: deliver what the authenticator sent before the join."""
-        pending = tunnel.pending
-        if pending:
-            batch = pending[:]
-            pending.clear()
-            self.tunnels._drop_pending(tunnel)
+        if tunnel.pending:
+            batch = self.tunnels.take_pending(tunnel)
             out, nbytes = _frames(batch)
             if not initiator.send_frames(out):
                 tunnel.finish(ENDS["initiator_gone"])
                 return False
             if initiator.out is None:
-                forwarded = self.stats.forwarded
-                forwarded[0] += len(batch)
-                forwarded[1] += nbytes
-                tunnel.counts[0] += len(batch)
-                tunnel.counts[1] += nbytes
+                self.tunnels.forwarded(tunnel, 0, len(batch), nbytes)
             else:
                 initiator.inflight = [(0, len(batch), nbytes)]
         tunnel.sinks[0] = initiator
@@ -653,66 +645,35 @@ class Reactor:
             conn.ws_state = _WS_REMOTE_CLOSING
         tunnel = conn.tunnel
         assert tunnel is not None
-        side = conn.side
-        end = side.ended(exc)
-        if (
-            isinstance(exc, MessageTooBigError)
-            and tunnel.sinks[side.sink] is None
-            and not tunnel.paired
-        ):
-            tunnel.finish(PENDING_OVERFLOW)
-        elif isinstance(exc, FrameError) and end is side.framing:
-            tunnel.finish(end, exc.code)
-        else:
-            tunnel.finish(end)
+        self.tunnels.side_ended(tunnel, conn.side, exc)
         # The tunnel may have ended before, without this side's scope (cancel) set.
         conn.cancel()
 
     def _pump(self, conn: Connection, batch: list[bytes]) -> None:
         tunnel = conn.tunnel
         assert tunnel is not None
-        config = self.config
         side = conn.side
-        limit = config.max_messages
+        limit = self.config.max_messages
         over_quota = conn.count + len(batch) > limit
         if over_quota:
             batch = batch[: max(0, limit - conn.count)]
         conn.count += len(batch)
         destination = tunnel.sinks[side.sink]
         if destination is None:
-            pending = tunnel.pending
-            tunnels = self.tunnels
-            nbytes = sum(map(len, batch))
-            if len(batch) > config.max_pending_messages - len(pending) or (
-                not tunnel.paired
-                and (
-                    tunnel.pending_bytes + nbytes > config.max_pending_bytes
-                    or tunnels.pending_bytes + nbytes > config.max_pending_bytes_total
-                )
-            ):
-                tunnel.finish(PENDING_OVERFLOW)
+            if not self.tunnels.hold_pending(tunnel, batch):
                 return
-            pending.extend(batch)
-            tunnel.pending_bytes += nbytes
-            tunnels.pending_bytes += nbytes
         elif batch:
             out, nbytes = _frames(batch)
             if not destination.send_frames(out):
                 tunnel.finish(side.other_gone)
                 return
-            offset = side.offset
             if destination.out is None:
-                forwarded = self.stats.forwarded
-                forwarded[offset] += len(batch)
-                forwarded[offset + 1] += nbytes
-                counts = tunnel.counts
-                counts[offset] += len(batch)
-                counts[offset + 1] += nbytes
+                self.tunnels.forwarded(tunnel, side.offset, len(batch), nbytes)
             else:
                 # Read no more from this side until the other has taken what it was sent.
                 if destination.inflight is None:
                     destination.inflight = []
-                destination.inflight.append((offset, len(batch), nbytes))
+                destination.inflight.append((side.offset, len(batch), nbytes))
                 conn.blocked = True
                 if destination.waiters is None:
                     destination.waiters = []
@@ -739,18 +700,8 @@ class Reactor:
         conn.out = None
         self._drained(conn)
 
-    def _drained(self, conn: Connection) -> None:
-        inflight = conn.inflight
-        if inflight is not None:
-            conn.inflight = None
-            tunnel = conn.tunnel
-            forwarded = self.stats.forwarded
-            for offset, messages, nbytes in inflight:
-                forwarded[offset] += messages
-                forwarded[offset + 1] += nbytes
-                if tunnel is not None:
-                    tunnel.counts[offset] += messages
-                    tunnel.counts[offset + 1] += nbytes
+    def _release_waiters(self, conn: Connection) -> None:
+        """The sources blocked on ``conn``'s unwritten bytes read again (those with data)."""
         waiters = conn.waiters
         if waiters:
             conn.waiters = None
@@ -758,6 +709,15 @@ class Reactor:
                 source.blocked = False
                 if source.readable and source.phase == _OPEN:
                     self._ready.append(source)
+
+    def _drained(self, conn: Connection) -> None:
+        inflight = conn.inflight
+        tunnel = conn.tunnel
+        if inflight is not None and tunnel is not None:
+            conn.inflight = None
+            for offset, messages, nbytes in inflight:
+                self.tunnels.forwarded(tunnel, offset, messages, nbytes)
+        self._release_waiters(conn)
         phase = conn.phase
         if phase == _FLUSH or (phase == _CLOSING and not conn.await_reply):
             self._finish(conn)
@@ -807,19 +767,9 @@ class Reactor:
         for side in (tunnel.authenticator, tunnel.initiator):
             if type(side) is Connection and side.out is not None and side.phase == _OPEN:
                 self._abandon_write(side)
-        if conn.owner:
-            tunnel.owner_scope = None
-            if tunnel.end is None:
-                tunnel.finish(SHUTDOWN)
-            end = tunnel.end or SHUTDOWN
-            self.stats.tunnel_closes[end.label] += 1
-            self.tunnels.unregister(tunnel)
-            self._close_ws(conn, tunnel.codes[0], end.text)
-        else:
-            tunnel.initiator_scope = None
-            if tunnel.end is None:
-                tunnel.finish(SHUTDOWN)
-            self._close_ws(conn, tunnel.codes[1], (tunnel.end or SHUTDOWN).text)
+        tunnels = self.tunnels
+        code, text = tunnels.owner_done(tunnel) if conn.owner else tunnels.initiator_done(tunnel)
+        self._close_ws(conn, code, text)
 
     def _abandon_write(self, conn: Connection) -> None:
         """The tunnel ended while a write to ``conn`` was unfinished: as in the tasks engine,
@@ -828,13 +778,7 @@ class Reactor:
         conn.out = None
         conn.inflight = None
         conn.broken = True
-        waiters = conn.waiters
-        if waiters:
-            conn.waiters = None
-            for source in waiters:
-                source.blocked = False
-                if source.readable and source.phase == _OPEN:
-                    self._ready.append(source)
+        self._release_waiters(conn)
 
     def _close_ws(self, conn: Connection, code: int, reason: str) -> None:
         """``WebSocket.close``: our close frame, then the client's (or EOF) within the timeout."""
@@ -908,11 +852,7 @@ class Reactor:
             dispatcher.connections -= 1
             dispatcher._uncount(conn.client)
         dispatcher.sockets -= 1
-        waiters = conn.waiters
-        if waiters:
-            conn.waiters = None
-            for source in waiters:
-                source.blocked = False
+        self._release_waiters(conn)
         tunnel = conn.tunnel
         if tunnel is not None and was_open:
             conn.tunnel = None
@@ -925,8 +865,7 @@ class Reactor:
         if tunnel is not None and conn.phase == _OPEN:
             tunnel.finish(SHUTDOWN)
             if conn.owner:
-                self.stats.tunnel_closes[(tunnel.end or SHUTDOWN).label] += 1
-                self.tunnels.unregister(tunnel)
+                self.tunnels.owner_done(tunnel)
         self._finish(conn)
 
     # -- timers and queued work --------------------------------------------------------------

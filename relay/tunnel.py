@@ -354,6 +354,76 @@ class Tunnels:
                 self._empty.set()
         tunnel.state = State.ENDED
 
+    # -- what both engines do the same way --------------------------------------------------
+
+    def side_ended(self, tunnel: Tunnel, side: _Side, exc: WebSocketEnded) -> None:
+        """``side``'s socket stopped delivering with ``exc``: record how the tunnel ends."""
+        end = side.ended(exc)
+        if (
+            isinstance(exc, MessageTooBigError)
+            and tunnel.sinks[side.sink] is None
+            and not tunnel.paired
+        ):
+            # Over the waiting-phase message limit, which is the pending byte cap.
+            tunnel.finish(PENDING_OVERFLOW)
+        elif isinstance(exc, FrameError) and end is side.framing:
+            tunnel.finish(end, exc.code)
+        else:
+            tunnel.finish(end)
+
+    def hold_pending(self, tunnel: Tunnel, batch: list[bytes]) -> bool:
+        """Buffer ``batch`` for an initiator not there yet; False (tunnel ended) if over a cap."""
+        config = self.config
+        pending = tunnel.pending
+        nbytes = sum(map(len, batch))
+        if len(batch) > config.max_pending_messages - len(pending) or (
+            not tunnel.paired
+            and (
+                tunnel.pending_bytes + nbytes > config.max_pending_bytes
+                or self.pending_bytes + nbytes > config.max_pending_bytes_total
+            )
+        ):
+            tunnel.finish(PENDING_OVERFLOW)
+            return False
+        pending.extend(batch)
+        tunnel.pending_bytes += nbytes
+        self.pending_bytes += nbytes
+        return True
+
+    def take_pending(self, tunnel: Tunnel) -> list[bytes]:
+        """The buffered messages, oldest first, now out of the buffer and its byte counts."""
+        batch = tunnel.pending[:]
+        tunnel.pending.clear()
+        self._drop_pending(tunnel)
+        return batch
+
+    def forwarded(self, tunnel: Tunnel, offset: int, messages: int, nbytes: int) -> None:
+        """Count ``messages`` written in one direction (``offset``: 0 to the initiator, 2 back)."""
+        forwarded = self.stats.forwarded
+        forwarded[offset] += messages
+        forwarded[offset + 1] += nbytes
+        counts = tunnel.counts
+        counts[offset] += messages
+        counts[offset + 1] += nbytes
+
+    def owner_done(self, tunnel: Tunnel) -> tuple[int, str]:
+        """The owner's part is over: count the end, unregister; its close code and text."""
+        tunnel.owner_scope = None
+        if tunnel.end is None:
+            tunnel.finish(SHUTDOWN)
+        end = tunnel.end or SHUTDOWN
+        # Counted before the tunnel leaves the registry, so whoever sees it gone sees why.
+        self.stats.tunnel_closes[end.label] += 1
+        self.unregister(tunnel)
+        return tunnel.codes[0], end.text
+
+    def initiator_done(self, tunnel: Tunnel) -> tuple[int, str]:
+        """The initiator's part is over: its close code and text."""
+        tunnel.initiator_scope = None
+        if tunnel.end is None:
+            tunnel.finish(SHUTDOWN)
+        return tunnel.codes[1], (tunnel.end or SHUTDOWN).text
+
     # -- running -----------------------------------------------------------------------------
 
     async def run_initiator(self, tunnel: Tunnel, ws: WebSocket) -> None:
@@ -371,12 +441,9 @@ class Tunnels:
             if scope.cancelled_caught and tunnel.end is None:
                 tunnel.finish(LIFETIME)
         finally:
-            tunnel.initiator_scope = None
-            if tunnel.end is None:
-                tunnel.finish(SHUTDOWN)
-            text = (tunnel.end or SHUTDOWN).text
+            code, text = self.initiator_done(tunnel)
             try:
-                await ws.close(tunnel.codes[1], text, self.config.close_timeout)
+                await ws.close(code, text, self.config.close_timeout)
             finally:
                 self.leave(tunnel)
 
@@ -397,27 +464,19 @@ class Tunnels:
                 else:
                     tunnel.finish(LIFETIME)
         finally:
-            tunnel.owner_scope = None
             await self._end_tunnel(tunnel)
 
     async def _flush_pending(self, tunnel: Tunnel, initiator: WebSocket) -> bool:
         """Deliver what the authenticator sent before the initiator joined; False if it failed."""
-        forwarded = self.stats.forwarded
-        pending = tunnel.pending
-        while pending:
-            batch = pending[:]
-            pending.clear()
-            self._drop_pending(tunnel)
+        while tunnel.pending:
+            batch = self.take_pending(tunnel)
             out, nbytes = _frames(batch)
             try:
                 await initiator.send_frames(out)
             except WebSocketEnded:
                 tunnel.finish(ENDS["initiator_gone"])
                 return False
-            forwarded[0] += len(batch)
-            forwarded[1] += nbytes
-            tunnel.counts[0] += len(batch)
-            tunnel.counts[1] += nbytes
+            self.forwarded(tunnel, 0, len(batch), nbytes)
         # No await between the empty check above and this: later messages cannot overtake.
         tunnel.sinks[0] = initiator
         return True
@@ -428,87 +487,43 @@ class Tunnels:
         While the other side is not there yet (only the authenticator's direction, before the
         initiator joined) messages go to the tunnel's pending buffer instead.
         """
-        forwarded = self.stats.forwarded
         limit = self.config.max_messages
-        pending_limit = self.config.max_pending_messages
-        byte_limit = self.config.max_pending_bytes
-        total_limit = self.config.max_pending_bytes_total
-        pending = tunnel.pending
         sinks = tunnel.sinks
         sink = side.sink
-        offset = side.offset
         count = 0
-        sent = 0
-        size = 0
-        try:
-            while True:
+        while True:
+            try:
+                batch = await source.receive_batch()
+            except WebSocketEnded as exc:
+                self.side_ended(tunnel, side, exc)
+                return
+            # Messages past the quota are not forwarded; the ones before it are.
+            over_quota = count + len(batch) > limit
+            if over_quota:
+                batch = batch[: max(0, limit - count)]
+            count += len(batch)
+            destination = sinks[sink]
+            if destination is None:
+                if not self.hold_pending(tunnel, batch):
+                    return
+            elif batch:
+                out, nbytes = _frames(batch)
                 try:
-                    batch = await source.receive_batch()
-                except WebSocketEnded as exc:
-                    end = side.ended(exc)
-                    if (
-                        isinstance(exc, MessageTooBigError)
-                        and sinks[sink] is None
-                        and not tunnel.paired
-                    ):
-                        # Over the waiting-phase message limit, which is the pending byte cap.
-                        tunnel.finish(PENDING_OVERFLOW)
-                    elif isinstance(exc, FrameError) and end is side.framing:
-                        tunnel.finish(end, exc.code)
-                    else:
-                        tunnel.finish(end)
+                    await destination.send_frames(out)
+                except WebSocketEnded:
+                    tunnel.finish(side.other_gone)
                     return
-                # Messages past the quota are not forwarded; the ones before it are.
-                over_quota = count + len(batch) > limit
-                if over_quota:
-                    batch = batch[: max(0, limit - count)]
-                count += len(batch)
-                destination = sinks[sink]
-                if destination is None:
-                    nbytes = sum(map(len, batch))
-                    if len(batch) > pending_limit - len(pending) or (
-                        not tunnel.paired
-                        and (
-                            tunnel.pending_bytes + nbytes > byte_limit
-                            or self.pending_bytes + nbytes > total_limit
-                        )
-                    ):
-                        tunnel.finish(PENDING_OVERFLOW)
-                        return
-                    pending.extend(batch)
-                    tunnel.pending_bytes += nbytes
-                    self.pending_bytes += nbytes
-                elif batch:
-                    out, nbytes = _frames(batch)
-                    try:
-                        await destination.send_frames(out)
-                    except WebSocketEnded:
-                        tunnel.finish(side.other_gone)
-                        return
-                    forwarded[offset] += len(batch)
-                    forwarded[offset + 1] += nbytes
-                    sent += len(batch)
-                    size += nbytes
-                if over_quota:
-                    tunnel.finish(side.quota)
-                    return
-        finally:
-            tunnel.counts[offset] += sent
-            tunnel.counts[offset + 1] += size
+                self.forwarded(tunnel, side.offset, len(batch), nbytes)
+            if over_quota:
+                tunnel.finish(side.quota)
+                return
 
     async def _end_tunnel(self, tunnel: Tunnel) -> None:
-        if tunnel.end is None:
-            tunnel.finish(SHUTDOWN)
-        end = tunnel.end or SHUTDOWN
-        # Counted before the tunnel leaves the registry, so whoever sees it gone sees why.
-        self.stats.tunnel_closes[end.label] += 1
-        self.unregister(tunnel)
+        code, text = self.owner_done(tunnel)
         try:
             # The initiator's task, if any, closes its own socket meanwhile.
             if tunnel.authenticator is not None:
-                await tunnel.authenticator.close(
-                    tunnel.codes[0], end.text, self.config.close_timeout
-                )
+                await tunnel.authenticator.close(code, text, self.config.close_timeout)
         finally:
             self.leave(tunnel)
 
