@@ -27,6 +27,7 @@ from typing import NamedTuple
 import trio
 
 from hybrid.wire import ROUTING_ID_HEADER
+from relay import logs
 from relay.config import RelayConfig
 from relay.descriptors import HONEST_HOLD, DescriptorBudget
 from relay.guard import FailureBudget, client_key
@@ -398,21 +399,11 @@ class Dispatcher:
     def opened(self, plan: Open, ws: TunnelSocket) -> None:
         """The authenticator's 101 went out on ``ws``: its tunnel waits for an initiator."""
         self.tunnels.opened(plan.tunnel, ws)
-        log_event(
-            "tunnel_opened",
-            tunnel=plan.tunnel.tag,
-            routing_id=plan.routing_hex,
-            client=plan.address,
-        )
+        logs.tunnel_opened(plan.tunnel.tag, plan.routing_hex, plan.address)
 
     def joined(self, plan: Join) -> None:
         """The initiator's 101 went out."""
-        log_event(
-            "tunnel_paired",
-            tunnel=plan.tunnel.tag,
-            latency_ms=round(plan.latency * 1000),
-            client=plan.address,
-        )
+        logs.tunnel_paired(plan.tunnel.tag, round(plan.latency * 1000), plan.address)
 
     def bad_request(self, exc: BadRequest, address: str) -> Refuse:
         """The refusal of a request head that did not parse (counted and logged)."""

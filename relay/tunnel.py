@@ -30,6 +30,7 @@ from typing import Any, NamedTuple, Protocol
 
 import trio
 
+from relay import logs
 from relay.config import PRESSURE_SHARE, RelayConfig
 from relay.errors import (
     FrameError,
@@ -39,7 +40,7 @@ from relay.errors import (
     WebSocketEnded,
 )
 from relay.guard import Quota, client_key, network_key
-from relay.logs import log_event, tunnel_tag
+from relay.logs import tunnel_tag
 from relay.metrics import Stats
 from relay.reasons import ENDS, FRAMING, LIFETIME, PENDING_OVERFLOW, SHUTDOWN, WAIT_TIMEOUT, End
 from relay.routing import RoutingIdAllocator
@@ -532,16 +533,12 @@ class Tunnels:
         tunnel.tasks -= 1
         if tunnel.tasks:
             return
-        log_event(
-            "tunnel_closed",
-            tunnel=tunnel.tag,
-            reason=tunnel.end.label if tunnel.end is not None else None,
-            paired=tunnel.paired,
-            duration_ms=round((trio.current_time() - tunnel.created) * 1000),
-            messages_to_initiator=tunnel.counts[0],
-            bytes_to_initiator=tunnel.counts[1],
-            messages_to_authenticator=tunnel.counts[2],
-            bytes_to_authenticator=tunnel.counts[3],
+        logs.tunnel_closed(
+            tunnel.tag,
+            tunnel.end.label if tunnel.end is not None else None,
+            tunnel.paired,
+            round((trio.current_time() - tunnel.created) * 1000),
+            tunnel.counts,
         )
 
     # -- shutdown ----------------------------------------------------------------------------

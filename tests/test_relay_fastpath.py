@@ -8,7 +8,13 @@ whole read of frames must be forwarded in order.
 from __future__ import annotations
 
 import base64
+import contextlib
+import io
+import json
+import logging
+import re
 import secrets
+from collections.abc import Iterator
 
 import h11
 import trio
@@ -323,3 +329,133 @@ def test_direct_log_lines_equal_the_record_path():
         logs.logger.handlers[:], logs.logger.propagate, level, logs._direct = saved
         logs.logger.setLevel(level)
         logging.logThreads, logging.logProcesses, logging.logMultiprocessing = flags
+
+
+# -- log lines: the templates of the three tunnel events and the flat encoder ---------------------
+
+_TS = re.compile(r'^\{"ts":"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z",')
+
+
+@contextlib.contextmanager
+def _captured_logs(level: str = "info") -> Iterator[io.StringIO]:
+    from relay import logs
+
+    saved = (logs.logger.handlers[:], logs.logger.propagate, logs.logger.level, logs._direct)
+    flags = (logging.logThreads, logging.logProcesses, logging.logMultiprocessing)
+    root = (logging.getLogger().handlers[:], logging.getLogger().level)
+    try:
+        out = io.StringIO()
+        logs.configure(level, out)
+        yield out
+    finally:
+        logs.logger.handlers[:], logs.logger.propagate, level_, logs._direct = saved
+        logs.logger.setLevel(level_)
+        logging.logThreads, logging.logProcesses, logging.logMultiprocessing = flags
+        logging.getLogger().handlers[:], root_level = root
+        logging.getLogger().setLevel(root_level)
+
+
+def _without_ts(line: str) -> str:
+    assert _TS.match(line), line
+    return _TS.sub("{", line)
+
+
+_texts = st.text(max_size=12)
+_counts = st.integers(min_value=0, max_value=2**53)
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    tag=_texts,
+    routing=_texts,
+    client=_texts,
+    latency=st.integers(min_value=-(2**40), max_value=2**40),
+    reason=st.none() | _texts,
+    paired=st.booleans(),
+    counts=st.lists(_counts, min_size=4, max_size=4),
+    filtered=st.booleans(),
+)
+def test_tunnel_event_lines_equal_log_event(
+    tag: str,
+    routing: str,
+    client: str,
+    latency: int,
+    reason: str | None,
+    paired: bool,
+    counts: list[int],
+    filtered: bool,
+) -> None:
+    """``tunnel_opened``/``_paired``/``_closed`` write exactly ``log_event``'s line (but the time),
+    on the direct path and, with a filter on the logger, on the record path."""
+    from relay import logs
+
+    with _captured_logs() as out:
+        if filtered:
+            logs.logger.addFilter(lambda record: True)
+        try:
+            logs.tunnel_opened(tag, routing, client)
+            logs.log_event("tunnel_opened", tunnel=tag, routing_id=routing, client=client)
+            logs.tunnel_paired(tag, latency, client)
+            logs.log_event("tunnel_paired", tunnel=tag, latency_ms=latency, client=client)
+            logs.tunnel_closed(tag, reason, paired, latency, counts)
+            logs.log_event(
+                "tunnel_closed",
+                tunnel=tag,
+                reason=reason,
+                paired=paired,
+                duration_ms=latency,
+                messages_to_initiator=counts[0],
+                bytes_to_initiator=counts[1],
+                messages_to_authenticator=counts[2],
+                bytes_to_authenticator=counts[3],
+            )
+        finally:
+            logs.logger.filters.clear()
+        lines = out.getvalue().splitlines()
+    assert len(lines) == 6
+    for ours, reference in zip(lines[::2], lines[1::2], strict=True):
+        assert _without_ts(ours) == _without_ts(reference)
+        json.loads(ours)
+
+
+def test_tunnel_event_lines_respect_the_level() -> None:
+    from relay import logs
+
+    with _captured_logs("warning") as out:
+        logs.tunnel_opened("ABCDEF", "0A0B0C", "127.0.0.1")
+        logs.tunnel_paired("ABCDEF", 3, "127.0.0.1")
+        logs.tunnel_closed("ABCDEF", "normal", True, 5, [1, 2, 3, 4])
+        assert out.getvalue() == ""
+
+
+_flat_values = st.one_of(
+    st.text(max_size=10),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.booleans(),
+    st.none(),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.lists(st.integers(), max_size=3),
+)
+
+
+@settings(max_examples=300)
+@given(
+    fields=st.dictionaries(
+        st.sampled_from(["ts", "level", "event", "a", "b%s", 'q"uote', "ü", "client"])
+        | st.text(max_size=6),
+        _flat_values,
+        max_size=6,
+    )
+)
+def test_log_lines_equal_the_json_module(fields: dict[str, object]) -> None:
+    """Whatever the fields (names in the line's own keys, floats, lists, odd names), a line is
+    what ``json`` writes for ``{"ts", "level", "event", **fields}``."""
+    from relay import logs
+
+    formatter = logs.JsonFormatter()
+    created = 1_700_000_000.25
+    for _ in range(2):  # the second time through the cached template
+        line = formatter.line(created, logging.INFO, "some_event", fields)
+        entry = {"ts": "2023-11-14T22:13:20.250Z", "level": "info", "event": "some_event"}
+        entry.update(fields)
+        assert line == json.dumps(entry, separators=(",", ":"), default=str)
