@@ -97,12 +97,14 @@ class Tunnel:
         "counts",
     )
 
-    def __init__(self, tunnel_id: bytes, routing_id: bytes, lifetime: float) -> None:
+    def __init__(
+        self, tunnel_id: bytes, routing_id: bytes, lifetime: float, created: float | None = None
+    ) -> None:
         self.tunnel_id = tunnel_id
         self.routing_id = routing_id
         self.tag = tunnel_tag(tunnel_id)
         self.state = State.OPENING
-        self.created = trio.current_time()
+        self.created = trio.current_time() if created is None else created
         self.end_of_life = self.created + lifetime
         # When the owner stops waiting for an initiator; set when it starts waiting.
         self.wait_end = float("inf")
@@ -212,6 +214,8 @@ class Tunnels:
         self.config = config
         self.stats = stats
         self._observe_pairing = observe_pairing
+        #: trio's clock; the reactor sets its clock's own method for its run (one call, not three).
+        self.now: Callable[[], float] = trio.current_time
         self._routing = RoutingIdAllocator(config.node_prefix)
         self.by_id: dict[bytes, Tunnel] = {}
         self._routing_ids: set[bytes] = set()
@@ -253,7 +257,7 @@ class Tunnels:
         until it pairs or ends.
         """
         routing_id = self._routing.allocate(self._routing_ids)
-        tunnel = Tunnel(tunnel_id, routing_id, self.config.tunnel_lifetime)
+        tunnel = Tunnel(tunnel_id, routing_id, self.config.tunnel_lifetime, self.now())
         self.by_id[tunnel_id] = tunnel
         self._routing_ids.add(routing_id)
         if address is not None:
@@ -280,7 +284,7 @@ class Tunnels:
 
         Looks at most at ``budget`` of the oldest waiting tunnels; returns how many it ended.
         """
-        cutoff = trio.current_time() - self.config.pressure_wait_timeout
+        cutoff = self.now() - self.config.pressure_wait_timeout
         ended = 0
         for tunnel in list(self._waiting.values())[:budget]:
             if tunnel.created > cutoff:
@@ -312,12 +316,13 @@ class Tunnels:
         Returns the tunnel and the pairing latency.
         """
         tunnel = self.by_id.get(tunnel_id)
+        now = self.now()
         if (
             tunnel is None
             or tunnel.state is not State.WAITING
             or (tunnel.routing_id != routing_id)
             # Past the wait deadline the owner's scope may be cancelled already, unnoticed.
-            or trio.current_time() >= tunnel.wait_end
+            or now >= tunnel.wait_end
         ):
             return None
         # Claim the tunnel before any await so that exactly one initiator joins it.
@@ -330,7 +335,7 @@ class Tunnels:
         if tunnel.owner_scope is not None:
             # The owner no longer waits for an initiator: only the lifetime bounds it now.
             tunnel.owner_scope.deadline = tunnel.end_of_life
-        latency = trio.current_time() - tunnel.created
+        latency = now - tunnel.created
         self.stats.pairings += 1
         self._observe_pairing(latency)
         return tunnel, latency
@@ -537,7 +542,7 @@ class Tunnels:
             tunnel.tag,
             tunnel.end.label if tunnel.end is not None else None,
             tunnel.paired,
-            round((trio.current_time() - tunnel.created) * 1000),
+            round((self.now() - tunnel.created) * 1000),
             tunnel.counts,
         )
 
