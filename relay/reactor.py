@@ -60,7 +60,15 @@ from relay.reasons import ENDS, LIFETIME, SHUTDOWN, WAIT_TIMEOUT
 from relay.requests import Refusal
 from relay.tunnel import AUTHENTICATOR, INITIATOR, Tunnel, Tunnels, _frames, _Side
 from relay.websocket import RECEIVE_SIZE
-from relay.wsframe import Close, FrameParser, Ping, close_frame, pong_frame
+from relay.wsframe import (
+    BINARY_HEADER_MEDIUM,
+    BINARY_HEADER_SHORT,
+    Close,
+    FrameParser,
+    Ping,
+    close_frame,
+    pong_frame,
+)
 
 _IN = select.EPOLLIN
 _OUT = select.EPOLLOUT
@@ -79,6 +87,8 @@ _ACCEPT_BURST = 64
 _INF = float("inf")
 _read = os.read
 _write = os.write
+_BINARY_SHORT = BINARY_HEADER_SHORT.pack
+_BINARY_MEDIUM = BINARY_HEADER_MEDIUM.pack
 
 # Connection phases.
 _HEAD = 0  # reading the request head
@@ -610,7 +620,7 @@ class Reactor:
         """The events of one read: messages forwarded, pings answered, then any terminal one."""
         if len(events) == 1 and type(events[0]) is bytes:
             if not conn.stopped:
-                self._pump(conn, events)
+                self._pump_one(conn, events[0])
             return
         messages: list[bytes] = []
         terminal: WebSocketEnded | None = None
@@ -670,19 +680,67 @@ class Reactor:
             if not destination.send_frames(out):
                 tunnel.finish(side.other_gone)
                 return
-            if destination.out is None:
-                self.tunnels.forwarded(tunnel, side.offset, len(batch), nbytes)
-            else:
-                # Read no more from this side until the other has taken what it was sent.
-                if destination.inflight is None:
-                    destination.inflight = []
-                destination.inflight.append((side.offset, len(batch), nbytes))
-                conn.blocked = True
-                if destination.waiters is None:
-                    destination.waiters = []
-                destination.waiters.append(conn)
+            self._sent(conn, destination, tunnel, side.offset, len(batch), nbytes)
         if over_quota:
             tunnel.finish(side.quota)
+
+    def _pump_one(self, conn: Connection, message: bytes) -> None:
+        """``_pump`` of the usual read, one message to a side that has nothing unwritten, with
+        the frame built and written here; anything else goes through ``_pump``."""
+        tunnel = conn.tunnel
+        assert tunnel is not None
+        side = conn.side
+        destination = tunnel.sinks[side.sink]
+        n = len(message)
+        if (
+            destination is None
+            or destination.out is not None
+            or destination.broken
+            or destination.ws_state != _WS_OPEN
+            or conn.count >= self.config.max_messages
+            or n >= 65536
+        ):
+            self._pump(conn, [message])
+            return
+        conn.count += 1
+        if n < 126:
+            frame = _BINARY_SHORT(0x82, n) + message
+        else:
+            frame = _BINARY_MEDIUM(0x82, 126, n) + message
+        try:
+            sent = _write(destination.fd, frame)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            destination.broken = True
+            tunnel.finish(side.other_gone)
+            return
+        if sent < len(frame):
+            destination.out = bytearray(memoryview(frame)[sent:])
+        self._sent(conn, destination, tunnel, side.offset, 1, n)
+
+    def _sent(
+        self,
+        conn: Connection,
+        destination: Connection,
+        tunnel: Tunnel,
+        offset: int,
+        messages: int,
+        nbytes: int,
+    ) -> None:
+        """Messages from ``conn`` went to ``destination``: counted once written; until then
+        ``conn`` is not read (backpressure)."""
+        if destination.out is None:
+            self.tunnels.forwarded(tunnel, offset, messages, nbytes)
+            return
+        # Read no more from this side until the other has taken what it was sent.
+        if destination.inflight is None:
+            destination.inflight = []
+        destination.inflight.append((offset, messages, nbytes))
+        conn.blocked = True
+        if destination.waiters is None:
+            destination.waiters = []
+        destination.waiters.append(conn)
 
     def _writable(self, conn: Connection) -> None:
         out = conn.out

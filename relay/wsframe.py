@@ -67,6 +67,10 @@ _SENDABLE_PROTOCOL_CODES: Final = frozenset(
 
 _HEADER_SHORT = struct.Struct("!BB")
 _HEADER_MEDIUM = struct.Struct("!BBH")
+#: The two-byte and four-byte frame headers (first byte, length byte[, 16-bit length]), for
+#: callers that build a frame of one payload themselves.
+BINARY_HEADER_SHORT = _HEADER_SHORT
+BINARY_HEADER_MEDIUM = _HEADER_MEDIUM
 _HEADER_LONG = struct.Struct("!BBQ")
 _UINT16 = struct.Struct("!H")
 _UINT64 = struct.Struct("!Q")
