@@ -575,7 +575,7 @@ class Dispatcher:
 
     def _plan_open(self, request: Request, key: bytes, route: NewTunnel, address: str) -> Plan:
         tunnels = self.tunnels
-        if route.tunnel_id in tunnels:
+        if route.tunnel_id in tunnels.by_id:
             return self.refusal(
                 Refusal(409, "duplicate_tunnel", "tunnel id already in use"), address
             )
@@ -587,7 +587,7 @@ class Dispatcher:
             )
         if tunnels.under_pressure():
             tunnels.sweep_idle()
-        if len(tunnels) >= self.config.tunnel_limit:
+        if len(tunnels.by_id) >= self.config.tunnel_limit:
             return self.refusal(
                 Refusal(503, "tunnel_limit", "relay is at its tunnel limit"), address
             )

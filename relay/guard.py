@@ -18,7 +18,7 @@ Memory is bounded: a budget forgets keys whose bucket is full again, and never h
 from __future__ import annotations
 
 import ipaddress
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from collections.abc import Callable
 
 import trio
@@ -109,6 +109,8 @@ class FailureBudget:
 
     def exhausted(self, key: object) -> bool:
         """Whether ``key`` has no failure left to spend right now."""
+        if key not in self._buckets:
+            return self.burst < 1.0  # never failed (or refilled): no clock needed
         return self._tokens(key, self._clock()) < 1.0
 
     def failed(self, key: object) -> bool:
@@ -132,18 +134,23 @@ class Quota:
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self._held: Counter[str] = Counter()
+        # A plain dict: a Counter answers a missing key through a Python __missing__.
+        self._held: dict[str, int] = {}
 
     def full(self, key: str) -> bool:
-        return self._held[key] >= self.limit
+        return self._held.get(key, 0) >= self.limit
 
     def take(self, key: str) -> None:
-        self._held[key] += 1
+        held = self._held
+        held[key] = held.get(key, 0) + 1
 
     def give_back(self, key: str) -> None:
-        self._held[key] -= 1
-        if self._held[key] <= 0:
-            del self._held[key]
+        held = self._held
+        left = held.get(key, 0) - 1
+        if left <= 0:
+            held.pop(key, None)
+        else:
+            held[key] = left
 
     def held(self, key: str) -> int:
         return self._held.get(key, 0)
