@@ -129,6 +129,23 @@ def _head_length(buf: bytes) -> int | None:
     return min(ends) if ends else None
 
 
+def whole_lean_request(data: bytes, max_head: int) -> Request | None:
+    """The request when ``data``, the first bytes of a connection, hold a whole lean head (the
+    usual request); else None, and a ``HeadReader`` fed ``data`` judges it.
+
+    The same steps as ``HeadReader.feed``, minus the checks a lean parse implies (no empty lines
+    before the head, a method token, a head within the limit).
+    """
+    if data and data[0] > 32 and len(data) <= max_head:
+        end = data.find(b"\n\r\n")
+        if end > 0 and data[end - 1] == 13 and data.find(b"\n\n", 0, end) < 0:
+            end += 3
+            parsed = _parse_lean(data[:end])
+            if parsed is not None:
+                return Request(parsed[0], parsed[1], parsed[2], None, data[end:])
+    return None
+
+
 class HeadReader:
     """Sans-IO reader of one request head, fed the bytes as they arrive (both engines use it).
 
@@ -160,16 +177,10 @@ class HeadReader:
             if not buf:
                 raise ClientGone("connection closed before a request")
             return self._to_h11(buf, eof=True)
-        if not buf and data[0] > 32 and len(data) <= self.max_head:
-            # The usual request: a whole lean head in its first segment. The same steps as
-            # below, minus the checks a lean parse implies (no empty lines before it, a method
-            # token, a head within the limit).
-            end = data.find(b"\n\r\n")
-            if end > 0 and data[end - 1] == 13 and data.find(b"\n\n", 0, end) < 0:
-                end += 3
-                parsed = _parse_lean(data[:end])
-                if parsed is not None:
-                    return Request(parsed[0], parsed[1], parsed[2], None, data[end:])
+        if not buf:
+            request = whole_lean_request(data, self.max_head)
+            if request is not None:
+                return request
         buf = self._buf = _strip_empty_lines(buf + data)
         max_head = self.max_head
         if _cannot_start_request(buf):

@@ -54,7 +54,13 @@ from relay.errors import (
     PeerGone,
     WebSocketEnded,
 )
-from relay.http import HeadReader, response_bytes, switching_bytes, trailing_bytes
+from relay.http import (
+    HeadReader,
+    response_bytes,
+    switching_bytes,
+    trailing_bytes,
+    whole_lean_request,
+)
 from relay.logs import log_event
 from relay.reasons import ENDS, LIFETIME, SHUTDOWN, WAIT_TIMEOUT
 from relay.requests import Refusal
@@ -385,7 +391,6 @@ class Reactor:
                 # Read the request first, so that the client sees why it is refused.
                 dispatcher._polite_refusals += 1
                 conn.polite = True
-                conn.reader = HeadReader(self.config.max_request_head)
                 timeout = min(_QUICK_REFUSAL_TIMEOUT, self.config.handshake_timeout)
                 self.set_deadline(conn, self.now() + timeout)
                 return
@@ -395,7 +400,6 @@ class Reactor:
         conn.counted = True
         dispatcher.handshakes += 1
         conn.in_handshake = True
-        conn.reader = HeadReader(self.config.max_request_head)
         self.set_deadline(conn, self.now() + self.config.handshake_timeout)
 
     def _set_nodelay(self, fd: int) -> None:
@@ -416,8 +420,8 @@ class Reactor:
             sock.detach()
 
     def _read_head(self, conn: Connection) -> None:
+        # No HeadReader until the first bytes are not a whole lean head (whole_lean_request).
         reader = conn.reader
-        assert reader is not None
         fd = conn.fd
         request = None
         try:
@@ -427,8 +431,15 @@ class Reactor:
                 except BlockingIOError:
                     return
                 except OSError:
+                    if reader is None:
+                        reader = conn.reader = HeadReader(self.config.max_request_head)
                     request = reader.lost()
                     break
+                if reader is None:
+                    request = whole_lean_request(data, self.config.max_request_head)
+                    if request is not None:
+                        break
+                    reader = conn.reader = HeadReader(self.config.max_request_head)
                 request = reader.feed(data)
                 if request is None and len(data) < _HEAD_READ and data and not conn.hup:
                     return
@@ -904,7 +915,8 @@ class Reactor:
         conn.out = None
         conn.reader = None
         dispatcher = self.dispatcher
-        self._leave_handshake(conn)
+        if conn.in_handshake:
+            self._leave_handshake(conn)
         if conn.polite:
             conn.polite = False
             dispatcher._polite_refusals -= 1
@@ -913,7 +925,8 @@ class Reactor:
             dispatcher.connections -= 1
             dispatcher._uncount(conn.client)
         dispatcher.sockets -= 1
-        self._release_waiters(conn)
+        if conn.waiters:
+            self._release_waiters(conn)
         tunnel = conn.tunnel
         if tunnel is not None and was_open:
             conn.tunnel = None

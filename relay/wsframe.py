@@ -364,9 +364,20 @@ def close_frame(code: int | None = CLOSE_NORMAL, reason: str = "") -> bytes:
 
     The reason is truncated to fit a control frame without splitting a UTF-8 sequence.
     """
+    frame = _CLOSE_FRAMES.get((code, reason))
+    if frame is not None:
+        return frame
     if code is None or code == CLOSE_NO_STATUS:
-        return _control_frame(OP_CLOSE, b"")
-    raw = reason.encode("utf-8")
-    if len(raw) > MAX_CONTROL_PAYLOAD - 2:
-        raw = raw[: MAX_CONTROL_PAYLOAD - 2].decode("utf-8", "ignore").encode("utf-8")
-    return _control_frame(OP_CLOSE, _CODE.pack(code) + raw)
+        frame = _control_frame(OP_CLOSE, b"")
+    else:
+        raw = reason.encode("utf-8")
+        if len(raw) > MAX_CONTROL_PAYLOAD - 2:
+            raw = raw[: MAX_CONTROL_PAYLOAD - 2].decode("utf-8", "ignore").encode("utf-8")
+        frame = _control_frame(OP_CLOSE, _CODE.pack(code) + raw)
+    if len(_CLOSE_FRAMES) < 256:
+        # Tunnels end with a few (code, text) pairs (relay.reasons): each frame is built once.
+        _CLOSE_FRAMES[(code, reason)] = frame
+    return frame
+
+
+_CLOSE_FRAMES: dict[tuple[int | None, str], bytes] = {}
