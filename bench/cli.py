@@ -361,6 +361,16 @@ def git_revision() -> dict[str, Any]:
     return info
 
 
+def ours_compiled() -> dict[str, Any]:
+    """Whether our relay's processes will run its compiled modules (relay.native), and why not."""
+    from relay import compiled
+
+    why = compiled.stale_reason()
+    if os.environ.get(compiled.ENV, "").strip() in ("0", "false", "no", "off"):
+        why = f"{compiled.ENV}=0"
+    return {"active": why is None, "reason": why or "current"}
+
+
 def machine() -> dict[str, Any]:
     model = ""
     with contextlib.suppress(OSError):
@@ -588,6 +598,7 @@ def main(argv: list[str] | None = None) -> int:
         "open_file_limit": limit,
         "note": args.note,
         "skipped": skipped,
+        "ours_compiled": ours_compiled(),
         "relays": {},
     }
     try:

@@ -388,6 +388,16 @@ def machine_markdown(data: dict[str, Any]) -> str:
         f"{pinning.get('loadgen') or 'any'}; open-file limit {data.get('open_file_limit')}",
         f"- {data['mode']} run at {data['generated']}, {data.get('elapsed_s', '?')} s in total",
     ]
+    native = data.get("ours_compiled")
+    if native is not None:
+        lines.append(
+            "- our relay: "
+            + (
+                "its per-connection modules compiled with mypyc (`python -m relay.native`)"
+                if native.get("active")
+                else f"plain Python ({native.get('reason')})"
+            )
+        )
     if "load_average_at_start" in m:
         lines.append(
             f"- load average (1/5/15 min) at start {m['load_average_at_start']}, at end "

@@ -17,6 +17,7 @@ import ssl
 
 import trio
 
+from relay import compiled
 from relay.accept import accept_loop
 from relay.config import RelayConfig
 from relay.descriptors import DescriptorBudget
@@ -69,6 +70,8 @@ class Relay:
             self.reactor = Reactor(self.dispatcher, self.tunnels)
         #: Which engine serves connections: "reactor" or "tasks".
         self.engine = "reactor" if self.reactor is not None else "tasks"
+        #: Whether the per-connection modules run compiled (``relay.native``) or as Python.
+        self.native = compiled.active
         self._accept_scope: trio.CancelScope | None = None
         self._stopped = trio.Event()
         self._shutdown_grace = config.shutdown_grace
@@ -202,6 +205,7 @@ class Relay:
                         max_tunnels=config.max_tunnels,
                         admin_port=self.admin_port or None,
                         engine=self.engine,
+                        native=compiled.active,
                     )
                     task_status.started(self)
                 await self.tunnels.drain(lambda: self._shutdown_grace)

@@ -22,7 +22,9 @@ holds them while it handles a batch of events) are compared between two relay pr
 
 Last, ``test_the_relay_suite_passes_on_the_tasks_engine`` reruns a subset of the relay test
 modules with ``HYBRID_TEST_RELAY_ENGINE=tasks``: the main suite runs on the default engine ("auto",
-the reactor on Linux), so the tasks engine keeps that coverage too.
+the reactor on Linux), so the tasks engine keeps that coverage too. Likewise
+``test_the_relay_suite_passes_as_plain_python`` reruns this module and others with
+``HYBRID_RELAY_NATIVE=0`` when the main run uses the compiled modules (``relay.native``).
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ from hypothesis import strategies as st
 from relay_helpers import ENGINE_VARIABLE, engine_override, running_relay
 from relay_process import RelayProcess, relay_process
 
+from relay import compiled
 from relay.config import DEFAULT_MAX_REQUEST_HEAD, reactor_available
 from relay.descriptors import DescriptorBudget
 from relay.metrics import Stats
@@ -1896,7 +1899,7 @@ async def test_the_engine_override_reaches_running_relay(monkeypatch, override, 
         assert relay.engine == engine
 
 
-# -- the rest of the relay suite on the tasks engine -------------------------------------------
+# -- the rest of the relay suite on the tasks engine, and as plain Python ------------------------
 
 #: Relay test modules rerun on the tasks engine (about 25 s together, in a pytest process that
 #: runs while the rest of this module does).
@@ -1908,47 +1911,94 @@ TASKS_MODULES = (
     "test_relay_keepalive.py",
     "test_relay_drain.py",
 )
-
+#: Rerun with ``HYBRID_RELAY_NATIVE=0`` when the main run uses the compiled modules
+#: (``relay.native``): this differential, the fast paths, the reactor's edge cases and the tunnel
+#: behaviour, so that the plain-Python relay keeps that coverage (about 45 s, alongside too).
+PURE_MODULES = (
+    "test_relay_engines.py",
+    "test_relay_fastpath.py",
+    "test_relay_fast_decide.py",
+    "test_relay_reactor.py",
+    "test_relay_pairing.py",
+    "test_relay_forwarding.py",
+    "test_relay_pending.py",
+    "test_relay_limits.py",
+)
 
 _TASKS_SUITE = "test_the_relay_suite_passes_on_the_tasks_engine"
+_PURE_SUITE = "test_the_relay_suite_passes_as_plain_python"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def tasks_suite(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
-    """The tasks-engine run of ``TASKS_MODULES``, started with this module's first test so that it
-    runs alongside the others (it is mostly waiting, as they are); None if not selected."""
-    selected = any(item.name == _TASKS_SUITE for item in request.session.items)
-    if not selected or engine_override() == "tasks":
-        yield None
-        return
+def _start_suite(
+    factory: pytest.TempPathFactory, name: str, modules: tuple[str, ...], env: dict[str, str]
+) -> tuple[subprocess.Popen[bytes], Path, float]:
     root = Path(__file__).parent.parent
-    env = {**os.environ, ENGINE_VARIABLE: "tasks", "HYBRID_RELAY_ENGINE": "tasks"}
-    output = tmp_path_factory.mktemp("tasks-suite") / "pytest.txt"
+    output = factory.mktemp(name) / "pytest.txt"
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+    # The reruns never start reruns of their own.
+    deselect = [f"--deselect=tests/test_relay_engines.py::{t}" for t in (_TASKS_SUITE, _PURE_SUITE)]
     with output.open("wb") as sink:
         process = subprocess.Popen(
-            [*command, *(f"tests/{m}" for m in TASKS_MODULES)],
+            [*command, *deselect, *(f"tests/{m}" for m in modules)],
             cwd=root,
-            env=env,
+            env={**os.environ, **env},
             stdout=sink,
             stderr=subprocess.STDOUT,
         )
-    started = time.monotonic()
+    return process, output, time.monotonic()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def reruns(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    """The tasks-engine run of ``TASKS_MODULES`` and the plain-Python run of ``PURE_MODULES``,
+    started with this module's first test so that they run alongside the others (they are mostly
+    waiting, as they are); each None if not selected or not needed."""
+    names = {item.name for item in request.session.items}
+    suites: dict[str, tuple[subprocess.Popen[bytes], Path, float] | None] = {}
+    suites[_TASKS_SUITE] = (
+        _start_suite(
+            tmp_path_factory,
+            "tasks-suite",
+            TASKS_MODULES,
+            {ENGINE_VARIABLE: "tasks", "HYBRID_RELAY_ENGINE": "tasks"},
+        )
+        if _TASKS_SUITE in names and engine_override() != "tasks"
+        else None
+    )
+    suites[_PURE_SUITE] = (
+        _start_suite(tmp_path_factory, "pure-suite", PURE_MODULES, {compiled.ENV: "0"})
+        if _PURE_SUITE in names and compiled.active
+        else None
+    )
     try:
-        yield process, output, started
+        yield suites
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        for suite in suites.values():
+            if suite is not None and suite[0].poll() is None:
+                suite[0].kill()
+                suite[0].wait()
 
 
-def test_the_relay_suite_passes_on_the_tasks_engine(tasks_suite):
-    if tasks_suite is None:
-        pytest.skip("this whole run is on the tasks engine already")
-    process, output, started = tasks_suite
+def _suite_passed(suite: tuple[subprocess.Popen[bytes], Path, float], what: str) -> None:
+    process, output, started = suite
     returncode = process.wait(timeout=300)
     seconds = time.monotonic() - started
     assert returncode == 0, (
-        f"the relay tests failed on the tasks engine ({seconds:.0f} s):\n"
+        f"the relay tests failed {what} ({seconds:.0f} s):\n"
         + output.read_text(errors="replace")[-8000:]
     )
+
+
+def test_the_relay_suite_passes_on_the_tasks_engine(reruns):
+    suite = reruns[_TASKS_SUITE]
+    if suite is None:
+        pytest.skip("this whole run is on the tasks engine already")
+    _suite_passed(suite, "on the tasks engine")
+
+
+def test_the_relay_suite_passes_as_plain_python(reruns):
+    suite = reruns[_PURE_SUITE]
+    if suite is None:
+        # tests/test_relay_native.py fails when a build is missing; this run is plain Python.
+        pytest.skip(f"this whole run is plain Python already ({compiled.reason})")
+    _suite_passed(suite, "as plain Python (HYBRID_RELAY_NATIVE=0)")

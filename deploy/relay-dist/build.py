@@ -41,7 +41,9 @@ def build(outdir: Path) -> Path:
     with tempfile.TemporaryDirectory(prefix="hybrid-relay-dist-") as staging_name:
         staging = Path(staging_name)
         shutil.copytree(
-            ROOT / "relay", staging / "relay", ignore=shutil.ignore_patterns("__pycache__")
+            ROOT / "relay",
+            staging / "relay",
+            ignore=shutil.ignore_patterns("__pycache__", "_native"),
         )
         (staging / "hybrid").mkdir()
         for name in ("__init__.py", "wire.py"):
