@@ -12,7 +12,13 @@ stops it with SIGTERM so the profiler writes its output, and prints a summary:
 * ``--tool trace``: no profiler, a trio instrument and a wrapper around ``wait_readable``
   (installed by a bootstrap, the relay's code untouched) count per tunnel the scheduler's task
   steps, its epoll waits, tasks spawned, and every ``wait_readable`` by call site and outcome
-  (woken by data, or cancelled).
+  (woken by data, or cancelled);
+* ``--tool callgrind`` (valgrind; about 50 times slower, so 16 tunnels in flight and a fixed
+  ``--tunnels`` count instead of a time): the relay's user-space instructions per tunnel, counted
+  exactly after a warm-up. The same code and load give the same count whatever else the machine
+  does, so it tells small changes apart where CPU times on a shared machine cannot (it counts
+  no kernel work and no cache misses: compare it with the CPU figures, not instead of them).
+  ``HYBRID_RELAY_NATIVE=0`` counts the plain-Python relay.
 
 Findings are written up in bench/PROFILE.md; this tool is how they are reproduced.
 """
@@ -29,9 +35,11 @@ import pstats
 import shlex
 import shutil
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from bench.loadgen import LoadGen
 from bench.procs import RelayProcess, core_plan, pin, raise_nofile_limit
@@ -103,12 +111,38 @@ runpy.run_module("relay", run_name="__main__")
 
 def _relay_argv(tool: str, out: Path) -> list[str]:
     relay = [sys.executable, *shlex.split(OUR_RELAY_ARGS)]
+    if tool == "callgrind":
+        return ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *relay]
     if tool == "trace":
         return [sys.executable, "-c", TRACE_BOOT, *shlex.split(OUR_RELAY_ARGS)[2:]]
     if tool == "py-spy":
         spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
         return [spy, "record", "--rate", "400", "--format", "raw", "-o", str(out), "--", *relay]
     return [sys.executable, "-m", "cProfile", "-o", str(out), *relay[1:]]
+
+
+def _count_instructions(
+    run: Any, relay: RelayProcess, scenario: str, tunnels: int, raw: Path
+) -> str:
+    """Warm up, zero callgrind's counters, drive ``tunnels`` tunnels, dump: instructions each."""
+    pid = relay.pids[-1]
+    run(drive(relay.port, relay.pids, scenario, 300.0, inflight=16, limit=200))
+    subprocess.run(["callgrind_control", "-z", str(pid)], check=True, capture_output=True)
+    # drive() counts the load generator's own warm-up tunnels too: they ran after the zeroing.
+    done = run(drive(relay.port, relay.pids, scenario, 600.0, inflight=16, limit=tunnels))
+    subprocess.run(["callgrind_control", "-d", str(pid)], check=True, capture_output=True)
+    dumps = sorted(raw.parent.glob(raw.name + ".*"), key=lambda p: p.stat().st_mtime)
+    if not dumps or done <= 0:
+        return f"callgrind: no dump or no tunnels ({dumps}, {done})"
+    total = 0
+    for line in dumps[-1].read_text(errors="replace").splitlines():
+        if line.startswith(("summary:", "totals:")):
+            total = int(line.split()[1])
+            break
+    return (
+        f"{done} tunnels counted at 16 in flight: {total:,} user-space instructions, "
+        f"{total / done:,.0f} per tunnel (dump: {dumps[-1]})"
+    )
 
 
 def summarize_collapsed(path: Path, top: int) -> str:
@@ -181,12 +215,19 @@ def func_matches(name: str, want: str) -> bool:
     return f"'{meth}' of" in name and cls in name
 
 
-async def drive(port: int, pids: list[int], scenario: str, seconds: float) -> int:
+async def drive(
+    port: int,
+    pids: list[int],
+    scenario: str,
+    seconds: float,
+    inflight: int = 64,
+    limit: int = 10_000_000,
+) -> int:
     gen = LoadGen("127.0.0.1", port, "ws", pids)
     if scenario == "pairing":
-        result = await gen.pairing(inflight=64, duration=seconds, limit=10_000_000)
+        result = await gen.pairing(inflight=inflight, duration=seconds, limit=limit)
     else:
-        result = await gen.tunnel_life(inflight=64, duration=seconds, limit=10_000_000)
+        result = await gen.tunnel_life(inflight=inflight, duration=seconds, limit=limit)
     if result["errors"]:
         print(f"profile: {result['errors']} errors, first: {result['first_error']}")
     # Warm-up tunnels (8) ran before the measured ones; count them too, they are in the profile.
@@ -198,7 +239,10 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HYBRID_RELAY_DRAIN_DELAY", "0")
     parser = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__)
     parser.add_argument(
-        "--tool", choices=("py-spy", "cprofile", "trace"), default="py-spy", help="profiler"
+        "--tool",
+        choices=("py-spy", "cprofile", "trace", "callgrind"),
+        default="py-spy",
+        help="profiler",
     )
     parser.add_argument(
         "--scenario", choices=("pairing", "tunnel-life"), default="pairing", help="load to drive"
@@ -212,6 +256,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=10.0, help="how long to drive it")
     parser.add_argument("--top", type=int, default=25, help="functions listed per section")
     parser.add_argument(
+        "--tunnels", type=int, default=2000, help="tunnels counted by --tool callgrind"
+    )
+    parser.add_argument(
         "--out",
         type=Path,
         default=BENCH_DIR / "runs" / "profile",
@@ -222,10 +269,14 @@ def main(argv: list[str] | None = None) -> int:
         shutil.which("py-spy") or (Path(sys.executable).parent / "py-spy").exists()
     ):
         parser.error("py-spy is not installed (pip install py-spy), or use --tool trace/cprofile")
+    if args.tool == "callgrind" and not (
+        shutil.which("valgrind") and shutil.which("callgrind_control")
+    ):
+        parser.error("valgrind is not installed (apt-get install valgrind)")
     raise_nofile_limit()
     cores = core_plan()
     args.out.mkdir(parents=True, exist_ok=True)
-    ext = {"py-spy": "txt", "cprofile": "prof", "trace": "json"}[args.tool]
+    ext = {"py-spy": "txt", "cprofile": "prof", "trace": "json", "callgrind": "out"}[args.tool]
     raw = (args.out / f"{args.scenario}-{args.tool}.{ext}").resolve()
     raw.unlink(missing_ok=True)
     relay = RelayProcess(
@@ -244,12 +295,17 @@ def main(argv: list[str] | None = None) -> int:
     affinity = os.sched_getaffinity(0)
     pin(cores[1])
     try:
+        run: Any = asyncio.run
         try:
             import uvloop
 
-            tunnels = uvloop.run(drive(relay.port, relay.pids, args.scenario, args.seconds))
+            run = uvloop.run
         except ImportError:
-            tunnels = asyncio.run(drive(relay.port, relay.pids, args.scenario, args.seconds))
+            pass
+        if args.tool == "callgrind":
+            summary = _count_instructions(run, relay, args.scenario, args.tunnels, raw)
+        else:
+            tunnels = run(drive(relay.port, relay.pids, args.scenario, args.seconds))
     finally:
         # SIGTERM to the relay alone (py-spy's child, or the cProfile'd interpreter): it shuts
         # down gracefully and the profiler, still running, writes its output.
@@ -260,10 +316,12 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(0.2)
         relay.stop()
         os.sched_setaffinity(0, affinity)  # as it was: main() may run inside another program
-    if not raw.exists():
+    if args.tool == "callgrind":
+        tunnels = args.tunnels + 8
+    elif not raw.exists():
         print(f"profile: the profiler wrote nothing ({raw}); see {args.out / 'relay.log'}")
         return 1
-    if args.tool == "py-spy":
+    elif args.tool == "py-spy":
         summary = summarize_collapsed(raw, args.top)
     elif args.tool == "trace":
         summary = summarize_trace(raw, tunnels)

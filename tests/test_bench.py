@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -339,3 +340,20 @@ def test_profile_trace_counts_task_steps_and_waits(tmp_path):
     assert "_run_loop -> woken" in summary and "receive_batch" not in summary
     tunnels = int(summary.split(", ")[2].split()[0])  # "tunnel-life, trace, N tunnels, ..."
     assert tunnels > 0 and data["counts"]["tasks spawned"] < tunnels
+
+
+def test_profile_callgrind_counts_instructions_per_tunnel(tmp_path):
+    """``--tool callgrind``: an exact count of the relay's user-space instructions per tunnel."""
+    from bench import profile
+
+    code = profile.main(
+        ["--tool", "callgrind", "--scenario", "pairing", "--tunnels", "120", "--out",
+         str(tmp_path)]
+    )  # fmt: skip
+    assert code == 0
+    summary = (tmp_path / "pairing-callgrind-summary.txt").read_text()
+    match = re.search(r"128 tunnels counted at 16 in flight: .*?, ([\d,]+) per tunnel", summary)
+    assert match, summary
+    # A tunnel is some hundred thousand instructions of Python and C; zero or absurd means the
+    # counters were not zeroed or not dumped.
+    assert 50_000 < int(match[1].replace(",", "")) < 5_000_000
