@@ -20,7 +20,9 @@ stops it with SIGTERM so the profiler writes its output, and prints a summary:
   no kernel work and no cache misses: compare it with the CPU figures, not instead of them).
   ``HYBRID_RELAY_NATIVE=0`` counts the plain-Python relay.
 
-Findings are written up in bench/PROFILE.md; this tool is how they are reproduced.
+py-spy, cProfile and the trace see Python frames only, so they run the relay as plain Python
+(``HYBRID_RELAY_NATIVE=0``, see relay/native.py) unless that variable is set otherwise. Findings
+are written up in bench/PROFILE.md; this tool is how they are reproduced.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from typing import Any
 from bench.loadgen import LoadGen
 from bench.procs import RelayProcess, core_plan, pin, raise_nofile_limit
 from bench.relays import BENCH_DIR, OUR_RELAY_ARGS
+from relay import compiled
 
 #: cProfile functions whose call counts per tunnel are reported (matched on "file:function").
 COUNTED = (
@@ -288,6 +291,13 @@ def main(argv: list[str] | None = None) -> int:
         args.out / "relay.log",
         env={
             "BENCH_TRACE_OUT": str(raw),
+            # The Python profilers see only Python frames: they profile the plain-Python relay
+            # unless told otherwise; callgrind counts whichever the checkout runs.
+            **(
+                {}
+                if args.tool == "callgrind"
+                else {compiled.ENV: os.environ.get(compiled.ENV, "0")}
+            ),
             **({"HYBRID_RELAY_ENGINE": args.engine} if args.engine else {}),
         },
     )
