@@ -365,9 +365,7 @@ def ours_compiled() -> dict[str, Any]:
     """Whether our relay's processes will run its compiled modules (relay.native), and why not."""
     from relay import compiled
 
-    why = compiled.stale_reason()
-    if os.environ.get(compiled.ENV, "").strip() in ("0", "false", "no", "off"):
-        why = f"{compiled.ENV}=0"
+    why = compiled.unusable_reason()
     return {"active": why is None, "reason": why or "current"}
 
 

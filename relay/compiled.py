@@ -65,14 +65,19 @@ def stale_reason(native_dir: Path = NATIVE_DIR, package_dir: Path = PACKAGE_DIR)
     return None
 
 
+def unusable_reason() -> str | None:
+    """Why a relay started now would run plain Python (``HYBRID_RELAY_NATIVE=0``, or the build
+    is not current); None if it would run the compiled modules."""
+    if os.environ.get(ENV, "").strip() in ("0", "false", "no", "off"):
+        return f"{ENV}=0"
+    return stale_reason()
+
+
 def activate(package_path: list[str]) -> bool:
     """Put the compiled modules first on ``package_path`` (``relay.__path__``) if they are
     current and wanted; True if they are."""
     global active, reason
-    if os.environ.get(ENV, "").strip() in ("0", "false", "no", "off"):
-        reason = f"{ENV}=0"
-        return False
-    why = stale_reason()
+    why = unusable_reason()
     if why is not None:
         reason = why
         return False

@@ -283,9 +283,6 @@ class Reactor:
         self._accept_failures = 0
         self._nodelay_inherited: bool | None = None
         self._family: tuple[int, int, int] = (socket.AF_INET, socket.SOCK_STREAM, 0)
-        #: trio's clock, read through the clock's own method while ``run`` runs (trio's
-        #: ``current_time`` is three calls deep); shared with the tunnel registry.
-        self.now: Callable[[], float] = trio.current_time
 
     # -- listeners ----------------------------------------------------------------------------
 
@@ -357,7 +354,7 @@ class Reactor:
             self._accept_failures = 0
         for fd in self.listeners:
             self.epoll.modify(fd, 0)
-        self._accept_paused_until = self.now() + _ACCEPT_BACKOFF
+        self._accept_paused_until = self.tunnels.now() + _ACCEPT_BACKOFF
 
     def _resume_accepting(self) -> None:
         self._accept_paused_until = _INF
@@ -392,7 +389,7 @@ class Reactor:
                 dispatcher._polite_refusals += 1
                 conn.polite = True
                 timeout = min(_QUICK_REFUSAL_TIMEOUT, self.config.handshake_timeout)
-                self.set_deadline(conn, self.now() + timeout)
+                self.set_deadline(conn, self.tunnels.now() + timeout)
                 return
             dispatcher._per_address[address] += 1
             client.counted = address
@@ -400,7 +397,7 @@ class Reactor:
         conn.counted = True
         dispatcher.handshakes += 1
         conn.in_handshake = True
-        self.set_deadline(conn, self.now() + self.config.handshake_timeout)
+        self.set_deadline(conn, self.tunnels.now() + self.config.handshake_timeout)
 
     def _set_nodelay(self, fd: int) -> None:
         # A socket object borrowing the descriptor, for getsockopt/setsockopt (then let go).
@@ -504,7 +501,7 @@ class Reactor:
             return
         conn.phase = _FLUSH
         if timeout is not None:
-            self.set_deadline(conn, self.now() + timeout)
+            self.set_deadline(conn, self.tunnels.now() + timeout)
 
     # -- upgrades (Dispatcher._carry_out) ---------------------------------------------------------
 
@@ -532,7 +529,7 @@ class Reactor:
         conn.owner = True
         self.dispatcher.opened(plan, conn)
         # Tunnels.run_authenticator, up to its pump.
-        now = self.now()
+        now = self.tunnels.now()
         end_of_life = tunnel.end_of_life
         wait_end = tunnel.wait_end = now + self.config.wait_timeout
         tunnel.owner_scope = conn
@@ -696,8 +693,8 @@ class Reactor:
             tunnel.finish(side.quota)
 
     def _pump_one(self, conn: Connection, message: bytes) -> None:
-        """``_pump`` of the usual read, one message to a side that has nothing unwritten, with
-        the frame built and written here; anything else goes through ``_pump``."""
+        """``_pump`` of the usual read, one message to a side that has nothing unwritten, framed
+        here without a batch or frame buffer; anything else goes through ``_pump``."""
         tunnel = conn.tunnel
         assert tunnel is not None
         side = conn.side
@@ -718,16 +715,9 @@ class Reactor:
             frame = _BINARY_SHORT(0x82, n) + message
         else:
             frame = _BINARY_MEDIUM(0x82, 126, n) + message
-        try:
-            sent = _write(destination.fd, frame)
-        except BlockingIOError:
-            sent = 0
-        except OSError:
-            destination.broken = True
+        if not destination.write(frame):
             tunnel.finish(side.other_gone)
             return
-        if sent < len(frame):
-            destination.out = bytearray(memoryview(frame)[sent:])
         self._sent(conn, destination, tunnel, side.offset, 1, n)
 
     def _sent(
@@ -870,7 +860,7 @@ class Reactor:
                 return
         else:
             conn.await_reply = True
-        self.set_deadline(conn, self.now() + self.config.close_timeout)
+        self.set_deadline(conn, self.tunnels.now() + self.config.close_timeout)
         if conn.await_reply:
             # Whatever arrived while this side was not reading may hold the reply.
             self._ready.append(conn)
@@ -1051,12 +1041,14 @@ class Reactor:
     async def run(self) -> None:
         """Serve until cancelled; then close every socket still held."""
         epoll = self.epoll
-        self.now = self.tunnels.now = trio.lowlevel.current_clock().current_time
+        # trio's clock read through the clock's own method (trio.current_time is three calls
+        # deep), by the reactor and the tunnel registry alike, while this run lasts.
+        self.tunnels.now = trio.lowlevel.current_clock().current_time
         logs.hold()
         try:
             await self._run_loop()
         finally:
-            self.now = self.tunnels.now = trio.current_time
+            self.tunnels.now = trio.current_time
             logs.release()
             for conn in list(self.connections.values()):
                 self._finish(conn)
@@ -1065,7 +1057,7 @@ class Reactor:
     async def _run_loop(self) -> None:
         poll = self.epoll.poll
         handle = self._handle
-        current_time = self.now
+        current_time = self.tunnels.now
         handled = 0
         while True:
             wait = self._run_due(current_time())

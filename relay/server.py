@@ -205,7 +205,7 @@ class Relay:
                         max_tunnels=config.max_tunnels,
                         admin_port=self.admin_port or None,
                         engine=self.engine,
-                        native=compiled.active,
+                        native=self.native,
                     )
                     task_status.started(self)
                 await self.tunnels.drain(lambda: self._shutdown_grace)

@@ -98,13 +98,13 @@ class Tunnel:
     )
 
     def __init__(
-        self, tunnel_id: bytes, routing_id: bytes, lifetime: float, created: float | None = None
+        self, tunnel_id: bytes, routing_id: bytes, lifetime: float, created: float
     ) -> None:
         self.tunnel_id = tunnel_id
         self.routing_id = routing_id
         self.tag = tunnel_tag(tunnel_id)
         self.state = State.OPENING
-        self.created = trio.current_time() if created is None else created
+        self.created = created
         self.end_of_life = self.created + lifetime
         # When the owner stops waiting for an initiator; set when it starts waiting.
         self.wait_end = float("inf")
@@ -214,7 +214,7 @@ class Tunnels:
         self.config = config
         self.stats = stats
         self._observe_pairing = observe_pairing
-        #: trio's clock; the reactor sets its clock's own method for its run (one call, not three).
+        #: trio's clock; the reactor sets the clock's own method for its run (one call, not three).
         self.now: Callable[[], float] = trio.current_time
         self._routing = RoutingIdAllocator(config.node_prefix)
         self.by_id: dict[bytes, Tunnel] = {}

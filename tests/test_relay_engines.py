@@ -1020,6 +1020,18 @@ async def test_live_state_refusals_are_the_same():
     }
 
 
+def _status_problems(
+    name: str, transcript: Transcript, problem: str | None, expected: dict[str, int]
+) -> list[str]:
+    """What went wrong in one case of a table: the engines differed, or the status codes are
+    not the expected ones."""
+    problems = [] if problem is None else [problem]
+    statuses = {peer: transcript.status(peer) for peer in transcript.raw}
+    if statuses != expected:
+        problems.append(f"{name!r}: the tasks engine answered {statuses}")
+    return problems
+
+
 async def test_configured_refusals_are_the_same():
     """Origin allow list, per-address connection limit, rate limit, failed-connect budget."""
 
@@ -1109,11 +1121,7 @@ async def test_configured_refusals_are_the_same():
     for name, script, config in cases:
         async with two_relays(**config) as relays:
             transcript, problem = await differ(relays, script, name)
-        if problem is not None:
-            problems.append(problem)
-        statuses = {peer: transcript.status(peer) for peer in transcript.raw}
-        if statuses != expected[name]:
-            problems.append(f"{name!r}: the tasks engine answered {statuses}")
+        problems += _status_problems(name, transcript, problem, expected[name])
     assert not problems, "\n\n".join(problems)
 
 
@@ -1200,11 +1208,7 @@ async def test_descriptor_budget_refusals_are_the_same():
                 budget = DescriptorBudget(1024, 0, connections, 4)
                 relay.descriptors = relay.dispatcher.descriptors = budget
             transcript, problem = await differ(relays, script, name)
-        if problem is not None:
-            problems.append(problem)
-        statuses = {peer: transcript.status(peer) for peer in transcript.raw}
-        if statuses != expected[name]:
-            problems.append(f"{name!r}: the tasks engine answered {statuses}")
+        problems += _status_problems(name, transcript, problem, expected[name])
     assert not problems, "\n\n".join(problems)
 
 
