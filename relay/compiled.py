@@ -17,7 +17,17 @@ import sysconfig
 from pathlib import Path
 
 #: The modules compiled together: everything a connection runs through between two syscalls.
-MODULES = ("reactor", "tunnel", "dispatch", "http", "requests", "wsframe", "logs", "guard")
+MODULES = (
+    "reactor",
+    "tunnel",
+    "dispatch",
+    "http",
+    "requests",
+    "wsframe",
+    "logs",
+    "guard",
+    "routing",
+)
 PACKAGE_DIR = Path(__file__).resolve().parent
 NATIVE_DIR = PACKAGE_DIR / "_native"
 MANIFEST = "manifest.json"

@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
-from typing import NamedTuple
+from typing import Final
 
 import trio
 
@@ -70,50 +70,70 @@ from relay.tunnel import Tunnel, Tunnels, TunnelSocket
 from relay.websocket import WebSocket
 
 #: Longest a refused over-limit client may keep its socket while we read its request and answer.
-_QUICK_REFUSAL_TIMEOUT = 1.0
-_ROUTING_ID_HEADER = ROUTING_ID_HEADER.encode("ascii")
+_QUICK_REFUSAL_TIMEOUT: Final = 1.0
+_ROUTING_ID_HEADER: Final = ROUTING_ID_HEADER.encode("ascii")
 
 #: What a successful handshake leads to: the tunnel, this side's socket, and whether it is the
 #: authenticator (the tunnel's owner).
 Accepted = tuple[Tunnel, WebSocket, bool]
 
 
-class Refuse(NamedTuple):
+# The four plans are plain classes, not NamedTuples: compiled (relay/native.py), a class is built
+# in C, where a NamedTuple's constructor is a Python function; two are built per tunnel.
+
+
+class Refuse:
     """Answer ``refusal`` and close (already counted and logged)."""
 
-    refusal: Refusal
-    head_only: bool = False
+    __slots__ = ("refusal", "head_only")
+
+    def __init__(self, refusal: Refusal, head_only: bool = False) -> None:
+        self.refusal = refusal
+        self.head_only = head_only
 
 
-class Serve(NamedTuple):
+class Serve:
     """Answer a plain GET of /healthz or /metrics and close."""
 
-    get: PlainGet
-    head_only: bool
+    __slots__ = ("get", "head_only")
+
+    def __init__(self, get: PlainGet, head_only: bool) -> None:
+        self.get = get
+        self.head_only = head_only
 
 
-class Open(NamedTuple):
+class Open:
     """Send the authenticator its 101 (``line`` names the routing id); ``tunnel`` is registered."""
 
-    tunnel: Tunnel
-    request: Request
-    key: bytes
-    line: bytes
-    routing_hex: str
-    address: str
+    __slots__ = ("tunnel", "request", "key", "line", "routing_hex", "address")
+
+    def __init__(
+        self, tunnel: Tunnel, request: Request, key: bytes, line: bytes, routing_hex: str,
+        address: str,
+    ) -> None:  # fmt: skip
+        self.tunnel = tunnel
+        self.request = request
+        self.key = key
+        self.line = line
+        self.routing_hex = routing_hex
+        self.address = address
 
 
-class Join(NamedTuple):
+class Join:
     """Send the initiator its 101; ``tunnel`` is claimed (paired)."""
 
-    tunnel: Tunnel
-    request: Request
-    key: bytes
-    latency: float
-    address: str
+    __slots__ = ("tunnel", "request", "key", "latency", "address")
+
+    def __init__(
+        self, tunnel: Tunnel, request: Request, key: bytes, latency: float, address: str
+    ) -> None:
+        self.tunnel = tunnel
+        self.request = request
+        self.key = key
+        self.latency = latency
+        self.address = address
 
 
-#: What ``Dispatcher.plan`` decides for one request head.
 Plan = Refuse | Serve | Open | Join
 
 
@@ -125,7 +145,7 @@ async def send_all_quietly(stream: trio.abc.Stream, data: bytes) -> None:
         pass
 
 
-_FORWARDED_FOR = b"x-forwarded-for"
+_FORWARDED_FOR: Final = b"x-forwarded-for"
 
 
 class Client:
@@ -181,6 +201,11 @@ class Dispatcher:
             self.connect_limiter = RateLimiter(config.rate_limit, config.rate_burst)
         #: Peers whose PROXY header and X-Forwarded-For are believed.
         self.trusted = TrustedProxies(config.trusted_proxies)
+        #: ``bool(self.trusted)`` and the config's limits, read once (config is fixed at start;
+        #: each was a Python-level call per connection).
+        self.trusting = bool(self.trusted)
+        self.address_limit = config.address_limit
+        self.tunnel_limit = config.tunnel_limit
 
     async def handle(self, stream: trio.abc.Stream, peer: str) -> None:
         """One connection's task, from accept to close; never raises."""
@@ -192,8 +217,7 @@ class Dispatcher:
                 # Out of descriptors: answer at once and keep nothing, so accept never runs dry.
                 await self._refuse_now(stream, Refusal(503, "fd_limit", "relay is full"), peer)
                 return
-            trusted = self.trusted
-            if not (trusted and peer in trusted):
+            if not (self.trusting and peer in self.trusted):
                 # A trusted proxy is counted under the client it forwards, once known.
                 if not self._may_hold(peer):
                     await self._refuse_over_limit(stream, peer)
@@ -243,7 +267,7 @@ class Dispatcher:
         so one flooding address cannot take the last descriptors from everyone else.
         """
         held = self._per_address[address]
-        return held < self.config.address_limit and not (
+        return held < self.address_limit and not (
             held >= HONEST_HOLD
             and self.sockets > self.descriptors.connections - self.descriptors.reserve
         )
@@ -587,7 +611,7 @@ class Dispatcher:
             )
         if tunnels.under_pressure():
             tunnels.sweep_idle()
-        if len(tunnels.by_id) >= self.config.tunnel_limit:
+        if len(tunnels.by_id) >= self.tunnel_limit:
             return self.refusal(
                 Refusal(503, "tunnel_limit", "relay is at its tunnel limit"), address
             )

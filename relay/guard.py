@@ -20,11 +20,12 @@ from __future__ import annotations
 import ipaddress
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import Final
 
 import trio
 
-IPV4_NETWORK_PREFIX = 24
-IPV6_CLIENT_PREFIX = 64
+IPV4_NETWORK_PREFIX: Final = 24
+IPV6_CLIENT_PREFIX: Final = 64
 
 
 def _ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
@@ -39,8 +40,8 @@ def _ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
 
 #: Addresses already keyed: parsing with ``ipaddress`` costs more than the rest of a pairing's
 #: bookkeeping, and the same clients come back. Emptied when full, so it stays bounded.
-_KEYS: dict[str, tuple[str, str]] = {}
-_KEYS_MAX = 65536
+_KEYS: Final[dict[str, tuple[str, str]]] = {}
+_KEYS_MAX: Final = 65536
 
 
 def client_key(address: str) -> str:

@@ -19,11 +19,12 @@ phase of ``Dispatcher.handle``, the forwarding of ``Tunnels._pump``, the tunnel 
 
 Living inside trio: the reactor is one trio task. It takes every ready event with
 ``epoll.poll(0)`` and handles them; only when none is left does it wait, with
-``trio.lowlevel.wait_readable`` on its epoll descriptor under a deadline that is its next timer, so
-trio's scheduler stays in charge (signals, the admin listener, the keep-alive and every other task
-run as before) and one trio wait serves however many events arrived meanwhile. Under a steady
-load it yields with a checkpoint after every ``_BATCH`` events. Work handed to it from other tasks
-(the keep-alive ending a silent tunnel, shutdown) is queued and cancels its wait.
+``trio.lowlevel.wait_readable`` on its epoll descriptor, so trio's scheduler stays in charge
+(signals, the admin listener, the keep-alive and every other task run as before) and one trio wait
+serves however many events arrived meanwhile. Under a steady load it yields with a checkpoint
+after every ``_BATCH`` events. Its deadlines end a wait through a second task, the alarm, asleep
+until the earliest of them, which writes to an eventfd in the epoll set; work handed to it from
+other tasks (the keep-alive ending a silent tunnel, shutdown) is queued and wakes it the same way.
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ import socket
 import time
 from collections.abc import Callable
 from itertools import count
-from typing import Any
+from time import perf_counter
+from typing import Any, Final
 
 import trio
 from trio.lowlevel import checkpoint, wait_readable
@@ -76,38 +78,41 @@ from relay.wsframe import (
     pong_frame,
 )
 
-_IN = select.EPOLLIN
-_OUT = select.EPOLLOUT
-_HANGUP = select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
-_CONNECTION_EVENTS = select.EPOLLIN | select.EPOLLOUT | select.EPOLLRDHUP | select.EPOLLET
-_HEAD_READ = 4096
+_IN: Final = select.EPOLLIN
+_OUT: Final = select.EPOLLOUT
+_HANGUP: Final = select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
+_CONNECTION_EVENTS: Final = select.EPOLLIN | select.EPOLLOUT | select.EPOLLRDHUP | select.EPOLLET
+_HEAD_READ: Final = 4096
 #: TCP_NODELAY, and TCP_NOTSENT_LOWAT at 16 KiB so that the kernel holds little unsent data for a
 #: peer that does not read (the writer then keeps it and stops reading the other side).
-_SOCKET_OPTIONS = ((socket.TCP_NODELAY, 1),) + (
+_SOCKET_OPTIONS: Final = ((socket.TCP_NODELAY, 1),) + (
     ((socket.TCP_NOTSENT_LOWAT, 2**14),) if hasattr(socket, "TCP_NOTSENT_LOWAT") else ()
 )
 #: Events handled between two looks at trio's own work when trio has none due.
-_BATCH = 256
+_BATCH: Final = 256
 #: Connections accepted per listener readiness before other events get their turn.
-_ACCEPT_BURST = 64
-_INF = float("inf")
-_read = os.read
-_write = os.write
-_BINARY_SHORT = BINARY_HEADER_SHORT.pack
-_BINARY_MEDIUM = BINARY_HEADER_MEDIUM.pack
+_ACCEPT_BURST: Final = 64
+_INF: Final = float("inf")
+_heappush: Final = heapq.heappush
+_heappop: Final = heapq.heappop
+_perf_counter: Final = perf_counter
+_read: Final = os.read
+_write: Final = os.write
+_BINARY_SHORT: Final = BINARY_HEADER_SHORT.pack
+_BINARY_MEDIUM: Final = BINARY_HEADER_MEDIUM.pack
 
 # Connection phases.
-_HEAD = 0  # reading the request head
-_FLUSH = 1  # a response is queued; close once it is written (or at the deadline)
-_OPEN = 2  # a tunnel socket, forwarding
-_CLOSING = 3  # our close frame is out (or queued); waiting for the client's, then close
-_DONE = 4
+_HEAD: Final = 0  # reading the request head
+_FLUSH: Final = 1  # a response is queued; close once it is written (or at the deadline)
+_OPEN: Final = 2  # a tunnel socket, forwarding
+_CLOSING: Final = 3  # our close frame is out (or queued); waiting for the client's, then close
+_DONE: Final = 4
 
 # WebSocket states, as in relay.websocket.
-_WS_OPEN = 0
-_WS_REMOTE_CLOSING = 1
-_WS_LOCAL_CLOSING = 2
-_WS_CLOSED = 3
+_WS_OPEN: Final = 0
+_WS_REMOTE_CLOSING: Final = 1
+_WS_LOCAL_CLOSING: Final = 2
+_WS_CLOSED: Final = 3
 
 
 class Connection:
@@ -258,6 +263,20 @@ class Connection:
         return self.write(frames)
 
 
+def _fast_clock(clock: trio.abc.Clock) -> Callable[[], float]:
+    """A function reading ``clock``: for trio's own clock (its offset plus ``perf_counter``) the
+    same sum computed here, compiled, instead of in the clock's Python method; for any other
+    clock (tests' MockClock), the clock's method."""
+    offset = getattr(clock, "offset", None)
+    if type(clock).__name__ != "SystemClock" or not isinstance(offset, float):
+        return clock.current_time
+
+    def now() -> float:
+        return offset + _perf_counter()
+
+    return now
+
+
 class Reactor:
     """The callback loop serving one node's plain-TCP connections (see the module docstring)."""
 
@@ -265,6 +284,15 @@ class Reactor:
         self.dispatcher = dispatcher
         self.tunnels = tunnels
         self.config = dispatcher.config
+        # The limits read per connection, copied once (the config is fixed while the relay runs;
+        # compiled, an attribute of this class is a C field, one of the config a Python lookup).
+        config = self.config
+        self._handshake_timeout = config.handshake_timeout
+        self._max_request_head = config.max_request_head
+        self._max_message_size = config.max_message_size
+        self._wait_timeout = config.wait_timeout
+        self._max_messages = config.max_messages
+        self._close_timeout = config.close_timeout
         self.stats = dispatcher.stats
         self.epoll = select.epoll()
         self.connections: dict[int, Connection] = {}
@@ -277,12 +305,20 @@ class Reactor:
         self._soon: list[Connection] = []
         #: Connections with more to read after a full read, or unblocked.
         self._ready: list[Connection] = []
-        self._wait_scope: trio.CancelScope | None = None
+        #: Wakes the waiting reactor (from the alarm task or other tasks); in the epoll set.
+        self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self.epoll.register(self._wake_fd, _IN)
+        #: True while the reactor waits (only then does waking it need a write).
+        self._waiting = False
+        #: When the alarm task wakes the reactor next (trio time), and that task's scope.
+        self._alarm_at = _INF
+        self._alarm_scope: trio.CancelScope | None = None
         self._accept_paused_until = _INF
         self._accept_logged_at = -1.0
         self._accept_failures = 0
         self._nodelay_inherited: bool | None = None
         self._family: tuple[int, int, int] = (socket.AF_INET, socket.SOCK_STREAM, 0)
+        self._families: dict[int, tuple[int, int, int]] = {}
 
     # -- listeners ----------------------------------------------------------------------------
 
@@ -292,6 +328,8 @@ class Reactor:
         for option, value in _SOCKET_OPTIONS:
             sock.setsockopt(socket.IPPROTO_TCP, option, value)
         self.listeners[sock.fileno()] = sock
+        # (family, type, proto) as plain ints, read once: the socket's properties convert to enums.
+        self._families[sock.fileno()] = (int(sock.family), int(sock.type), sock.proto)
         self.epoll.register(sock.fileno(), _IN)
 
     def stop_accepting(self) -> None:
@@ -302,13 +340,13 @@ class Reactor:
             except (OSError, ValueError):
                 pass
         self.listeners.clear()
+        self._families.clear()
 
-    def _accept(self, listener: socket.socket) -> None:
+    def _accept(self, fd: int, listener: socket.socket) -> None:
         admit = self._admit
         # socket.accept without its per-call enum conversions of family and type.
         accept = listener._accept  # type: ignore[attr-defined]
-        family, kind, proto = int(listener.family), int(listener.type), listener.proto
-        self._family = (family, kind, proto)
+        self._family = self._families[fd]
         for _ in range(_ACCEPT_BURST):
             try:
                 fd, peer = accept()
@@ -379,8 +417,7 @@ class Reactor:
             refusal = Refusal(503, "fd_limit", "relay is full")
             self._respond(conn, dispatcher.refusal_bytes(dispatcher.refusal(refusal, address)), 0.1)
             return
-        trusted = dispatcher.trusted
-        if not (trusted and address in trusted):
+        if not (dispatcher.trusting and address in dispatcher.trusted):
             if not dispatcher._may_hold(address):
                 if dispatcher._polite_refusals >= dispatcher.descriptors.reserve // 2:
                     self._respond(conn, dispatcher.refusal_bytes(dispatcher._limit(address)), 0.1)
@@ -388,7 +425,7 @@ class Reactor:
                 # Read the request first, so that the client sees why it is refused.
                 dispatcher._polite_refusals += 1
                 conn.polite = True
-                timeout = min(_QUICK_REFUSAL_TIMEOUT, self.config.handshake_timeout)
+                timeout = min(_QUICK_REFUSAL_TIMEOUT, self._handshake_timeout)
                 self.set_deadline(conn, self.tunnels.now() + timeout)
                 return
             dispatcher._per_address[address] += 1
@@ -397,7 +434,7 @@ class Reactor:
         conn.counted = True
         dispatcher.handshakes += 1
         conn.in_handshake = True
-        self.set_deadline(conn, self.tunnels.now() + self.config.handshake_timeout)
+        self.set_deadline(conn, self.tunnels.now() + self._handshake_timeout)
 
     def _set_nodelay(self, fd: int) -> None:
         # A socket object borrowing the descriptor, for getsockopt/setsockopt (then let go).
@@ -429,14 +466,14 @@ class Reactor:
                     return
                 except OSError:
                     if reader is None:
-                        reader = conn.reader = HeadReader(self.config.max_request_head)
+                        reader = conn.reader = HeadReader(self._max_request_head)
                     request = reader.lost()
                     break
                 if reader is None:
-                    request = whole_lean_request(data, self.config.max_request_head)
+                    request = whole_lean_request(data, self._max_request_head)
                     if request is not None:
                         break
-                    reader = conn.reader = HeadReader(self.config.max_request_head)
+                    reader = conn.reader = HeadReader(self._max_request_head)
                 request = reader.feed(data)
                 if request is None and len(data) < _HEAD_READ and data and not conn.hup:
                     return
@@ -509,7 +546,7 @@ class Reactor:
         """Send the 101; False if the socket could not take it."""
         if not conn.write(switching_bytes(plan.key, line)):
             return False
-        conn.parser = FrameParser(self.config.max_message_size, refuse_text=True)
+        conn.parser = FrameParser(self._max_message_size, refuse_text=True)
         conn.phase = _OPEN
         conn._deadline = _INF
         if conn.hup:
@@ -531,7 +568,7 @@ class Reactor:
         # Tunnels.run_authenticator, up to its pump.
         now = self.tunnels.now()
         end_of_life = tunnel.end_of_life
-        wait_end = tunnel.wait_end = now + self.config.wait_timeout
+        wait_end = tunnel.wait_end = now + self._wait_timeout
         tunnel.owner_scope = conn
         self.set_deadline(conn, end_of_life if tunnel.paired else min(wait_end, end_of_life))
         if tunnel.end is not None:
@@ -674,7 +711,7 @@ class Reactor:
         tunnel = conn.tunnel
         assert tunnel is not None
         side = conn.side
-        limit = self.config.max_messages
+        limit = self._max_messages
         over_quota = conn.count + len(batch) > limit
         if over_quota:
             batch = batch[: max(0, limit - conn.count)]
@@ -705,7 +742,7 @@ class Reactor:
             or destination.out is not None
             or destination.broken
             or destination.ws_state != _WS_OPEN
-            or conn.count >= self.config.max_messages
+            or conn.count >= self._max_messages
             or n >= 65536
         ):
             self._pump(conn, [message])
@@ -860,7 +897,7 @@ class Reactor:
                 return
         else:
             conn.await_reply = True
-        self.set_deadline(conn, self.tunnels.now() + self.config.close_timeout)
+        self.set_deadline(conn, self.tunnels.now() + self._close_timeout)
         if conn.await_reply:
             # Whatever arrived while this side was not reading may hold the reply.
             self._ready.append(conn)
@@ -952,13 +989,40 @@ class Reactor:
         key = conn.timer_key = next(self._sequence)
         conn.timer_when = when
         self._timed[key] = conn
-        heapq.heappush(self._timers, (when, key))
+        _heappush(self._timers, (when, key))
 
     def schedule(self, conn: Connection) -> None:
         self._soon.append(conn)
-        scope = self._wait_scope
-        if scope is not None:
-            scope.cancel()
+        self._wake()
+
+    def _wake(self) -> None:
+        """End the reactor's wait, if it waits (one eventfd write; nothing while it runs)."""
+        if self._waiting:
+            self._waiting = False
+            os.eventfd_write(self._wake_fd, 1)
+
+    def _set_alarm(self, at: float) -> None:
+        """Make sure the alarm task wakes the reactor by ``at``. An earlier alarm is kept: it
+        wakes the reactor for nothing at worst, which then sets the next one."""
+        if at < self._alarm_at:
+            self._alarm_at = at
+            scope = self._alarm_scope
+            if scope is not None:
+                scope.deadline = at
+
+    async def _alarm_loop(self) -> None:
+        """The reactor's deadlines as one trio sleep: the reactor waits on its epoll set alone
+        (a cancel scope per wait cost about as much as the wait, bench/PROFILE.md round four),
+        and this task wakes it when the earliest deadline it was given comes. Its scope moves
+        only when a deadline earlier than the armed one appears, which under load is rare."""
+        while True:
+            with trio.CancelScope(deadline=self._alarm_at) as scope:
+                self._alarm_scope = scope
+                await trio.sleep_forever()
+            self._alarm_scope = None
+            if self.tunnels.now() >= self._alarm_at:
+                self._alarm_at = _INF
+                self._wake()
 
     def _run_due(self, now: float) -> float:
         """Expire deadlines and run queued work; seconds until the next deadline (inf if none)."""
@@ -968,7 +1032,7 @@ class Reactor:
         ready = self._ready
         while True:
             while timers and timers[0][0] <= now:
-                _, key = heapq.heappop(timers)
+                _, key = _heappop(timers)
                 conn = timed.pop(key, None)
                 if conn is None:
                     continue  # replaced by an earlier deadline, or the connection finished
@@ -993,6 +1057,12 @@ class Reactor:
                 ready.clear()
                 for conn in batch:
                     self._guarded(self._on_ready, conn)
+        # Entries of finished or re-armed connections come off the top now, not when due: the
+        # wait below is then bounded by a live deadline. Left there, they ended the idle wait
+        # about once per closed connection a close timeout later, each a scheduler round trip
+        # for nothing (see bench/PROFILE.md, round four).
+        while timers and timers[0][1] not in timed:
+            _heappop(timers)
         next_at = min(timers[0][0] if timers else _INF, self._accept_paused_until)
         return next_at - now
 
@@ -1016,7 +1086,12 @@ class Reactor:
         if conn is None:
             listener = self.listeners.get(fd)
             if listener is not None:
-                self._accept(listener)
+                self._accept(fd, listener)
+            elif fd == self._wake_fd:
+                try:
+                    os.eventfd_read(fd)
+                except BlockingIOError:
+                    pass
             return
         try:
             if mask & _HANGUP:
@@ -1041,35 +1116,46 @@ class Reactor:
     async def run(self) -> None:
         """Serve until cancelled; then close every socket still held."""
         epoll = self.epoll
-        # trio's clock read through the clock's own method (trio.current_time is three calls
-        # deep), by the reactor and the tunnel registry alike, while this run lasts.
-        self.tunnels.now = trio.lowlevel.current_clock().current_time
+        # trio's clock, read by the reactor and the tunnel registry alike while this run lasts,
+        # in as few steps as it allows (trio.current_time is three Python calls deep).
+        self.tunnels.now = _fast_clock(trio.lowlevel.current_clock())
         logs.hold()
         try:
-            await self._run_loop()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._alarm_loop)
+                await self._run_loop()
         finally:
             self.tunnels.now = trio.current_time
             logs.release()
             for conn in list(self.connections.values()):
                 self._finish(conn)
             epoll.close()
+            os.close(self._wake_fd)
 
     async def _run_loop(self) -> None:
         poll = self.epoll.poll
         handle = self._handle
         current_time = self.tunnels.now
         handled = 0
+        epoll_fd = self.epoll.fileno()
         while True:
-            wait = self._run_due(current_time())
+            now = current_time()
+            wait = self._run_due(now)
             events = poll(0, _BATCH)
             if not events:
                 logs.release()
                 handled = 0
-                with trio.move_on_after(max(wait, 0.0)) as scope:
-                    self._wait_scope = scope
-                    if not self._soon:
-                        await wait_readable(self.epoll.fileno())
-                self._wait_scope = None
+                if self._soon:
+                    pass  # handed work meanwhile: the next round runs it
+                elif wait <= 0.0:
+                    await checkpoint()
+                else:
+                    self._set_alarm(now + wait)
+                    self._waiting = True
+                    try:
+                        await wait_readable(epoll_fd)
+                    finally:
+                        self._waiting = False
                 logs.hold()
                 continue
             for fd, mask in events:

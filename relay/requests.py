@@ -14,6 +14,7 @@ import base64
 import binascii
 import re
 from dataclasses import dataclass, field
+from typing import Final
 
 from hybrid.wire import (
     CONNECT_PATH_PREFIX,
@@ -26,14 +27,14 @@ from hybrid.wire import (
 
 Headers = list[tuple[bytes, bytes]]
 
-HEALTH_PATH = b"/healthz"
-METRICS_PATH = b"/metrics"
-_CABLE = b"/cable"
+HEALTH_PATH: Final = b"/healthz"
+METRICS_PATH: Final = b"/metrics"
+_CABLE: Final = b"/cable"
 
-_TUNNEL_ID_RE = re.compile(rb"[0-9A-Fa-f]{%d}" % (2 * TUNNEL_ID_LEN))
-_ROUTING_ID_RE = re.compile(rb"[0-9A-Fa-f]{%d}" % (2 * ROUTING_ID_LEN))
-_CONTACT_ID_RE = re.compile(rb"[A-Za-z0-9_-]+")
-_SUBPROTOCOL = SUBPROTOCOL.encode("ascii")
+_TUNNEL_ID_RE: Final = re.compile(rb"[0-9A-Fa-f]{%d}" % (2 * TUNNEL_ID_LEN))
+_ROUTING_ID_RE: Final = re.compile(rb"[0-9A-Fa-f]{%d}" % (2 * ROUTING_ID_LEN))
+_CONTACT_ID_RE: Final = re.compile(rb"[A-Za-z0-9_-]+")
+_SUBPROTOCOL: Final = SUBPROTOCOL.encode("ascii")
 
 assert NEW_PATH_PREFIX == "/cable/new/" and CONNECT_PATH_PREFIX == "/cable/connect/"
 assert CONTACT_PATH_PREFIX == "/cable/contact/"
@@ -91,7 +92,7 @@ class Upgrade:
 
 Decision = Refusal | PlainGet | Upgrade
 
-MALFORMED = "malformed"
+MALFORMED: Final = "malformed"
 
 
 def _malformed(message: str) -> Refusal:
@@ -167,15 +168,15 @@ def _by_name(headers: Headers) -> dict[bytes, list[bytes]]:
     return found
 
 
-_FAST_TARGET = re.compile(
+_FAST_TARGET: Final = re.compile(
     rb"/cable/(?:new/([0-9A-Fa-f]{%d})|connect/([0-9A-Fa-f]{%d})/([0-9A-Fa-f]{%d}))"
     % (2 * TUNNEL_ID_LEN, 2 * ROUTING_ID_LEN, 2 * TUNNEL_ID_LEN)
 )
 #: The base64 of 16 bytes with its unused bits zero, the form every client sends; other keys the
 #: general path accepts (or refuses) go there.
-_FAST_KEY = re.compile(rb"[A-Za-z0-9+/]{21}[AQgw]==")
-_BODY_HEADERS = frozenset((b"content-length", b"transfer-encoding"))
-_FAST_NAMES = frozenset(
+_FAST_KEY: Final = re.compile(rb"[A-Za-z0-9+/]{21}[AQgw]==")
+_BODY_HEADERS: Final = frozenset((b"content-length", b"transfer-encoding"))
+_FAST_NAMES: Final = frozenset(
     (
         b"upgrade",
         b"connection",

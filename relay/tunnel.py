@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from enum import Enum
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Final, Protocol
 
 import trio
 
@@ -149,21 +149,32 @@ class Tunnel:
             self.initiator_scope.cancel()
 
 
-class _Side(NamedTuple):
-    """What one direction's pump needs to know about the side it reads from."""
+class _Side:
+    """What one direction's pump needs to know about the side it reads from (a plain class:
+    compiled, its fields are read in C; a NamedTuple's go through Python's attribute lookup)."""
 
-    #: Index into ``Tunnel.sinks`` of where this side's messages go.
-    sink: int
-    #: Offset of this direction's (messages, bytes) in ``Tunnel.counts`` and ``Stats.forwarded``.
-    offset: int
-    closed: End
-    gone: End
-    text_frame: End
-    too_big: End
-    framing: End
-    quota: End
-    #: The end when writing to the other side fails.
-    other_gone: End
+    __slots__ = (
+        "sink", "offset", "closed", "gone", "text_frame", "too_big", "framing", "quota",
+        "other_gone",
+    )  # fmt: skip
+
+    def __init__(
+        self, sink: int, offset: int, closed: End, gone: End, text_frame: End, too_big: End,
+        framing: End, quota: End, other_gone: End,
+    ) -> None:  # fmt: skip
+        #: Index into ``Tunnel.sinks`` of where this side's messages go.
+        self.sink = sink
+        #: Offset of this direction's (messages, bytes) in ``Tunnel.counts`` and
+        #: ``Stats.forwarded``.
+        self.offset = offset
+        self.closed = closed
+        self.gone = gone
+        self.text_frame = text_frame
+        self.too_big = too_big
+        self.framing = framing
+        self.quota = quota
+        #: The end when writing to the other side fails.
+        self.other_gone = other_gone
 
     def ended(self, exc: WebSocketEnded) -> End:
         if isinstance(exc, PeerClosed):
@@ -191,8 +202,8 @@ def _side(name: str, other: str, sink: int) -> _Side:
     )
 
 
-AUTHENTICATOR = _side("authenticator", "initiator", 0)
-INITIATOR = _side("initiator", "authenticator", 1)
+AUTHENTICATOR: Final = _side("authenticator", "initiator", 0)
+INITIATOR: Final = _side("initiator", "authenticator", 1)
 
 
 def _frames(batch: list[bytes]) -> tuple[bytearray, int]:
@@ -217,6 +228,8 @@ class Tunnels:
         #: trio's clock; the reactor sets the clock's own method for its run (one call, not three).
         self.now: Callable[[], float] = trio.current_time
         self._routing = RoutingIdAllocator(config.node_prefix)
+        #: The number of tunnels from which the node is under pressure (config is fixed at start).
+        self._pressure_line = PRESSURE_SHARE * config.tunnel_limit
         self.by_id: dict[bytes, Tunnel] = {}
         self._routing_ids: set[bytes] = set()
         #: Bytes buffered for initiators that have not joined yet, over all tunnels.
@@ -277,7 +290,7 @@ class Tunnels:
 
     def under_pressure(self) -> bool:
         """Whether the node is near its tunnel limit."""
-        return len(self.by_id) >= PRESSURE_SHARE * self.config.tunnel_limit
+        return len(self.by_id) >= self._pressure_line
 
     def sweep_idle(self, budget: int = 64) -> int:
         """Near the limit: end waiting tunnels that sent nothing for ``pressure_wait_timeout``.

@@ -65,16 +65,16 @@ _SENDABLE_PROTOCOL_CODES: Final = frozenset(
     {1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013}
 )
 
-_HEADER_SHORT = struct.Struct("!BB")
-_HEADER_MEDIUM = struct.Struct("!BBH")
+_HEADER_SHORT: Final = struct.Struct("!BB")
+_HEADER_MEDIUM: Final = struct.Struct("!BBH")
 #: The two-byte and four-byte frame headers (first byte, length byte[, 16-bit length]), for
 #: callers that build a frame of one payload themselves.
-BINARY_HEADER_SHORT = _HEADER_SHORT
-BINARY_HEADER_MEDIUM = _HEADER_MEDIUM
-_HEADER_LONG = struct.Struct("!BBQ")
-_UINT16 = struct.Struct("!H")
-_UINT64 = struct.Struct("!Q")
-_CODE = struct.Struct("!H")
+BINARY_HEADER_SHORT: Final = _HEADER_SHORT
+BINARY_HEADER_MEDIUM: Final = _HEADER_MEDIUM
+_HEADER_LONG: Final = struct.Struct("!BBQ")
+_UINT16: Final = struct.Struct("!H")
+_UINT64: Final = struct.Struct("!Q")
+_CODE: Final = struct.Struct("!H")
 
 # Below this size copying the slice is cheaper than building a memoryview of it.
 _VIEW_THRESHOLD: Final = 16384
@@ -380,4 +380,4 @@ def close_frame(code: int | None = CLOSE_NORMAL, reason: str = "") -> bytes:
     return frame
 
 
-_CLOSE_FRAMES: dict[tuple[int | None, str], bytes] = {}
+_CLOSE_FRAMES: Final[dict[tuple[int | None, str], bytes]] = {}

@@ -54,6 +54,32 @@ def h11_parse(head: bytes) -> tuple[bytes, bytes, list[tuple[bytes, bytes]]] | N
     return event.method, event.target, list(event.headers)
 
 
+# The lean parser's pattern as first written, with a value spelled "spaces, visible..visible,
+# spaces": the parser must take and give exactly what this took and gave.
+_REFERENCE_HEAD = re.compile(
+    rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+) (/[\x21-\x7e]*) HTTP/1\.1\r\n"
+    rb"((?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[ ]*(?:[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?)?[ ]*\r\n)*)"
+    rb"\r\n"
+)
+
+
+def reference_parse_lean(head: bytes) -> tuple[bytes, bytes, list[tuple[bytes, bytes]]] | None:
+    match = _REFERENCE_HEAD.fullmatch(head)
+    if match is None:
+        return None
+    headers: list[tuple[bytes, bytes]] = []
+    hosts = 0
+    block = match[3]
+    for line in block[:-2].split(b"\r\n") if block else []:
+        name, _, value = line.partition(b":")
+        name = name.lower()
+        if name in (b"content-length", b"transfer-encoding"):
+            return None
+        hosts += name == b"host"
+        headers.append((name, value.strip(b" ")))
+    return (match[1], match[2], headers) if hosts == 1 else None
+
+
 def typical_head(path: str = "/cable/new/" + "AB" * 16) -> bytes:
     return upgrade_request(path)
 
@@ -109,6 +135,7 @@ _PIECES = [
 def test_lean_parser_never_disagrees_with_h11(pieces):
     head = b"".join(pieces) + b"\r\n\r\n"
     lean = _parse_lean(head)
+    assert lean == reference_parse_lean(head)
     if lean is not None:
         assert lean == h11_parse(head)
 
@@ -129,8 +156,44 @@ def test_lean_parser_on_arbitrary_header_bytes(headers, target):
     lines += [name.encode() + b":" + value for name, value in headers]
     head = b"\r\n".join(lines) + b"\r\n\r\n"
     lean = _parse_lean(head)
+    assert lean == reference_parse_lean(head)
     if lean is not None:
         assert lean == h11_parse(head)
+
+
+_BYTE_PIECES = [
+    b"GET /",
+    b"GET / HTTP/1.1\r\n",
+    b"Host: h\r\n",
+    b"X:  v  \r\n",
+    b"HTTP/1.1",
+    b" ",
+    b"  ",
+    b"/",
+    b":",
+    b"\r",
+    b"\n",
+    b"\r\n",
+    b"a",
+    b"A-b",
+    b"\t",
+    b"\x00",
+    b"\x7f",
+    b"\x80",
+    b"\xff",
+    b'"',
+    b"Content-Length: 1\r\n",
+]
+
+
+@FUZZ
+@given(
+    st.lists(st.one_of(st.sampled_from(_BYTE_PIECES), st.binary(max_size=4)), max_size=16),
+    st.sampled_from([b"\r\n\r\n", b"\r\n", b"\n\r\n", b""]),
+)
+def test_lean_parser_matches_the_longer_pattern(pieces, tail):
+    head = b"".join(pieces) + tail
+    assert _parse_lean(head) == reference_parse_lean(head)
 
 
 def test_accept_token_matches_wsproto():

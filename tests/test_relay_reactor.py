@@ -13,6 +13,7 @@ import socket
 
 import pytest
 import trio
+import trio.testing
 
 from tests.relay_helpers import new_tunnel_id, running_relay, upgrade_request
 from tests.relay_process import masked_frame
@@ -151,3 +152,21 @@ async def test_finished_connections_leave_nothing_in_the_timer_heap():
                 await trio.sleep(0.01)
         assert reactor._timed == {}
         assert all(len(entry) == 2 and type(entry[1]) is int for entry in reactor._timers)
+        # Entries of finished connections come off the top before the reactor waits, so its
+        # wait is bounded by a live deadline, not by a close timeout long over: none is left.
+        with trio.fail_after(5):
+            while reactor._timers:
+                await trio.sleep(0.01)
+
+
+async def test_the_reactor_reads_trios_clock_the_fast_way_and_any_other_clock_as_is():
+    from relay.reactor import _fast_clock
+
+    system = trio.lowlevel.current_clock()
+    now = _fast_clock(system)
+    assert now is not system.current_time  # trio's own clock: computed in the reactor
+    before = system.current_time()
+    between = now()
+    assert before <= between <= system.current_time()
+    mock = trio.testing.MockClock()
+    assert _fast_clock(mock) == mock.current_time

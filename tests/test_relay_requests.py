@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import base64
 import itertools
+import os
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from relay import routing
 from relay.config import ConfigError, RelayConfig
 from relay.requests import (
     ConnectTunnel,
@@ -148,6 +150,33 @@ def test_default_routing_ids_are_random_and_three_bytes():
         rid = allocator.allocate(live)
         assert len(rid) == 3 and rid not in live
         live.add(rid)
+
+
+def test_the_random_pool_hands_out_each_byte_once_and_refills():
+    size = routing._POOL_SIZE
+    drawn = [routing.pooled_random(3) for _ in range(size + 7)]  # about three pools' worth
+    assert all(len(d) == 3 for d in drawn)
+    # A pool handed out twice, or never refilled, would repeat its draws; random 3-byte draws
+    # collide about once in this many.
+    assert len(set(drawn)) > len(drawn) - 10
+    assert len(routing.pooled_random(size + 5)) == size + 5  # a draw larger than a pool
+
+
+def test_a_forked_child_does_not_repeat_the_parents_random_bytes():
+    routing.pooled_random(3)  # the parent's pool is filled
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its first draws, to the parent
+        try:
+            os.write(write_end, b"".join(routing.pooled_random(3) for _ in range(8)))
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    child = os.read(read_end, 64)
+    os.close(read_end)
+    os.waitpid(pid, 0)
+    parent = b"".join(routing.pooled_random(3) for _ in range(8))
+    assert len(child) == 24 and child != parent
 
 
 @pytest.mark.parametrize(
