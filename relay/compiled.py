@@ -27,6 +27,7 @@ MODULES = (
     "logs",
     "guard",
     "routing",
+    "values",
 )
 PACKAGE_DIR = Path(__file__).resolve().parent
 NATIVE_DIR = PACKAGE_DIR / "_native"

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import re
 from binascii import b2a_base64
-from hashlib import sha1
 from http import HTTPStatus
 from typing import Final
 
@@ -29,6 +28,11 @@ from relay.errors import BadRequest, ClientGone
 from relay.rawio import STREAM_ERRORS, raw_socket, receive_some, send_all
 
 __all__ = ["BadRequest", "ClientGone", "Request", "read_request", "send_response"]
+
+try:  # CPython's own SHA-1: a third fewer instructions than OpenSSL's for a 60-byte input
+    from _sha1 import sha1  # type: ignore[import-not-found]
+except ImportError:  # pragma: no cover - a CPython built without its own hashes
+    from hashlib import sha1
 
 _READ_SIZE: Final = 4096
 

@@ -343,7 +343,6 @@ class Reactor:
         self._families.clear()
 
     def _accept(self, fd: int, listener: socket.socket) -> None:
-        admit = self._admit
         # socket.accept without its per-call enum conversions of family and type.
         accept = listener._accept  # type: ignore[attr-defined]
         self._family = self._families[fd]
@@ -365,7 +364,7 @@ class Reactor:
                 os.close(fd)
                 continue
             try:
-                admit(fd, peer)
+                self._admit(fd, peer)
             except Exception as exc:  # noqa: BLE001 - one bad connection must never stop the relay
                 conn = self.connections.get(fd)
                 if conn is not None:
@@ -1051,12 +1050,18 @@ class Reactor:
                 batch = soon[:]
                 soon.clear()
                 for conn in batch:
-                    self._guarded(self._close_side, conn)
+                    try:
+                        self._close_side(conn)
+                    except Exception as exc:  # noqa: BLE001 - as in _guarded
+                        self._abort(conn, exc)
             if ready:
                 batch = ready[:]
                 ready.clear()
                 for conn in batch:
-                    self._guarded(self._on_ready, conn)
+                    try:
+                        self._on_ready(conn)
+                    except Exception as exc:  # noqa: BLE001 - as in _guarded
+                        self._abort(conn, exc)
         # Entries of finished or re-armed connections come off the top now, not when due: the
         # wait below is then bounded by a live deadline. Left there, they ended the idle wait
         # about once per closed connection a close timeout later, each a scheduler round trip
@@ -1067,6 +1072,8 @@ class Reactor:
         return next_at - now
 
     def _guarded(self, call: Callable[[Connection], None], conn: Connection) -> None:
+        # The loops run per event write this try out instead: compiled, ``self._method`` as a
+        # value is a bound-method object and a Python-level call; called in place it is a C call.
         try:
             call(conn)
         except Exception as exc:  # noqa: BLE001 - one bad connection must never stop the relay
@@ -1134,7 +1141,6 @@ class Reactor:
 
     async def _run_loop(self) -> None:
         poll = self.epoll.poll
-        handle = self._handle
         current_time = self.tunnels.now
         handled = 0
         epoll_fd = self.epoll.fileno()
@@ -1159,7 +1165,7 @@ class Reactor:
                 logs.hold()
                 continue
             for fd, mask in events:
-                handle(fd, mask)
+                self._handle(fd, mask)
             handled += len(events)
             if handled >= _BATCH:
                 handled = 0

@@ -24,6 +24,7 @@ from hybrid.wire import (
     SUBPROTOCOL,
     TUNNEL_ID_LEN,
 )
+from relay.values import Value
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -50,19 +51,35 @@ class Refusal:
     headers: tuple[tuple[str, str], ...] = field(default=())
 
 
-@dataclass(frozen=True)
-class NewTunnel:
+class NewTunnel(Value):
     """``/cable/new/<tunnel id>``: an authenticator opens a pending tunnel."""
 
-    tunnel_id: bytes
+    __slots__ = ("tunnel_id",)
+
+    def __init__(self, tunnel_id: bytes) -> None:
+        self.tunnel_id = tunnel_id
+
+    def _key(self) -> tuple[object, ...]:
+        return (self.tunnel_id,)
+
+    def _names(self) -> tuple[str, ...]:
+        return ("tunnel_id",)
 
 
-@dataclass(frozen=True)
-class ConnectTunnel:
+class ConnectTunnel(Value):
     """``/cable/connect/<routing id>/<tunnel id>``: an initiator joins a pending tunnel."""
 
-    routing_id: bytes
-    tunnel_id: bytes
+    __slots__ = ("routing_id", "tunnel_id")
+
+    def __init__(self, routing_id: bytes, tunnel_id: bytes) -> None:
+        self.routing_id = routing_id
+        self.tunnel_id = tunnel_id
+
+    def _key(self) -> tuple[object, ...]:
+        return (self.routing_id, self.tunnel_id)
+
+    def _names(self) -> tuple[str, ...]:
+        return ("routing_id", "tunnel_id")
 
 
 @dataclass(frozen=True)
@@ -82,12 +99,20 @@ class PlainGet:
 Route = NewTunnel | ConnectTunnel | ContactTunnel
 
 
-@dataclass(frozen=True)
-class Upgrade:
+class Upgrade(Value):
     """A well-formed WebSocket upgrade to ``route`` offering the ``fido.cable`` subprotocol."""
 
-    route: Route
-    key: bytes
+    __slots__ = ("route", "key")
+
+    def __init__(self, route: Route, key: bytes) -> None:
+        self.route = route
+        self.key = key
+
+    def _key(self) -> tuple[object, ...]:
+        return (self.route, self.key)
+
+    def _names(self) -> tuple[str, ...]:
+        return ("route", "key")
 
 
 Decision = Refusal | PlainGet | Upgrade

@@ -30,10 +30,10 @@ frame becomes a ``Close`` event and ends parsing: bytes after it are ignored, as
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 from typing import Final
 
 from relay.errors import FrameError, MessageTooBigError, TextFrameError
+from relay.values import Value
 
 try:  # The C helper is ~100x faster; it is an optional accelerator, not a requirement.
     from websockets.speedups import apply_mask as _c_apply_mask
@@ -80,26 +80,50 @@ _CODE: Final = struct.Struct("!H")
 _VIEW_THRESHOLD: Final = 16384
 
 
-@dataclass(frozen=True, slots=True)
-class TextMessage:
+class TextMessage(Value):
     """A complete text message; the tunnel protocol only allows binary, so the relay refuses it."""
 
-    text: str
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def _key(self) -> tuple[object, ...]:
+        return (self.text,)
+
+    def _names(self) -> tuple[str, ...]:
+        return ("text",)
 
 
-@dataclass(frozen=True, slots=True)
-class Ping:
+class Ping(Value):
     """A ping from the client; the server answers with ``pong_frame(payload)``."""
 
-    payload: bytes
+    __slots__ = ("payload",)
+
+    def __init__(self, payload: bytes) -> None:
+        self.payload = payload
+
+    def _key(self) -> tuple[object, ...]:
+        return (self.payload,)
+
+    def _names(self) -> tuple[str, ...]:
+        return ("payload",)
 
 
-@dataclass(frozen=True, slots=True)
-class Close:
+class Close(Value):
     """The client's close frame; ``code`` is 1005 when the frame carried no status code."""
 
-    code: int
-    reason: str
+    __slots__ = ("code", "reason")
+
+    def __init__(self, code: int, reason: str) -> None:
+        self.code = code
+        self.reason = reason
+
+    def _key(self) -> tuple[object, ...]:
+        return (self.code, self.reason)
+
+    def _names(self) -> tuple[str, ...]:
+        return ("code", "reason")
 
 
 Event = bytes | TextMessage | Ping | Close | FrameError
