@@ -199,6 +199,7 @@ _FAST_TARGET: Final = re.compile(
 )
 #: The base64 of 16 bytes with its unused bits zero, the form every client sends; other keys the
 #: general path accepts (or refuses) go there.
+_unhexlify: Final = binascii.unhexlify
 _FAST_KEY: Final = re.compile(rb"[A-Za-z0-9+/]{21}[AQgw]==")
 _BODY_HEADERS: Final = frozenset((b"content-length", b"transfer-encoding"))
 _FAST_NAMES: Final = frozenset(
@@ -218,6 +219,7 @@ def fast_upgrade(
     headers: Headers,
     allowed_origins: tuple[str, ...] = (),
     version: bytes = b"1.1",
+    lower_names: bool = False,
 ) -> Upgrade | None:
     """The upgrade of an ordinary, well-formed tunnel request, or None: then ``decide_general``.
 
@@ -226,7 +228,8 @@ def fast_upgrade(
     Connection (upgrade), Sec-WebSocket-Key (16 bytes in 24 base64 characters, unused bits
     zero), -Version (13) and -Protocol (fido.cable) exactly once with exactly that value, no
     body headers, and no Origin allow-list. Anything else, valid or not, is left to the general
-    path (checked against it in tests/test_relay_requests.py).
+    path (checked against it in tests/test_relay_fast_decide.py). ``lower_names``: the header
+    names are lower-case already (a ``relay.http.Request``'s are, from either parser).
     """
     if method != b"GET" or version != b"1.1" or allowed_origins:
         return None
@@ -235,7 +238,8 @@ def fast_upgrade(
         return None
     found: dict[bytes, bytes] = {}
     for name, value in headers:
-        name = name.lower()
+        if not lower_names:
+            name = name.lower()
         if name in _FAST_NAMES:
             if name in found:
                 return None
@@ -256,11 +260,9 @@ def fast_upgrade(
     new_id = match[1]
     route: Route
     if new_id is not None:
-        route = NewTunnel(bytes.fromhex(new_id.decode("ascii")))
+        route = NewTunnel(_unhexlify(new_id))
     else:
-        route = ConnectTunnel(
-            bytes.fromhex(match[2].decode("ascii")), bytes.fromhex(match[3].decode("ascii"))
-        )
+        route = ConnectTunnel(_unhexlify(match[2]), _unhexlify(match[3]))
     return Upgrade(route, key)
 
 
@@ -270,10 +272,11 @@ def decide(
     headers: Headers,
     allowed_origins: tuple[str, ...] = (),
     version: bytes = b"1.1",
+    lower_names: bool = False,
 ) -> Decision:
     """What to do with one HTTP request, judged from the request alone (``decide_general``;
     the ordinary tunnel upgrade through ``fast_upgrade``, which gives the same answer)."""
-    fast = fast_upgrade(method, target, headers, allowed_origins, version)
+    fast = fast_upgrade(method, target, headers, allowed_origins, version, lower_names)
     if fast is not None:
         return fast
     return decide_general(method, target, headers, allowed_origins, version)

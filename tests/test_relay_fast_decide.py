@@ -62,8 +62,13 @@ value_variants = {
         KEY.replace(b"=", b"A"),
     ],
     b"sec-websocket-version": [b"13", b"8", b"13 ", b"13, 8", b""],
-    b"sec-websocket-protocol": [b"fido.cable", b"FIDO.cable", b"x, fido.cable", b"fido.cable ",
-                                b""],  # fmt: skip
+    b"sec-websocket-protocol": [
+        b"fido.cable",
+        b"FIDO.cable",
+        b"x, fido.cable",
+        b"fido.cable ",
+        b"",
+    ],  # fmt: skip
     b"host": [b"relay.example", b""],
 }
 extra_headers = st.sampled_from(
@@ -141,6 +146,11 @@ def test_the_fast_path_accepts_only_what_the_general_path_accepts():
         if fast is not None:
             assert fast == general
         assert decide(method, target, headers, origins, version) == general
+        # What the relay calls: names lower-case already, as a Request holds them.
+        lowered = [(name.lower(), value) for name, value in headers]
+        trusted = fast_upgrade(method, target, lowered, origins, version, lower_names=True)
+        assert trusted == fast_upgrade(method, target, lowered, origins, version)
+        assert decide(method, target, lowered, origins, version, lower_names=True) == general
 
     check()
     # Both outcomes were exercised, so the comparison above had something to compare.
@@ -162,4 +172,3 @@ def test_the_ordinary_upgrades_take_the_fast_path():
         assert fast is not None and fast == decide_general(
             b"GET", f"/cable/new/{TID}".encode(), headers
         )
-
