@@ -715,7 +715,8 @@ class Reactor:
         if over_quota:
             batch = batch[: max(0, limit - conn.count)]
         conn.count += len(batch)
-        destination = tunnel.sinks[side.sink]
+        # This engine's sides are Connections: typed so, compiled code reads their fields in C.
+        destination: Connection | None = tunnel.sinks[side.sink]
         if destination is None:
             if not self.tunnels.hold_pending(tunnel, batch):
                 return
@@ -734,7 +735,8 @@ class Reactor:
         tunnel = conn.tunnel
         assert tunnel is not None
         side = conn.side
-        destination = tunnel.sinks[side.sink]
+        # This engine's sides are Connections: typed so, compiled code reads their fields in C.
+        destination: Connection | None = tunnel.sinks[side.sink]
         n = len(message)
         if (
             destination is None

@@ -199,9 +199,10 @@ class FrameParser:
         if self.finished:
             return []
         buf = self._buf
-        if not buf and not self._op:
+        if not buf and not self._op and type(data) is bytes:
             # Fast path for the usual read in a tunnel: exactly one whole, final, masked binary
             # frame. Anything else (including every error) takes the general parser below.
+            # (``data`` is known to be bytes here, so compiled its indexing and slicing are C.)
             n = len(data)
             if n > 5 and data[0] == 0x82:
                 length = data[1] - 0x80  # negative when the mask bit is clear
