@@ -37,11 +37,13 @@ except ImportError:  # pragma: no cover - a CPython built without its own hashes
 _READ_SIZE: Final = 4096
 
 _WS_GUID: Final = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-_TOKEN: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# An HTTP token (a method, a header name), RFC 9110 section 5.6.2.
+_TOKEN_RE: Final = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_TOKEN: Final = re.compile(_TOKEN_RE)
 # The lean subset's request line, and one header line (name, then the value with the spaces
 # around it); a value is any run of printable ASCII.
-_REQUEST_LINE: Final = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+) (/[\x21-\x7e]*) HTTP/1\.1")
-_HEADER_LINE: Final = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):([\x20-\x7e]*)\r\n")
+_REQUEST_LINE: Final = re.compile(b"(" + _TOKEN_RE + rb") (/[\x21-\x7e]*) HTTP/1\.1")
+_HEADER_LINE: Final = re.compile(b"(" + _TOKEN_RE + rb"):([\x20-\x7e]*)\r\n")
 # Headers whose semantics (a body, framing) only h11 judges.
 _H11_ONLY: Final = frozenset((b"content-length", b"transfer-encoding"))
 _SWITCHING: Final = (

@@ -1043,7 +1043,14 @@ class Reactor:
                     self.set_deadline(conn, conn._deadline)  # moved later meanwhile
                 elif conn.phase != _DONE:
                     conn._deadline = _INF
-                    self._guarded(self._deadline_passed, conn)
+                    # Each step of one connection is guarded here in place, as in _handle: one
+                    # bad connection must never stop the relay. (A helper taking the step as
+                    # ``self._method`` would make, compiled, a bound-method object and a Python
+                    # call of each step.)
+                    try:
+                        self._deadline_passed(conn)
+                    except Exception as exc:  # noqa: BLE001
+                        self._abort(conn, exc)
             if now >= self._accept_paused_until:
                 self._resume_accepting()
             if not soon and not ready:
@@ -1054,7 +1061,7 @@ class Reactor:
                 for conn in batch:
                     try:
                         self._close_side(conn)
-                    except Exception as exc:  # noqa: BLE001 - as in _guarded
+                    except Exception as exc:  # noqa: BLE001
                         self._abort(conn, exc)
             if ready:
                 batch = ready[:]
@@ -1062,7 +1069,7 @@ class Reactor:
                 for conn in batch:
                     try:
                         self._on_ready(conn)
-                    except Exception as exc:  # noqa: BLE001 - as in _guarded
+                    except Exception as exc:  # noqa: BLE001
                         self._abort(conn, exc)
         # Entries of finished or re-armed connections come off the top now, not when due: the
         # wait below is then bounded by a live deadline. Left there, they ended the idle wait
@@ -1072,14 +1079,6 @@ class Reactor:
             _heappop(timers)
         next_at = min(timers[0][0] if timers else _INF, self._accept_paused_until)
         return next_at - now
-
-    def _guarded(self, call: Callable[[Connection], None], conn: Connection) -> None:
-        # The loops run per event write this try out instead: compiled, ``self._method`` as a
-        # value is a bound-method object and a Python-level call; called in place it is a C call.
-        try:
-            call(conn)
-        except Exception as exc:  # noqa: BLE001 - one bad connection must never stop the relay
-            self._abort(conn, exc)
 
     def _on_ready(self, conn: Connection) -> None:
         phase = conn.phase

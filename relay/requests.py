@@ -54,32 +54,20 @@ class Refusal:
 class NewTunnel(Value):
     """``/cable/new/<tunnel id>``: an authenticator opens a pending tunnel."""
 
-    __slots__ = ("tunnel_id",)
+    _FIELDS = ("tunnel_id",)
 
     def __init__(self, tunnel_id: bytes) -> None:
         self.tunnel_id = tunnel_id
-
-    def _key(self) -> tuple[object, ...]:
-        return (self.tunnel_id,)
-
-    def _names(self) -> tuple[str, ...]:
-        return ("tunnel_id",)
 
 
 class ConnectTunnel(Value):
     """``/cable/connect/<routing id>/<tunnel id>``: an initiator joins a pending tunnel."""
 
-    __slots__ = ("routing_id", "tunnel_id")
+    _FIELDS = ("routing_id", "tunnel_id")
 
     def __init__(self, routing_id: bytes, tunnel_id: bytes) -> None:
         self.routing_id = routing_id
         self.tunnel_id = tunnel_id
-
-    def _key(self) -> tuple[object, ...]:
-        return (self.routing_id, self.tunnel_id)
-
-    def _names(self) -> tuple[str, ...]:
-        return ("routing_id", "tunnel_id")
 
 
 @dataclass(frozen=True)
@@ -102,17 +90,11 @@ Route = NewTunnel | ConnectTunnel | ContactTunnel
 class Upgrade(Value):
     """A well-formed WebSocket upgrade to ``route`` offering the ``fido.cable`` subprotocol."""
 
-    __slots__ = ("route", "key")
+    _FIELDS = ("route", "key")
 
     def __init__(self, route: Route, key: bytes) -> None:
         self.route = route
         self.key = key
-
-    def _key(self) -> tuple[object, ...]:
-        return (self.route, self.key)
-
-    def _names(self) -> tuple[str, ...]:
-        return ("route", "key")
 
 
 Decision = Refusal | PlainGet | Upgrade

@@ -10,17 +10,17 @@ request or close frame cost more that way than the decision or the parse that ma
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 
 class Value:
-    """Subclasses list their fields in ``__slots__`` and return them from ``_key``/``_names``."""
+    """Subclasses name their fields in ``_FIELDS`` and set them in ``__init__`` (compiled, a
+    class's fields are C struct members whatever ``__slots__`` says, so they declare none)."""
 
-    __slots__ = ()
+    _FIELDS: ClassVar[tuple[str, ...]] = ()
 
     def _key(self) -> tuple[object, ...]:
-        raise NotImplementedError
-
-    def _names(self) -> tuple[str, ...]:
-        raise NotImplementedError
+        return tuple(getattr(self, name) for name in self._FIELDS)
 
     def __eq__(self, other: object) -> bool:
         if type(other) is not type(self) or not isinstance(other, Value):
@@ -31,6 +31,6 @@ class Value:
         return hash((type(self).__name__, self._key()))
 
     def __repr__(self) -> str:
-        pairs = zip(self._names(), self._key(), strict=True)
+        pairs = zip(self._FIELDS, self._key(), strict=True)
         fields = ", ".join(f"{name}={value!r}" for name, value in pairs)
         return f"{type(self).__name__}({fields})"

@@ -83,47 +83,29 @@ _VIEW_THRESHOLD: Final = 16384
 class TextMessage(Value):
     """A complete text message; the tunnel protocol only allows binary, so the relay refuses it."""
 
-    __slots__ = ("text",)
+    _FIELDS = ("text",)
 
     def __init__(self, text: str) -> None:
         self.text = text
-
-    def _key(self) -> tuple[object, ...]:
-        return (self.text,)
-
-    def _names(self) -> tuple[str, ...]:
-        return ("text",)
 
 
 class Ping(Value):
     """A ping from the client; the server answers with ``pong_frame(payload)``."""
 
-    __slots__ = ("payload",)
+    _FIELDS = ("payload",)
 
     def __init__(self, payload: bytes) -> None:
         self.payload = payload
-
-    def _key(self) -> tuple[object, ...]:
-        return (self.payload,)
-
-    def _names(self) -> tuple[str, ...]:
-        return ("payload",)
 
 
 class Close(Value):
     """The client's close frame; ``code`` is 1005 when the frame carried no status code."""
 
-    __slots__ = ("code", "reason")
+    _FIELDS = ("code", "reason")
 
     def __init__(self, code: int, reason: str) -> None:
         self.code = code
         self.reason = reason
-
-    def _key(self) -> tuple[object, ...]:
-        return (self.code, self.reason)
-
-    def _names(self) -> tuple[str, ...]:
-        return ("code", "reason")
 
 
 Event = bytes | TextMessage | Ping | Close | FrameError
