@@ -28,6 +28,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 CHROMIUM_BINARY = Path("/usr/lib/chromium/chromium")
 TUNNEL_DOMAIN = "cable.ua5v.com"  # domain id 0, the one Chromium's QR codes announce
@@ -242,9 +243,10 @@ class Relay:
         )
         deadline = time.monotonic() + 15
         lines = []
+        reader = _Lines(self.process.stderr)
         with open(self.log_file, "w") as log:
             while time.monotonic() < deadline:
-                line = _read_line(self.process.stderr, deadline - time.monotonic(), "hybrid-relay")
+                line = reader.read_line(deadline - time.monotonic(), "hybrid-relay")
                 log.write(line)
                 lines.append(line)
                 try:
@@ -257,7 +259,7 @@ class Relay:
         if not self.port:
             raise RuntimeError(f"hybrid-relay did not log 'listening': {''.join(lines)[-2000:]}")
         # Keep draining its log into the file so the pipe never fills up.
-        _drain(self.process.stderr, self.log_file)
+        reader.drain_to(self.log_file)
         return self
 
     def stop(self) -> None:
@@ -338,26 +340,57 @@ class Chromium:
             stop_process(self.process, group=True)
 
 
-def _read_line(stream, timeout: float, what: str) -> str:
-    ready, _, _ = select.select([stream], [], [], max(timeout, 0))
-    if not ready:
-        raise RuntimeError(f"{what} printed nothing within {timeout:.0f} s")
-    line = stream.readline()
-    if not line:
-        raise RuntimeError(f"{what} exited before it was ready")
-    return line
+class _Lines:
+    """Lines from a child's pipe, each waited for with a deadline.
 
+    ``select`` is asked about the raw descriptor and the lines are split here. Selecting on a
+    buffered file object and then calling its ``readline`` loses lines: one ``readline`` may pull
+    two lines into the object's buffer, and the next ``select`` then waits on a descriptor that has
+    nothing more to give. That is how a relay which had logged "listening" seemed silent for 15 s
+    when its two start-up lines arrived together on a loaded machine.
+    """
 
-def _drain(stream, path: Path) -> None:
-    import threading
+    def __init__(self, stream: Any) -> None:
+        self.fd: int = stream.fileno()
+        self.buffer = b""
 
-    def copy() -> None:
-        with open(path, "a") as log:
-            for line in stream:
-                log.write(line)
+    def read_line(self, timeout: float, what: str) -> str:
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self.buffer:
+            left = deadline - time.monotonic()
+            ready, _, _ = select.select([self.fd], [], [], max(left, 0))
+            if not ready:
+                raise RuntimeError(f"{what} printed nothing within {timeout:.0f} s")
+            chunk = os.read(self.fd, 65536)
+            if not chunk:
+                if self.buffer:  # a last line without its newline
+                    line, self.buffer = self.buffer, b""
+                    return line.decode(errors="replace")
+                raise RuntimeError(f"{what} exited before it was ready")
+            self.buffer += chunk
+        line, _, self.buffer = self.buffer.partition(b"\n")
+        return line.decode(errors="replace") + "\n"
+
+    def drain_to(self, path: Path) -> None:
+        """Append what is buffered and everything the child writes later to ``path``, from a
+        thread, so the pipe never fills up."""
+        import threading
+
+        def copy() -> None:
+            with open(path, "ab") as log:
+                log.write(self.buffer)
+                self.buffer = b""
                 log.flush()
+                while chunk := os.read(self.fd, 65536):
+                    log.write(chunk)
+                    log.flush()
 
-    threading.Thread(target=copy, name=f"drain {path.name}", daemon=True).start()
+        threading.Thread(target=copy, name=f"drain {path.name}", daemon=True).start()
+
+
+def _read_line(stream: Any, timeout: float, what: str) -> str:
+    """One line from a child that writes nothing more until it is asked (an address, a number)."""
+    return _Lines(stream).read_line(timeout, what)
 
 
 class Forwarder:
