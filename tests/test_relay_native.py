@@ -115,3 +115,31 @@ def test_the_build_command_reports_a_current_build():
         [sys.executable, "-m", "relay.native", "--check"], capture_output=True, text=True
     )
     assert out.returncode == 0 and out.stdout.strip() == "current"
+
+
+@pytest.mark.parametrize(
+    ("reason", "warned"),
+    [("relay/reactor.py changed since the build", True), (f"{compiled.ENV}=0", False)],
+)
+async def test_a_relay_left_uncompiled_says_why(monkeypatch, caplog, reason, warned):
+    """An operator whose relay runs as plain Python by accident is told why at start; one who
+    asked for plain Python is not."""
+    import trio
+
+    from relay.server import serve
+
+    monkeypatch.setattr(compiled, "active", False)
+    monkeypatch.setattr(compiled, "reason", reason)
+    caplog.set_level("INFO")
+    async with trio.open_nursery() as nursery:
+        running = await nursery.start(serve, RelayConfig(host="127.0.0.1", port=0))
+        assert running.native is False
+        nursery.cancel_scope.cancel()
+    events = {record.getMessage(): record for record in caplog.records}
+    assert "listening" in events
+    if warned:
+        record = events["not_compiled"]
+        assert record.levelname == "WARNING"
+        assert record.fields["reason"] == reason and "relay.native" in record.fields["hint"]
+    else:
+        assert "not_compiled" not in events
