@@ -9,7 +9,9 @@ forwards for real WebSocket clients.
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -63,9 +65,21 @@ sys.exit(code)
 """
 
 
-def build_wheel(outdir: Path) -> Path:
+def can_compile() -> bool:
+    """Whether build.py's ``--native auto`` includes the compiled modules here."""
+    compiler = any(shutil.which(name) for name in ("cc", "gcc", "clang"))
+    return compiler and importlib.util.find_spec("mypyc") is not None
+
+
+def build_wheel(outdir: Path, *options: str) -> Path:
     result = subprocess.run(
-        [sys.executable, str(ROOT / "deploy" / "relay-dist" / "build.py"), "--outdir", str(outdir)],
+        [
+            sys.executable,
+            str(ROOT / "deploy" / "relay-dist" / "build.py"),
+            "--outdir",
+            str(outdir),
+            *options,
+        ],  # fmt: skip
         capture_output=True,
         text=True,
         timeout=300,
@@ -88,6 +102,10 @@ async def test_relay_wheel_runs_with_the_client_side_unimportable(tmp_path):
         archive.extractall(extracted)
     assert {n for n in names if n.startswith("hybrid/")} == {"hybrid/__init__.py", "hybrid/wire.py"}
     assert "relay/tunnel.py" in names and "relay/__main__.py" in names
+    # With mypyc and a compiler here, the wheel carries the compiled modules, tagged for them.
+    compiled = can_compile()
+    assert ("relay/_native/manifest.json" in names) is compiled, names
+    assert wheel.name.endswith("-py3-none-any.whl") is not compiled, wheel.name
     assert [r.split(">")[0].split("<")[0] for r in requires if "extra ==" not in r] == [
         "trio",
         "h11",
@@ -95,8 +113,18 @@ async def test_relay_wheel_runs_with_the_client_side_unimportable(tmp_path):
     ]
 
     process = await trio.lowlevel.open_process(
-        [sys.executable, "-I", "-c", BOOT, str(extracted), ",".join(BLOCKED), "--port", "0",
-         "--drain-delay", "0"],  # fmt: skip
+        [
+            sys.executable,
+            "-I",
+            "-c",
+            BOOT,
+            str(extracted),
+            ",".join(BLOCKED),
+            "--port",
+            "0",
+            "--drain-delay",
+            "0",
+        ],  # fmt: skip
         stderr=subprocess.PIPE,
         cwd=tmp_path,
     )
@@ -117,7 +145,9 @@ async def test_relay_wheel_runs_with_the_client_side_unimportable(tmp_path):
                 lines.extend(json.loads(x) for x in complete if x)
 
     try:
-        port = (await read_until("listening"))["port"]
+        listening = await read_until("listening")
+        assert listening["native"] is compiled, listening
+        port = listening["port"]
         base = f"ws://127.0.0.1:{port}"
         tunnel_id = new_tunnel_id()
         async with open_ws(f"{base}/cable/new/{tunnel_id}") as authenticator:
@@ -143,3 +173,10 @@ async def test_relay_wheel_runs_with_the_client_side_unimportable(tmp_path):
     # Nothing blocked was loaded; the only attempt allowed is the optional C helper.
     assert report["loaded"] == ["hybrid.wire"], report
     assert set(report["attempts"]) <= {"websockets"}, report
+
+
+def test_the_plain_wheel_on_request(tmp_path):
+    wheel = build_wheel(tmp_path / "dist", "--native", "no")
+    assert wheel.name.endswith("-py3-none-any.whl"), wheel.name
+    with zipfile.ZipFile(wheel) as archive:
+        assert not [n for n in archive.namelist() if "_native" in n]
