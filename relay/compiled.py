@@ -76,10 +76,15 @@ def stale_reason(native_dir: Path = NATIVE_DIR, package_dir: Path = PACKAGE_DIR)
     return None
 
 
+def turned_off() -> bool:
+    """Whether ``HYBRID_RELAY_NATIVE`` asks for plain Python."""
+    return os.environ.get(ENV, "").strip() in ("0", "false", "no", "off")
+
+
 def unusable_reason() -> str | None:
     """Why a relay started now would run plain Python (``HYBRID_RELAY_NATIVE=0``, or the build
     is not current); None if it would run the compiled modules."""
-    if os.environ.get(ENV, "").strip() in ("0", "false", "no", "off"):
+    if turned_off():
         return f"{ENV}=0"
     return stale_reason()
 

@@ -191,7 +191,7 @@ class Relay:
                             accepting.start_soon(
                                 accept_loop, listener, connections, self.dispatcher.handle
                             )
-                    if not self.native and compiled.reason != f"{compiled.ENV}=0":
+                    if not self.native and not compiled.turned_off():
                         log_event(
                             "not_compiled",
                             logging.WARNING,

@@ -130,6 +130,7 @@ async def test_a_relay_left_uncompiled_says_why(monkeypatch, caplog, reason, war
 
     monkeypatch.setattr(compiled, "active", False)
     monkeypatch.setattr(compiled, "reason", reason)
+    monkeypatch.setenv(compiled.ENV, "1" if warned else "0")
     caplog.set_level("INFO")
     async with trio.open_nursery() as nursery:
         running = await nursery.start(serve, RelayConfig(host="127.0.0.1", port=0))

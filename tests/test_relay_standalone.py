@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import shutil
 import subprocess
 import sys
 import zipfile
@@ -66,9 +65,13 @@ sys.exit(code)
 
 
 def can_compile() -> bool:
-    """Whether build.py's ``--native auto`` includes the compiled modules here."""
-    compiler = any(shutil.which(name) for name in ("cc", "gcc", "clang"))
-    return compiler and importlib.util.find_spec("mypyc") is not None
+    """Whether build.py's ``--native auto`` includes the compiled modules here (its own check)."""
+    path = ROOT / "deploy" / "relay-dist" / "build.py"
+    spec = importlib.util.spec_from_file_location("relay_dist_build", path)
+    assert spec is not None and spec.loader is not None
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)
+    return build._why_not_native() is None
 
 
 def build_wheel(outdir: Path, *options: str) -> Path:

@@ -24,7 +24,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 import tomllib
 from pathlib import Path
 
@@ -116,7 +115,6 @@ def build(outdir: Path, native: str = "auto") -> Path:
     """Build the wheel into ``outdir``; ``native`` is ``auto``, ``yes`` or ``no``."""
     version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
     outdir.mkdir(parents=True, exist_ok=True)
-    started = time.time() - 1  # file times may be coarser than the clock
     compiled = native != "no"
     if compiled:
         why = _why_not_native()
@@ -150,17 +148,19 @@ def build(outdir: Path, native: str = "auto") -> Path:
         template = (HERE / "pyproject.toml").read_text()
         (staging / "pyproject.toml").write_text(template.replace("@VERSION@", version))
         shutil.copy2(ROOT / "relay" / "README.md", staging / "README.md")
-        command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(outdir)]
+        # Built into the staging directory first: outdir may hold the other kind of wheel from
+        # an earlier build, and only the one made now is the answer.
+        built = staging / "wheel"
+        command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(built)]
         if _can_build_here():
             command.append("--no-build-isolation")  # no download when the tools are here
         subprocess.run([*command, str(staging)], check=True)
-    # The one just written: the directory may also hold the other kind from an earlier build.
-    wheels = [
-        w for w in outdir.glob(f"hybrid_relay-{version}-*.whl") if w.stat().st_mtime >= started
-    ]
-    if not wheels:
-        raise SystemExit("build.py: pip wheel produced no hybrid_relay wheel")
-    return max(wheels, key=lambda wheel: wheel.stat().st_mtime_ns)
+        wheels = sorted(built.glob(f"hybrid_relay-{version}-*.whl"))
+        if not wheels:
+            raise SystemExit("build.py: pip wheel produced no hybrid_relay wheel")
+        wheel = outdir / wheels[0].name
+        shutil.move(wheels[0], wheel)
+    return wheel
 
 
 def main() -> int:
